@@ -1,0 +1,240 @@
+"""The `orchestrator` command: validate, plan, schema, init, render, demo.
+
+Domain errors become CLI errors only here; nothing below prints or exits.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from orchestrator.diagnostics import Diagnostic
+from orchestrator.errors import OrchestratorError
+from orchestrator.i18n import _, language_from_env, set_language
+from orchestrator.load import LoadedPlaybook, check_playbook
+from orchestrator.plan import localize, plan
+from orchestrator.timespec import parse_moment
+
+
+def _console(err: bool = False) -> Console:
+    stream = sys.stderr if err else sys.stdout
+    # piped output (files, CI logs) gets a wide table rather than rich's 80-column default
+    return Console(stderr=err, highlight=False, soft_wrap=True, width=None if stream.isatty() else 140)
+
+
+def _start_option(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    moment = parse_moment(value)
+    if moment is None:
+        raise click.BadParameter(_("'{value}' is not a date and time; write 2026-12-05T19:00 or 2026-12-05T19:00+08:00").format(value=value))
+    return moment
+
+
+def _check(file: str, start: datetime | None) -> tuple[LoadedPlaybook | None, list[Diagnostic]]:
+    from orchestrator.diagnostics import sorted_diagnostics
+    from orchestrator.validate import validate
+
+    loaded, diags = check_playbook(file)
+    if loaded is not None and not any(d.is_error for d in diags):
+        diags = sorted_diagnostics(diags + validate(loaded, _localized(loaded, start)))
+    return loaded, diags
+
+
+def _localized(loaded: LoadedPlaybook, start: datetime | None) -> datetime | None:
+    return None if start is None else localize(start, loaded.playbook.tz)
+
+
+def _report(file: str, diags: list[Diagnostic], console: Console) -> tuple[int, int]:
+    errors = [d for d in diags if d.is_error]
+    warnings = [d for d in diags if not d.is_error]
+    from orchestrator.table import print_diagnostics
+
+    print_diagnostics(errors, console)
+    if warnings:
+        if errors:
+            console.print("")
+        print_diagnostics(warnings, console)
+    return len(errors), len(warnings)
+
+
+def _summary(file: str, errors: int, warnings: int) -> str:
+    if errors:
+        return _("{file}: {errors} error(s), {warnings} warning(s)").format(file=file, errors=errors, warnings=warnings)
+    if warnings:
+        return _("{file}: valid, {warnings} warning(s)").format(file=file, warnings=warnings)
+    return _("{file}: valid").format(file=file)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--lang", type=click.Choice(["zh", "en"]), envvar="ORCH_LANG", help="Language of messages and tables (default: from the locale).")
+@click.version_option(package_name="live-orchestrator")
+def cli(lang: str | None) -> None:
+    """Plan, check and run live-stream commerce events from a playbook file."""
+    set_language(lang or language_from_env())
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--strict", is_flag=True, help="Fail on warnings too.")
+@click.option("--json", "as_json", is_flag=True, help="Print findings as JSON.")
+@click.option("--start", help="Check as if the live started at this moment (ISO 8601).")
+def validate(files: tuple[str, ...], strict: bool, as_json: bool, start: str | None) -> None:
+    """Check playbooks; print every problem as file:line:col: message."""
+    moment = _start_option(start)
+    failed = False
+    out = _console()
+    results: list[dict[str, Any]] = []
+    for file in files:
+        _loaded, diags = _check(file, moment)
+        errors = sum(d.is_error for d in diags)
+        warnings = len(diags) - errors
+        failed |= bool(errors) or (strict and bool(warnings))
+        if as_json:
+            results.append({"file": file, "valid": not errors, "diagnostics": [d.as_json() for d in diags]})
+        else:
+            _report(file, diags, out)
+            click.echo(_summary(file, errors, warnings), err=True)
+    if as_json:
+        click.echo(json.dumps(results, ensure_ascii=False, indent=2))
+    sys.exit(1 if failed else 0)
+
+
+@cli.command("plan")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--start", help="Plan the live for this start (ISO 8601; without an offset, the event timezone). Default: the playbook's.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Also write a self-contained page with the timeline drawn.")
+def plan_command(file: str, start: str | None, as_json: bool, html_out: str | None) -> None:
+    """Show the exact timeline the engine will run."""
+    moment = _start_option(start)
+    loaded, diags = _check(file, moment)
+    errors, _warnings = _report(file, diags, _console(err=True))
+    if loaded is None or errors:
+        click.echo(_summary(file, errors, len(diags) - errors), err=True)
+        sys.exit(1)
+    p = plan(loaded, _localized(loaded, moment))
+    if html_out:
+        from orchestrator.timeline import write_timeline
+
+        write_timeline(p, loaded, Path(html_out))
+        click.echo(_("wrote {path}").format(path=html_out), err=True)
+    if as_json:
+        click.echo(json.dumps(p.as_json(), ensure_ascii=False, indent=2))
+    elif not html_out or sys.stdout.isatty():
+        from orchestrator.table import print_plan
+
+        print_plan(p, _console())
+
+
+@cli.command()
+@click.option("--out", type=click.Path(dir_okay=False), help="Write to this file instead of standard output.")
+def schema(out: str | None) -> None:
+    """Print the playbook's JSON Schema (for editors such as VS Code's YAML extension)."""
+    from orchestrator.schema import playbook_schema
+
+    text = json.dumps(playbook_schema(), ensure_ascii=False, indent=2)
+    if out:
+        Path(out).write_text(text + "\n", encoding="utf-8")
+        click.echo(_("wrote {path}").format(path=out), err=True)
+    else:
+        click.echo(text)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--template", type=click.Choice(["spring", "flash"]), default="spring", show_default=True, help="spring: a multi-day reactivation live; flash: a one-evening flash-group sale.")
+@click.option("--force", is_flag=True, help="Write into a folder that already has files.")
+def init(directory: str, template: str, force: bool) -> None:
+    """Start a new playbook folder from a template."""
+    from orchestrator.scaffold import scaffold
+
+    written = scaffold(Path(directory), template, force=force)
+    for path in written:
+        click.echo(str(path))
+    click.echo(_("next: orchestrator validate {path}").format(path=written[0]), err=True)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("step")
+@click.option("--member", "member_id", help="Member id (default: the first member).")
+@click.option("--start", help="Render as if the live started at this moment.")
+def render(file: str, step: str, member_id: str | None, start: str | None) -> None:
+    """Show the exact copy a member receives for STEP (preview, reminder:<id>, welcome)."""
+    from orchestrator.render import render_step
+
+    moment = _start_option(start)
+    loaded, diags = _check(file, moment)
+    errors, _w = _report(file, [d for d in diags if d.is_error], _console(err=True))
+    if loaded is None or errors:
+        sys.exit(1)
+    r = render_step(loaded, step, member_id, _localized(loaded, moment))
+    click.echo(_("step: {step}").format(step=r.step))
+    click.echo(_("channel: {channel}").format(channel=r.channel or _("none")))
+    if r.note:
+        click.echo(_("note: {note}").format(note=r.note))
+    if r.sms_template:
+        click.echo(_("sms template: {code} {params}").format(code=r.sms_template, params=json.dumps(r.sms_params, ensure_ascii=False)))
+    if r.subject:
+        click.echo(_("subject: {subject}").format(subject=r.subject))
+    click.echo("")
+    click.echo(r.text)
+    if r.html:
+        click.echo("")
+        click.echo(r.html)
+
+
+@cli.command()
+@click.option("--dir", "directory", default="demo-event", show_default=True, type=click.Path(file_okay=False), help="Where to write the demo playbook.")
+def demo(directory: str) -> None:
+    """Write the spring template, check it, plan it and draw its timeline."""
+    from orchestrator.scaffold import scaffold
+    from orchestrator.table import print_plan
+    from orchestrator.timeline import write_timeline
+
+    target = Path(directory)
+    playbook_file = target / "playbook.yaml"
+    if not playbook_file.exists():
+        scaffold(target, "spring")
+    loaded, diags = _check(str(playbook_file), None)
+    errors, _w = _report(str(playbook_file), diags, _console(err=True))
+    if loaded is None or errors:
+        sys.exit(1)
+    p = plan(loaded)
+    print_plan(p, _console())
+    page = target / "plan.html"
+    write_timeline(p, loaded, page)
+    click.echo(_("the timeline is drawn in {path}; open it in a browser").format(path=page.resolve().as_uri()))
+
+
+def main() -> None:
+    """Entry point: run the CLI; domain errors print one line, never a traceback."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.Abort:
+        sys.exit(130)
+    except OrchestratorError as e:
+        click.echo(_("error: {message}").format(message=e), err=True)
+        sys.exit(1)
+    except OSError as e:
+        click.echo(_("error: {message}").format(message=f"{e.filename or ''} {e.strerror or e}".strip()), err=True)
+        sys.exit(1)
+    except Exception as e:  # the last guard: one line and a distinct status, never a traceback
+        click.echo(_("internal error: {kind}: {message} (please report it with the playbook)").format(kind=type(e).__name__, message=e), err=True)
+        sys.exit(70)
+
+
+if __name__ == "__main__":
+    main()

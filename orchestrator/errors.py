@@ -1,0 +1,35 @@
+"""The orchestrator's exceptions.
+
+    OrchestratorError
+     ├── PlaybookError        a playbook cannot be loaded; carries its diagnostics
+     ├── ConfigError          a setting has a value we cannot use
+     └── UnknownStep          `render` was asked for a step the plan does not have
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.diagnostics import Diagnostic
+
+
+class OrchestratorError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+
+class PlaybookError(OrchestratorError):
+    """A playbook has errors; `diagnostics` lists each at file:line:col."""
+
+    def __init__(self, diagnostics: Sequence[Diagnostic]) -> None:
+        self.diagnostics = list(diagnostics)
+        super().__init__("\n".join(str(d) for d in self.diagnostics))
+
+
+class ConfigError(OrchestratorError):
+    """A setting from the environment or `.env` is unusable."""
+
+
+class UnknownStep(OrchestratorError):
+    """A step id that the plan does not contain."""

@@ -1,0 +1,88 @@
+"""The exact copy one member receives for one step, through the channel that reaches them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from orchestrator.copytext import render_copy
+from orchestrator.errors import UnknownStep
+from orchestrator.i18n import _
+from orchestrator.load import LoadedPlaybook
+from orchestrator.playbook import PER_MEMBER_CHANNELS, Channel, Member, Message
+from orchestrator.reach import Profile, reach_bits
+from orchestrator.validate import copy_context
+
+
+@dataclass(frozen=True)
+class Rendered:
+    step: str
+    channel: str | None  # None: the member is not reached by this step
+    text: str
+    subject: str | None = None
+    html: str | None = None
+    sms_template: str | None = None
+    sms_params: dict[str, str] | None = None
+    note: str | None = None
+
+
+def step_ids(loaded: LoadedPlaybook) -> list[str]:
+    pb = loaded.playbook
+    ids = (["preview"] if pb.path.preview else []) + [f"reminder:{r.id}" for r in pb.path.reminders]
+    if pb.path.join.welcome is not None or pb.path.join.welcome_file is not None:
+        ids.append("welcome")
+    return ids
+
+
+def _message(loaded: LoadedPlaybook, step: str) -> tuple[tuple[str | int, ...], Message | None]:
+    pb = loaded.playbook
+    if step == "preview" and pb.path.preview is not None:
+        return ("path", "preview"), pb.path.preview
+    wanted = step.removeprefix("reminder:")
+    for i, r in enumerate(pb.path.reminders):
+        if r.id == wanted:
+            return ("path", "reminders", i), r
+    if step == "welcome" and ("path", "join", "welcome") in loaded.copies:
+        return ("path", "join"), None
+    raise UnknownStep(_("no step '{step}'; steps with copy: {known}").format(step=step, known=", ".join(step_ids(loaded))))
+
+
+def render_step(loaded: LoadedPlaybook, step: str, member_id: str | None = None, start: datetime | None = None) -> Rendered:
+    """Render `step` for `member_id` (default: the first member)."""
+    where, msg = _message(loaded, step)
+    member = _member(loaded, member_id)
+    ctx = copy_context(loaded, member, start)
+    if msg is None:
+        return Rendered("welcome", "wecom_group", render_copy(loaded.copies[("path", "join", "welcome")].source, ctx))
+    text = render_copy(loaded.copies[where + ("copy",)].source, ctx)
+    step_id = "preview" if where == ("path", "preview") else f"reminder:{msg.id}"
+    if msg.segments is not None and not loaded.segments_of(member) & set(msg.segments):
+        return Rendered(step_id, None, text, note=_("member '{id}' is not in the segments this message targets").format(id=member.id))
+    profile = Profile(frozenset(loaded.segments_of(member)), reach_bits(member))
+    channel = profile.first_channel([c for c in msg.channels if c in PER_MEMBER_CHANNELS])
+    if channel is None:
+        note = _("member '{id}' has no consented address for {channels}").format(id=member.id, channels=", ".join(c.value for c in msg.channels))
+        return Rendered(step_id, Channel.WECOM_GROUP.value if Channel.WECOM_GROUP in msg.channels else None, text, note=note)
+    if channel is Channel.SMS and msg.sms is not None:
+        params = {k: render_copy(loaded.copies[where + ("sms", "params", k)].source, ctx) for k in msg.sms.params}
+        filled = re.sub(r"\$\{(\w+)\}", lambda m: params.get(m.group(1), m.group(0)), msg.sms.text)
+        return Rendered(step_id, channel.value, f"【{msg.sms.sign}】{filled}", sms_template=msg.sms.template_code, sms_params=params)
+    if channel is Channel.EMAIL:
+        subject = render_copy(loaded.copies[where + ("email", "subject")].source, ctx) if msg.email else loaded.playbook.title
+        html_copy = loaded.copies.get(where + ("email", "html"))
+        html = render_copy(html_copy.source, ctx, html=True) if html_copy else None
+        return Rendered(step_id, channel.value, text, subject=subject, html=html)
+    return Rendered(step_id, channel.value, text)
+
+
+def _member(loaded: LoadedPlaybook, member_id: str | None) -> Member:
+    if member_id is None:
+        first = next(iter(loaded.members.values()), None)
+        if first is None:
+            raise UnknownStep(_("the audience is empty; there is nobody to render for"))
+        return first
+    member = loaded.members.get(member_id)
+    if member is None:
+        raise UnknownStep(_("no member '{id}' in the audience").format(id=member_id))
+    return member

@@ -1,0 +1,102 @@
+"""The plan and the findings as terminal text: tables whose Chinese columns line up."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator.copytext import WEEKDAYS_ZH
+from orchestrator.diagnostics import Diagnostic
+from orchestrator.i18n import _, current_language
+from orchestrator.plan import Plan, Stage
+
+STAGE_STYLE = {
+    Stage.POSTER: "magenta", Stage.JOIN_OPEN: "magenta", Stage.PREVIEW: "cyan", Stage.REMINDER: "cyan",
+    Stage.LIVE_START: "bold green", Stage.LIVE_END: "bold green", Stage.SOP_CUE: "dim",
+    Stage.STAFF_SCRIPT: "dim", Stage.DRAW_SCREENSHOT: "yellow", Stage.DRAW_DEPOSIT: "yellow", Stage.CLOSE: "green",
+}
+
+
+def stage_label(stage: Stage) -> str:
+    return {
+        Stage.POSTER: _("poster"),
+        Stage.JOIN_OPEN: _("join opens"),
+        Stage.PREVIEW: _("preview"),
+        Stage.REMINDER: _("reminder"),
+        Stage.LIVE_START: _("live starts"),
+        Stage.SOP_CUE: _("host cue"),
+        Stage.STAFF_SCRIPT: _("staff script"),
+        Stage.DRAW_SCREENSHOT: _("screenshot draw"),
+        Stage.DRAW_DEPOSIT: _("deposit draw"),
+        Stage.LIVE_END: _("live ends"),
+        Stage.CLOSE: _("close and report"),
+    }[stage]
+
+
+def day_label(p: Plan, index: int) -> str:
+    at = p.steps[index].at
+    if current_language() == "zh":
+        return f"{at.month}月{at.day}日 周{WEEKDAYS_ZH[at.weekday()]}"
+    return f"{at:%a %d %b %Y}"
+
+
+def plan_table(p: Plan) -> Table:
+    table = Table(title=f"{p.title}  ({p.event_id}, {p.timezone})", title_justify="left", show_lines=False, pad_edge=False)
+    table.add_column(_("time"), no_wrap=True)
+    table.add_column(_("stage"), no_wrap=True)
+    table.add_column(_("step"))
+    table.add_column(_("people"), justify="right")
+    table.add_column(_("channels"))
+    table.add_column(_("notes"))
+    last_day = None
+    for i, s in enumerate(p.steps):
+        day = f"{s.at:%Y-%m-%d}"
+        if day != last_day:
+            table.add_row(Text(day_label(p, i), style="bold underline"), "", "", "", "", "")
+            last_day = day
+        notes = []
+        if s.in_quiet_hours:
+            notes.append(_("in quiet hours (allowed)") if s.quiet_allowed else _("IN QUIET HOURS"))
+        if s.unreachable:
+            notes.append(_("{n} unreachable").format(n=s.unreachable))
+        if s.stage is Stage.DRAW_SCREENSHOT:
+            notes.append(_("{n} winners from the last {screen} comments").format(n=s.detail["winners"], screen=s.detail["screen_size"]))
+        if s.stage is Stage.DRAW_DEPOSIT:
+            notes.append(_("{n} winners; cut-off {cutoff}").format(n=s.detail["winners"], cutoff=s.detail["cutoff"][11:16]))
+        channels = ", ".join(f"{k} {v:,}" for k, v in s.channels.items())
+        if s.groups:
+            channels = (channels + ", " if channels else "") + _("all groups")
+        label = s.id if s.stage not in (Stage.SOP_CUE, Stage.STAFF_SCRIPT) else s.label
+        table.add_row(
+            f"{s.at:%H:%M}", Text(stage_label(s.stage), style=STAGE_STYLE[s.stage]), label,
+            f"{s.audience:,}" if s.audience else "", channels, "; ".join(notes),
+        )
+    return table
+
+
+def load_lines(p: Plan) -> list[str]:
+    load = p.load
+    lines = [
+        _("audience: {n:,} people after excluding {x} staff and shill accounts").format(n=p.audience_total, x=p.excluded),
+        _("messages per person: at most {n} on one day (cap {cap}/day), {m} in one month (cap {mcap}/month)").format(
+            n=load.per_day, cap=load.cap_day, m=load.per_month, mcap=load.cap_month),
+    ]
+    if load.wecom_per_month:
+        lines.append(_("WeCom mass messages per customer this month: {n} (quota {quota})").format(n=load.wecom_per_month, quota=load.wecom_quota))
+    if p.quiet_hours:
+        lines.append(_("quiet hours: {window}").format(window=p.quiet_hours))
+    return lines
+
+
+def print_plan(p: Plan, console: Console) -> None:
+    console.print(plan_table(p))
+    for line in load_lines(p):
+        console.print(line)
+
+
+def print_diagnostics(diags: Sequence[Diagnostic], console: Console) -> None:
+    for d in diags:
+        console.print(Text(str(d), style="red" if d.is_error else "yellow"))

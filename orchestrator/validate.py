@@ -1,0 +1,428 @@
+"""Cross-field rules of a loaded playbook: times, ids, platform limits, policy and the law.
+
+`validate(loaded, start)` is pure and returns every finding; the loader already reported
+syntax, structure, types and unreadable files.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+from jinja2 import TemplateError
+
+from orchestrator.copytext import (
+    ALERT_NAMES,
+    AUDIENCE_NAMES,
+    IncentiveView,
+    check_copy,
+    event_view,
+    render_copy,
+)
+from orchestrator.diagnostics import Diagnostic, Severity, did_you_mean, sorted_diagnostics
+from orchestrator.i18n import _
+from orchestrator.load import Copy, LoadedPlaybook
+from orchestrator.plan import MESSAGE_STAGES, Plan, Stage, localize, plan
+from orchestrator.playbook import Channel, Member, Playbook
+from orchestrator.yamlsource import Path_
+
+PRIZE_LIMIT_CNY = 50_000
+WECOM_TEXT_BYTES = 4000
+ROBOT_TEXT_BYTES = 2048
+WECOM_GROUP_CAPACITY = 500
+WECHAT_GROUP_CAPACITY = 200
+JOIN_WAY_GROUPS = 5
+JOIN_WAY_STATE = 30
+ROOM_BASE_NAME = 40
+AB_SAMPLE_PER_ARM = 1000
+OPT_OUT = re.compile(r"(回复?\s*(TD|T|N|R|退订)\s*(退订|拒收)?)|(拒收请回复\s*R)|(退订回\s*T)|(reply\s+(STOP|TD))", re.I)
+SMS_PARAM = re.compile(r"\$\{(\w+)\}")
+COLOUR = re.compile(r"^#[0-9A-Fa-f]{6}$")
+SOURCE_PLATFORM = {"bilibili_open_live": "bilibili", "douyin_push": "douyin", "wxlivespy": "wechat_channels"}
+
+
+class _Findings:
+    def __init__(self, loaded: LoadedPlaybook) -> None:
+        self.loaded = loaded
+        self.items: list[Diagnostic] = []
+
+    def error(self, path: Path_, code: str, message: str, *, key: bool = False) -> None:
+        self.add(path, code, message, Severity.ERROR, key=key)
+
+    def warn(self, path: Path_, code: str, message: str, *, key: bool = False) -> None:
+        self.add(path, code, message, Severity.WARNING, key=key)
+
+    def add(self, path: Path_, code: str, message: str, severity: Severity, *, key: bool = False) -> None:
+        file, line, col = self.loaded.key_at(path) if key else self.loaded.at(path)
+        self.items.append(Diagnostic(file, line, col, code, message, severity))
+
+    def at_copy(self, copy: Copy, line: int, code: str, message: str, severity: Severity = Severity.ERROR) -> None:
+        if copy.block:
+            self.items.append(Diagnostic(copy.file, copy.line + line - 1, 1, code, message, severity))
+        else:
+            self.items.append(Diagnostic(copy.file, copy.line, copy.col, code, message, severity))
+
+
+def validate(loaded: LoadedPlaybook, start: datetime | None = None) -> list[Diagnostic]:
+    """Every cross-field finding, sorted by position, for the live starting at `start`."""
+    f = _Findings(loaded)
+    pb = loaded.playbook
+    _ids(f, pb)
+    _references(f, pb, loaded)
+    _live(f, pb)
+    _mechanism(f, pb)
+    _join(f, pb, loaded)
+    _poster(f, pb)
+    _messages(f, pb)
+    _copies(f, loaded)
+    _audience(f, pb, loaded)
+    if _times_usable(pb):
+        _timeline(f, pb, plan(loaded, start))
+    return sorted_diagnostics(f.items)
+
+
+def _times_usable(pb: Playbook) -> bool:
+    tz = pb.tz
+    return localize(pb.path.live.end, tz) > localize(pb.path.live.start, tz)
+
+
+def _fmt(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M}"
+
+
+# --- ids and references ---------------------------------------------------------------------
+
+
+def _dupes(f: _Findings, items: list[Any], where: Path_, what: str) -> None:
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if item.id in seen:
+            f.error(where + (i, "id"), "duplicate-id", _("duplicate {what} id '{id}' (first is item {n})").format(
+                what=what, id=item.id, n=seen[item.id] + 1))
+        else:
+            seen[item.id] = i
+
+
+def _ids(f: _Findings, pb: Playbook) -> None:
+    _dupes(f, pb.lever.incentives, ("lever", "incentives"), _("incentive"))
+    _dupes(f, pb.mechanism.prizes, ("mechanism", "prizes"), _("prize"))
+    _dupes(f, pb.path.poster.variants, ("path", "poster", "variants"), _("variant"))
+    _dupes(f, pb.path.reminders, ("path", "reminders"), _("reminder"))
+    _dupes(f, pb.support.staff_scripts, ("support", "staff_scripts"), _("staff script"))
+    if pb.mechanism.deposit_draw is not None:
+        _dupes(f, pb.mechanism.deposit_draw.products, ("mechanism", "deposit_draw", "products"), _("product"))
+    for i, seg in enumerate(pb.audience.segments):
+        if seg.members is not None:
+            _dupes(f, seg.members, ("audience", "segments", i, "members"), _("member"))
+    _dupes(f, pb.audience.exclusions.accounts, ("audience", "exclusions", "accounts"), _("account"))
+
+
+def _references(f: _Findings, pb: Playbook, loaded: LoadedPlaybook) -> None:
+    prizes = [p.id for p in pb.mechanism.prizes]
+    for name in ("screenshot_draw", "deposit_draw"):
+        draw = getattr(pb.mechanism, name)
+        if draw is not None and draw.prize not in prizes:
+            f.error(("mechanism", name, "prize"), "unknown-prize", _("prize '{id}' is not in mechanism.prizes").format(
+                id=draw.prize) + (did_you_mean(draw.prize, prizes) or " " + _("(known: {known})").format(known=", ".join(prizes) or "-")))
+    segments = [s.id for s in pb.audience.segments]
+    for where, msg in _all_messages(pb):
+        for j, seg in enumerate(msg.segments or []):
+            if seg not in segments:
+                f.error(where + ("segments", j), "unknown-segment", _("segment '{id}' is not in audience.segments").format(
+                    id=seg) + (did_you_mean(seg, segments) or " " + _("(known: {known})").format(known=", ".join(segments))))
+    for i, rate in pb.policy.rate_limits.items():
+        if rate <= 0:
+            f.error(("policy", "rate_limits", i.value), "range", _("a rate limit must be at least 1 message per second"))
+
+
+def _all_messages(pb: Playbook) -> Iterator[tuple[Path_, Any]]:
+    if pb.path.preview is not None:
+        yield ("path", "preview"), pb.path.preview
+    for i, r in enumerate(pb.path.reminders):
+        yield ("path", "reminders", i), r
+
+
+# --- live, mechanism, join ------------------------------------------------------------------
+
+
+def _live(f: _Findings, pb: Playbook) -> None:
+    live = pb.path.live
+    tz = pb.tz
+    start, end = localize(live.start, tz), localize(live.end, tz)
+    if end <= start:
+        f.error(("path", "live", "end"), "live-end-before-start", _("the live ends ({end}) before it starts ({start}); the end must be later").format(
+            end=_fmt(end), start=_fmt(start)))
+    elif end - start > timedelta(hours=12):
+        f.warn(("path", "live", "end"), "live-long", _("the live lasts {hours} hours; is the end date right?").format(
+            hours=int((end - start).total_seconds() // 3600)))
+    expected = SOURCE_PLATFORM.get(live.comment_source)
+    if expected is not None and expected != live.platform:
+        f.error(("path", "live", "comment_source"), "comment-source-platform", _("comment source '{source}' only works on {platform}, but the live is on {actual}").format(
+            source=live.comment_source, platform=expected, actual=live.platform))
+
+
+def _mechanism(f: _Findings, pb: Playbook) -> None:
+    m = pb.mechanism
+    for i, prize in enumerate(m.prizes):
+        if prize.value_cny > PRIZE_LIMIT_CNY:
+            f.error(("mechanism", "prizes", i, "value_cny"), "prize-over-limit", _(
+                "prize '{id}' is worth CNY {value:,}; the Anti-Unfair Competition Law caps a lottery prize at CNY 50,000").format(id=prize.id, value=prize.value_cny))
+    draws = [d for d in (m.screenshot_draw, m.deposit_draw) if d is not None and d.enabled]
+    if not draws:
+        return
+    notice = pb.mechanism.notice
+    where: Path_ = ("mechanism", "notice") if "notice" in pb.model_fields_set and "notice" in m.model_fields_set else ("mechanism",)
+    for name in ("eligibility", "method", "redemption", "organiser"):
+        if getattr(notice, name) is None:
+            f.error(where, "notice-missing", _("the public notice (公示) lacks '{field}'; promotion rules require it to be published before a draw").format(field=name), key=True)
+    if m.screenshot_draw is not None and m.screenshot_draw.keyword is not None and not m.screenshot_draw.keyword.strip():
+        f.error(("mechanism", "screenshot_draw", "keyword"), "empty", _("must not be empty"))
+
+
+def _join(f: _Findings, pb: Playbook, loaded: LoadedPlaybook) -> None:
+    join = pb.path.join
+    w: Path_ = ("path", "join")
+    limit = WECOM_GROUP_CAPACITY if join.kind == "wecom_join_way" else WECHAT_GROUP_CAPACITY
+    if join.capacity > limit:
+        why = _("WeCom customer groups hold at most 500") if join.kind == "wecom_join_way" else _("an ordinary WeChat group stops accepting QR joins at about 200 members")
+        f.error(w + ("capacity",), "group-capacity", _("capacity {value} is too large: {why}").format(value=join.capacity, why=why))
+    if join.margin >= join.capacity:
+        f.error(w + ("margin",), "group-margin", _("margin {margin} must be below capacity {capacity}: the code rotates before a group is full (e.g. {suggest})").format(
+            margin=join.margin, capacity=join.capacity, suggest=max(1, join.capacity * 95 // 100)))
+    if "{n}" not in join.group_name:
+        f.error(w + ("group_name",), "group-name", _("group_name needs '{{n}}' for the group number, e.g. '{example}'").format(example=join.group_name + "{n}"))
+    if join.kind == "wecom_join_way":
+        if len(join.group_name.replace("{n}", "")) > ROOM_BASE_NAME:
+            f.error(w + ("group_name",), "group-name", _("WeCom allows at most 40 characters in a group base name"))
+        if join.groups_per_join_way > JOIN_WAY_GROUPS:
+            f.error(w + ("groups_per_join_way",), "join-way-groups", _("a WeCom join way holds at most 5 groups, not {value}").format(value=join.groups_per_join_way))
+        longest = max((g.channel_code for g in loaded.guides), key=len, default="")
+        if len(join.state_prefix) + len(longest) > JOIN_WAY_STATE:
+            f.error(w + ("state_prefix",), "join-state-too-long", _("join way state '{state}' would be {n} characters; WeCom allows 30").format(
+                state=join.state_prefix + longest, n=len(join.state_prefix) + len(longest)))
+        if join.codes:
+            f.error(w + ("codes",), "join-codes-kind", _("'codes' are uploaded WeChat group codes; they need kind: wechat_group_codes"), key=True)
+    elif not join.codes:
+        f.warn(w + ("kind",), "join-no-codes", _("no group codes yet: upload them (orchestrator groups add) before the join opens"))
+    if join.welcome is not None and join.welcome_file is not None:
+        f.error(w + ("welcome_file",), "one-copy", _("give the welcome copy once: 'welcome' or 'welcome_file', not both"), key=True)
+
+
+def _poster(f: _Findings, pb: Playbook) -> None:
+    layout = pb.path.poster.layout
+    where: Path_ = ("path", "poster", "layout")
+    for name in ("background", "text_colour"):
+        value = getattr(layout, name)
+        if value.startswith("#") and not COLOUR.match(value):
+            f.error(where + (name,), "colour", _("'{value}' is not a colour; write #RRGGBB, e.g. #C8102E").format(value=value))
+    if pb.path.poster.channels and Channel.WECOM_GROUP in pb.path.poster.channels:
+        f.error(("path", "poster", "channels"), "poster-channel", _("posters go to guides, not into customer groups: use wecom_customer, email, sms, webhook or console"))
+
+
+def _messages(f: _Findings, pb: Playbook) -> None:
+    for where, msg in _all_messages(pb):
+        if len(set(msg.channels)) != len(msg.channels):
+            f.error(where + ("channels",), "duplicate-channel", _("a channel is listed twice"))
+        if Channel.SMS in msg.channels and msg.sms is None:
+            f.error(where + ("channels",), "sms-template-missing", _("SMS needs an approved template: add sms: {{sign, template_code, text, params}}"))
+        if msg.sms is not None:
+            sms = msg.sms
+            if Channel.SMS not in msg.channels:
+                f.warn(where + ("sms",), "sms-unused", _("an sms template is given but 'sms' is not among the channels"), key=True)
+            if sms.marketing and not OPT_OUT.search(sms.text):
+                f.error(where + ("sms", "text"), "sms-opt-out", _("a marketing SMS must tell people how to refuse; end the template with e.g. '回复TD退订' or '拒收请回复R'"))
+            used = set(SMS_PARAM.findall(sms.text))
+            for name in sorted(used - set(sms.params)):
+                f.error(where + ("sms", "text"), "sms-params", _("template parameter '${{{name}}}' has no value in params").format(name=name))
+            for name in sorted(set(sms.params) - used):
+                f.error(where + ("sms", "params", name), "sms-params", _("param '{name}' is not in the template text; the platform rejects extra parameters").format(name=name), key=True)
+
+
+# --- copy -----------------------------------------------------------------------------------
+
+
+def _guide_view(loaded: LoadedPlaybook, member: Member | None) -> dict[str, Any] | None:
+    guide = next((g for g in loaded.guides if member is not None and g.id == member.guide), None)
+    if guide is None:
+        return None
+    return {"id": guide.id, "name": guide.name, "channel_code": guide.channel_code, "contact_code": guide.contact_code or ""}
+
+
+def copy_context(loaded: LoadedPlaybook, member: Member | None, start: datetime | None = None) -> dict[str, Any]:
+    """What copy sees for `member`: the same context the engine renders with."""
+    pb = loaded.playbook
+    tz = pb.tz
+    s = localize(start, tz) if start else localize(pb.path.live.start, tz)
+    e = localize(pb.path.live.end, tz) + (s - localize(pb.path.live.start, tz))
+    return {
+        "member": None if member is None else {"id": member.id, "name": member.name, "segment": member.segment, "tags": list(member.tags)},
+        "event": event_view(pb.id, pb.title, s, e, pb.path.live.room_url, pb.path.live.platform),
+        "group": {"name": pb.path.join.group_name.replace("{n}", "1"), "number": 1},
+        "guide": _guide_view(loaded, member),
+        "lever": {i.id: IncentiveView(i.name, i.copy_text) for i in pb.lever.incentives},
+        "draw": {"number": 1, "time_text": "20:00", "winners": 3, "prize": pb.mechanism.prizes[0].name if pb.mechanism.prizes else ""},
+        "pool": {"remaining": 10, "group": pb.path.join.group_name.replace("{n}", "1")},
+        "tasks": {"count": 2, "guides": "—"},
+    }
+
+
+def _samples(loaded: LoadedPlaybook) -> list[Member]:
+    """A few members that between them exercise optional data: one per segment, one without a guide."""
+    picked: dict[str, Member] = {}
+    no_guide: Member | None = None
+    for m in loaded.members.values():
+        picked.setdefault(m.segment, m)
+        if no_guide is None and m.guide is None:
+            no_guide = m
+        if len(picked) >= 8 and no_guide is not None:
+            break
+    out = list(picked.values())
+    if no_guide is not None and no_guide not in out:
+        out.append(no_guide)
+    return out
+
+
+def _channels_for(path: Path_, pb: Playbook) -> list[Channel]:
+    if path[:2] == ("path", "preview") and pb.path.preview:
+        return list(pb.path.preview.channels)
+    if path[:2] == ("path", "reminders"):
+        return list(pb.path.reminders[int(path[2])].channels)
+    return []
+
+
+def _copies(f: _Findings, loaded: LoadedPlaybook) -> None:
+    pb = loaded.playbook
+    incentive_ids = tuple(i.id for i in pb.lever.incentives)
+    samples = _samples(loaded)
+    for path, copy in loaded.copies.items():
+        alert = path[:2] == ("support", "alerts")
+        names = ALERT_NAMES if alert else AUDIENCE_NAMES
+        problems = check_copy(copy.source, names, incentive_ids)
+        for p in problems:
+            f.at_copy(copy, p.line, p.code, p.message)
+        if problems:
+            continue
+        html = path[-1] == "html"
+        for member in ([None] if alert else samples or [None]):
+            try:
+                text = render_copy(copy.source, copy_context(loaded, member), html=html)
+            except TemplateError as e:
+                who = _("member '{id}' ({where})").format(id=member.id, where=f"{member.where[0]}:{member.where[1]}") if member else _("the sample")
+                hint = " " + _("(not every member has a guide: wrap it in {{% if guide %}}...{{% endif %}})") if "guide" in str(e) or "NoneType" in str(e) else ""
+                f.at_copy(copy, getattr(e, "lineno", None) or 1, "copy-render", _("copy fails for {who}: {reason}").format(who=who, reason=e) + hint)
+                break
+            size = len(text.encode("utf-8"))
+            if alert and size > ROBOT_TEXT_BYTES:
+                f.at_copy(copy, 1, "robot-text-too-long", _("a WeCom robot text may be {limit} bytes; this one is {size}").format(limit=ROBOT_TEXT_BYTES, size=size))
+                break
+            if set(_channels_for(path, pb)) & {Channel.WECOM_CUSTOMER, Channel.WECOM_GROUP} and path[-1] == "copy" and size > WECOM_TEXT_BYTES:
+                f.at_copy(copy, 1, "wecom-text-too-long", _("a WeCom mass message may be {limit} bytes; this one is {size}").format(limit=WECOM_TEXT_BYTES, size=size))
+                break
+
+
+# --- audience -------------------------------------------------------------------------------
+
+
+def _audience(f: _Findings, pb: Playbook, loaded: LoadedPlaybook) -> None:
+    variants = len(pb.path.poster.variants)
+    if variants > 1 and pb.audience.expected_reach // variants < AB_SAMPLE_PER_ARM:
+        f.warn(("path", "poster", "variants"), "ab-sample", _(
+            "{n} variants share an expected reach of {reach}: fewer than 1,000 people per arm, so the A/B result will not be conclusive").format(
+            n=variants, reach=pb.audience.expected_reach), key=True)
+    kpi = pb.goal.kpi
+    funnel = [("reached", kpi.reached), ("scanned", kpi.scanned), ("joined", kpi.joined), ("entered_live", kpi.entered_live), ("commented", kpi.commented)]
+    last: tuple[str, int] | None = None
+    for name, value in funnel:
+        if value is None:
+            continue
+        if last is not None and value > last[1]:
+            f.warn(("goal", "kpi", name), "kpi-funnel", _("target {name} {value} is larger than {previous} {before}; a funnel narrows").format(
+                name=name, value=value, previous=last[0], before=last[1]))
+        last = (name, value)
+    guide_ids = {g.id for g in loaded.guides}
+    unknown = [m for m in loaded.members.values() if m.guide is not None and m.guide not in guide_ids]
+    if loaded.guides and unknown:
+        first = unknown[0]
+        f.items.append(Diagnostic(first.where[0], first.where[1], 1, "unknown-guide", _(
+            "{n} member(s) name a guide that is not in the guides file, first '{id}'").format(n=len(unknown), id=first.guide), Severity.WARNING))
+
+
+# --- the timeline ---------------------------------------------------------------------------
+
+
+def _timeline(f: _Findings, pb: Playbook, p: Plan) -> None:
+    start, end = p.live_start, p.live_end
+    for step in p.steps:
+        if step.stage in MESSAGE_STAGES:
+            if step.at >= start:
+                f.error(step.source, "message-after-live", _("{what} at {at} is not before the live starts ({start}); messages lead up to the live").format(
+                    what=step.id, at=_fmt(step.at), start=_fmt(start)))
+            if step.in_quiet_hours and not step.quiet_allowed:
+                f.error(step.source, "quiet-hours", _("{what} at {at} falls in quiet hours {window}; move it or set quiet_hours: allow on it").format(
+                    what=step.id, at=f"{step.at:%H:%M}", window=p.quiet_hours))
+            elif step.in_quiet_hours:
+                f.warn(step.source, "quiet-hours-allowed", _("{what} at {at} goes out in quiet hours {window} (allowed on this message)").format(
+                    what=step.id, at=f"{step.at:%H:%M}", window=p.quiet_hours))
+            if step.audience == 0 and not step.groups:
+                f.warn(step.source, "reaches-nobody", _("{what} reaches nobody: no member has consent and an address for its channels").format(what=step.id))
+            elif step.unreachable:
+                f.warn(step.source, "unreachable", _("{what}: {n} member(s) have no consented channel among {channels}").format(
+                    what=step.id, n=step.unreachable, channels=", ".join(step.detail["channels"])))
+        elif step.stage in (Stage.POSTER, Stage.JOIN_OPEN) and step.at >= start:
+            f.error(step.source, "path-after-live", _("{what} at {at} is not before the live starts ({start})").format(
+                what=step.id, at=_fmt(step.at), start=_fmt(start)))
+        elif step.stage is Stage.DRAW_DEPOSIT and not start <= step.at <= end:
+            f.error(step.source, "draw-outside-live", _("the deposit draw at {at} is outside the live ({start} to {end})").format(
+                at=_fmt(step.at), start=_fmt(start), end=f"{end:%H:%M}"))
+        elif step.stage in (Stage.SOP_CUE, Stage.STAFF_SCRIPT) and step.at > end:
+            f.error(step.source + ("minute",), "cue-after-show", _("minute {minute} is after the show ends (it lasts {length} minutes)").format(
+                minute=step.detail["minute"], length=int((end - start).total_seconds() // 60)))
+    deposit = pb.mechanism.deposit_draw
+    draw_step = p.step("draw:deposit")
+    if deposit is not None and deposit.enabled and draw_step is not None:
+        cutoff = datetime.fromisoformat(draw_step.detail["cutoff"])
+        if cutoff > draw_step.at:
+            f.error(("mechanism", "deposit_draw", "cutoff"), "cutoff-after-draw", _("the cut-off {cutoff} is after the draw {at}; deposits must close before the draw").format(
+                cutoff=_fmt(cutoff), at=_fmt(draw_step.at)))
+    shot = pb.mechanism.screenshot_draw
+    if shot is not None and shot.enabled and not any(s.stage is Stage.DRAW_SCREENSHOT for s in p.steps):
+        f.error(("mechanism", "screenshot_draw"), "no-whole-hour", _("the live ({start} to {end}) contains no whole hour, so the hourly draw never runs").format(
+            start=_fmt(start), end=f"{end:%H:%M}"), key=True)
+    join_open = p.step("join:open")
+    for i, code in enumerate(pb.path.join.codes):
+        expires = localize(code.expires, pb.tz) + p.shift
+        if join_open is not None and expires <= join_open.at:
+            f.error(("path", "join", "codes", i, "expires"), "code-expired", _("group code '{name}' expires {at}, before the join opens ({open}); upload a fresh code").format(
+                name=code.name, at=_fmt(expires), open=_fmt(join_open.at)))
+        elif expires < end:
+            f.warn(("path", "join", "codes", i, "expires"), "code-expires-early", _("group code '{name}' expires {at}, before the live ends; replace it in time").format(
+                name=code.name, at=_fmt(expires)))
+    _caps(f, pb, p)
+    _same_minute(f, p)
+
+
+def _caps(f: _Findings, pb: Playbook, p: Plan) -> None:
+    load = p.load
+    if load.per_day > load.cap_day:
+        f.error(("policy", "caps", "per_day"), "caps-day", _("on {day} one person would get {n} messages, more than the cap of {cap} a day").format(
+            day=load.busiest_day, n=load.per_day, cap=load.cap_day), key="caps" not in pb.policy.model_fields_set)
+    if load.per_month > load.cap_month:
+        f.error(("policy", "caps", "per_month"), "caps-month", _("in {month} one person would get {n} messages, more than the cap of {cap} a month").format(
+            month=load.busiest_month, n=load.per_month, cap=load.cap_month), key="caps" not in pb.policy.model_fields_set)
+    if load.wecom_per_month > load.wecom_quota:
+        f.error(("policy", "wecom_monthly_quota"), "wecom-quota", _("{n} WeCom mass messages reach one customer in a month; WeCom allows {quota}").format(
+            n=load.wecom_per_month, quota=load.wecom_quota), key="wecom_monthly_quota" not in pb.policy.model_fields_set)
+
+
+def _same_minute(f: _Findings, p: Plan) -> None:
+    seen: dict[datetime, str] = {}
+    for step in p.steps:
+        if step.stage in MESSAGE_STAGES:
+            if step.at in seen:
+                f.warn(step.source, "same-time", _("{what} goes out at the same moment as {other}; people get two messages at once").format(
+                    what=step.id, other=seen[step.at]))
+            seen.setdefault(step.at, step.id)
+
+
