@@ -62,8 +62,10 @@ def render_step(loaded: LoadedPlaybook, step: str, member_id: str | None = None,
     profile = Profile(frozenset(loaded.segments_of(member)), reach_bits(member))
     channel = profile.first_channel([c for c in msg.channels if c in PER_MEMBER_CHANNELS])
     if channel is None:
+        if Channel.WECOM_GROUP in msg.channels:
+            return Rendered(step_id, Channel.WECOM_GROUP.value, text, note=_("posted once into each of the event's groups, not sent to members one by one"))
         note = _("member '{id}' has no consented address for {channels}").format(id=member.id, channels=", ".join(c.value for c in msg.channels))
-        return Rendered(step_id, Channel.WECOM_GROUP.value if Channel.WECOM_GROUP in msg.channels else None, text, note=note)
+        return Rendered(step_id, None, text, note=note)
     if channel is Channel.SMS and msg.sms is not None:
         params = {k: render_copy(loaded.copies[where + ("sms", "params", k)].source, ctx) for k in msg.sms.params}
         filled = re.sub(r"\$\{(\w+)\}", lambda m: params.get(m.group(1), m.group(0)), msg.sms.text)

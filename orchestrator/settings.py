@@ -27,7 +27,6 @@ SETTINGS = (
     Setting("REDIS_URL", None, "Redis URL; unset starts an embedded Redis for one-machine use"),
     Setting("ORCH_PUBLIC_URL", "http://127.0.0.1:8000", "base URL that poster QR codes and links carry"),
     Setting("ORCH_LANG", None, "language of messages, 'zh' or 'en'; unset follows the locale"),
-    Setting("ORCH_TIMEZONE", "Asia/Shanghai", "timezone for playbooks that do not name one"),
 )
 
 
@@ -37,7 +36,6 @@ class Settings:
     redis_url: str | None
     public_url: str
     lang: str | None
-    timezone: str
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, env_file: str | Path | None = ".env") -> Settings:

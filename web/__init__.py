@@ -1,0 +1,1 @@
+"""The web side: Starlette app serving pages, APIs and the host board. Imports `orchestrator`, never the reverse."""
