@@ -30,6 +30,7 @@ POOL_FIELDS = ("remaining", "group")
 TASKS_FIELDS = ("count", "guides")
 
 AUDIENCE_NAMES = ("member", "event", "group", "guide", "lever")
+GROUP_NAMES = ("event", "group", "lever")  # one text posted into a group: nothing personal
 ALERT_NAMES = ("event", "draw", "pool", "tasks")
 
 
@@ -100,6 +101,8 @@ def check_copy(source: str, names: tuple[str, ...], incentive_ids: tuple[str, ..
         return [CopyProblem(e.lineno or 1, _("copy does not compile: {reason}").format(reason=e.message), "copy-syntax")]
     except TemplateError as e:  # e.g. an unknown filter
         return [CopyProblem(1, _("copy does not compile: {reason}").format(reason=str(e)), "copy-syntax")]
+    except RecursionError:  # thousands of nested brackets
+        return [CopyProblem(1, _("copy does not compile: it is nested too deeply"), "copy-syntax")]
     problems: list[CopyProblem] = []
     assigned = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
     from orchestrator.diagnostics import did_you_mean
@@ -126,6 +129,16 @@ def check_copy(source: str, names: tuple[str, ...], incentive_ids: tuple[str, ..
     return sorted(problems, key=lambda p: p.line)
 
 
+def used_names(source: str) -> set[str]:
+    """Top-level names the copy reads (empty when it does not compile; check_copy reports that)."""
+    from jinja2 import meta
+
+    try:
+        return set(meta.find_undeclared_variables(_ENV.parse(source)))
+    except TemplateError:
+        return set()
+
+
 def render_copy(source: str, context: Mapping[str, Any], *, html: bool = False) -> str:
     """Render copy with the given context; raises jinja2 errors (UndefinedError, ...)."""
     env = _HTML_ENV if html else _ENV
@@ -138,6 +151,6 @@ def event_view(pb_id: str, title: str, start: datetime, end: datetime, room_url:
     return {
         "id": pb_id, "title": title, "start": start, "end": end,
         "date_text": date_text, "time_text": f"{start:%H:%M}",
-        "start_text": f"{date_text} {start:%H:%M}", "end_text": f"{end:%H:%M}",
+        "start_text": f"{date_text}{start:%H:%M}", "end_text": f"{end:%H:%M}",
         "room_url": room_url, "platform": platform,
     }

@@ -3,7 +3,8 @@
     OrchestratorError
      ├── PlaybookError        a playbook cannot be loaded; carries its diagnostics
      ├── ConfigError          a setting has a value we cannot use
-     └── UnknownStep          `render` was asked for a step the plan does not have
+     ├── UnknownStep          `render` was asked for a step or member the playbook does not have
+     └── CopyFailed           message copy cannot be rendered for a member
 """
 
 from __future__ import annotations
@@ -32,4 +33,8 @@ class ConfigError(OrchestratorError):
 
 
 class UnknownStep(OrchestratorError):
-    """A step id that the plan does not contain."""
+    """A step id or member id that the playbook does not contain."""
+
+
+class CopyFailed(OrchestratorError):
+    """Copy that compiles but fails for one member (strict undefined, a sandbox refusal, ...)."""

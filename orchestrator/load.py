@@ -19,6 +19,7 @@ from orchestrator.diagnostics import Diagnostic, Severity, did_you_mean, sorted_
 from orchestrator.errors import PlaybookError
 from orchestrator.i18n import _
 from orchestrator.playbook import (
+    COLOUR,
     IDENT,
     SECTIONS,
     SLUG,
@@ -125,7 +126,8 @@ def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     text = str(value)
-    return repr(text if len(text) <= 40 else text[:37] + "...")
+    short = text if len(text) <= 40 else text[:37] + "..."
+    return short if isinstance(value, (int, float)) else repr(short)  # quotes only around text
 
 
 def _pattern_message(pattern: str, value: Any) -> str:
@@ -135,6 +137,8 @@ def _pattern_message(pattern: str, value: Any) -> str:
         return _("'{value}' is not a valid id here: use lowercase letters, digits and '_', starting with a letter (it is used in copy as lever.<id>)").format(value=value)
     if pattern.startswith("^SMS_"):
         return _("'{value}' is not an Aliyun template code; they look like SMS_123456789").format(value=value)
+    if pattern == COLOUR:
+        return _("'{value}' is not a colour; write #RRGGBB, e.g. #FFFFFF").format(value=value)
     if pattern.startswith("^https?"):
         return _("'{value}' is not a link; it must start with https:// or http://").format(value=value)
     return _("'{value}' does not have the expected form {pattern}").format(value=value, pattern=pattern)
@@ -161,7 +165,11 @@ def _message(error: Any) -> tuple[str, str]:
     if kind in _CUSTOM:
         return kind.replace("_", "-"), _(_CUSTOM[kind]).format(**ctx)
     if kind in ("string_type",):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return "type", _("expected text, got the number {value}; put it in quotes: \"{value}\"").format(value=value)
         return "type", _("expected text, got {value}").format(value=_show(value))
+    if kind == "int_parsing_size":
+        return "range", _("the number {value} is far too large").format(value=_show(value))
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return "type", _("expected a whole number, got {value}").format(value=_show(value))
     if kind in ("bool_type", "bool_parsing"):
@@ -272,7 +280,7 @@ def _check_sections_alone(located: Located, shown: str, base: Path) -> list[Diag
         pass
     if audience is None and path is None:
         return diags
-    partial = LoadedPlaybook(shown, base, located, Playbook.model_construct())
+    partial = LoadedPlaybook(shown, base, located, Playbook.model_construct())  # type: ignore[call-arg]  # no valid playbook: only its files are checked
     if audience is not None:
         diags.extend(_load_audience(partial, audience))
     if path is not None:
@@ -400,7 +408,7 @@ def _read_copy_file(loaded: LoadedPlaybook, rel: str, at: Path_) -> tuple[Copy |
 def _inline_copy(loaded: LoadedPlaybook, text: str, at: Path_) -> Copy:
     block = loaded.located.block_text.get(at)
     if block is not None:
-        return Copy(text, loaded.file, block[0], 1, True)
+        return Copy(text, loaded.file, block[0], block[1], True)
     file, line, col = loaded.at(at)
     return Copy(text, file, line, col, False)
 

@@ -6,15 +6,16 @@ Pure: no clock, no I/O. Planning the same playbook for the same start gives the 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime, timedelta, timezone, tzinfo
 from enum import Enum
 from typing import Any
 
 from orchestrator.load import LoadedPlaybook
 from orchestrator.playbook import PER_MEMBER_CHANNELS, Channel, Message, Playbook
 from orchestrator.reach import Audience, build_audience
-from orchestrator.timespec import QuietHours
+from orchestrator.timespec import QuietHours, TimeSpec
 
 
 class Stage(str, Enum):
@@ -32,6 +33,7 @@ class Stage(str, Enum):
 
 
 STAGE_ORDER = {s: i for i, s in enumerate(Stage)}
+UTC = timezone.utc
 MESSAGE_STAGES = (Stage.PREVIEW, Stage.REMINDER)
 
 
@@ -118,23 +120,43 @@ class Plan:
         }
 
 
+# Python compares, subtracts and adds datetimes that share one tzinfo by their wall clocks, which
+# is wrong across a daylight-saving change; the planner's time arithmetic goes through UTC.
+
+
 def localize(moment: datetime, tz: tzinfo) -> datetime:
-    return moment.replace(tzinfo=tz) if moment.tzinfo is None else moment.astimezone(tz)
+    """`moment` in `tz`; a naive one is `tz`'s wall clock (the earlier of two, in a repeated hour)."""
+    aware = moment.replace(tzinfo=tz) if moment.tzinfo is None else moment
+    return aware.astimezone(UTC).astimezone(tz)  # normalised: a wall time a DST gap skips moves on
+
+
+def later(moment: datetime, delta: timedelta) -> datetime:
+    """The moment `delta` of elapsed time after `moment`, in the same timezone."""
+    return (moment.astimezone(UTC) + delta).astimezone(moment.tzinfo)
+
+
+def elapsed(start: datetime, end: datetime) -> timedelta:
+    """Elapsed time from `start` to `end`."""
+    return end.astimezone(UTC) - start.astimezone(UTC)
 
 
 def whole_hours(start: datetime, end: datetime, tz: tzinfo, *, include_end: bool) -> list[datetime]:
-    """Every whole wall-clock hour in the event timezone strictly after `start`, up to `end`."""
-    local = start.astimezone(tz)
-    naive = local.replace(tzinfo=None, minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    out = []
+    """Every moment strictly after `start`, up to `end`, at which the event timezone's clock shows a whole hour.
+
+    Stepping through UTC by quarter hours (every offset in use is a multiple of 15 minutes)
+    needs no special case: a DST gap has no such moment, and a repeated hour has two.
+    """
+    t = start.astimezone(UTC).replace(second=0, microsecond=0)
+    t -= timedelta(minutes=t.minute % 15)
+    end = end.astimezone(UTC)  # `==` across zones is never true in a repeated hour (PEP 495)
+    out: list[datetime] = []
     while True:
-        moment = naive.replace(tzinfo=tz)
-        if moment.astimezone(tz).replace(tzinfo=None) == naive:  # skip wall times a DST gap removes
-            if moment > end or (moment == end and not include_end):
-                break
-            out.append(moment)
-        naive += timedelta(hours=1)
-    return out
+        t += timedelta(minutes=15)
+        if t > end or (t == end and not include_end):
+            return out
+        local = t.astimezone(tz)
+        if local.minute == 0:
+            out.append(local)
 
 
 def days_in_month(d: datetime) -> int:
@@ -149,10 +171,10 @@ def plan(loaded: LoadedPlaybook, start: datetime | None = None) -> Plan:
     audience = build_audience(loaded.members.values(), loaded.extra_segments, loaded.excluded)
     original = localize(pb.path.live.start, tz)
     live_start = localize(start, tz) if start is not None else original
-    shift = live_start - original
-    live_end = localize(pb.path.live.end, tz) + shift
+    shift = elapsed(original, live_start)
+    live_end = later(localize(pb.path.live.end, tz), shift)
     steps = _steps(pb, audience, live_start, live_end, shift, tz)
-    steps.sort(key=lambda s: (s.at, STAGE_ORDER[s.stage], s.id))
+    steps.sort(key=lambda s: (s.at.astimezone(UTC), STAGE_ORDER[s.stage], s.id))
     return Plan(
         event_id=pb.id, title=pb.title, timezone=pb.timezone, live_start=live_start, live_end=live_end,
         shift=shift, quiet_hours=pb.policy.quiet_hours, audience_total=audience.total,
@@ -162,7 +184,10 @@ def plan(loaded: LoadedPlaybook, start: datetime | None = None) -> Plan:
 
 def _steps(pb: Playbook, audience: Audience, start: datetime, end: datetime, shift: timedelta, tz: tzinfo) -> list[Step]:
     path = pb.path
-    at = lambda spec: spec.resolve(start, tz, shift).astimezone(tz)  # noqa: E731
+
+    def at(spec: TimeSpec) -> datetime:
+        return spec.resolve(start, tz, shift).astimezone(tz)
+
     poster_at = at(path.poster.at)
     steps = [
         Step("poster", Stage.POSTER, poster_at, "poster", ("path", "poster", "at"),
@@ -173,7 +198,7 @@ def _steps(pb: Playbook, audience: Audience, start: datetime, end: datetime, shi
         Step("live:start", Stage.LIVE_START, start, "live", ("path", "live", "start"),
              detail={"platform": path.live.platform, "room_url": path.live.room_url}),
         Step("live:end", Stage.LIVE_END, end, "live", ("path", "live", "end")),
-        Step("close", Stage.CLOSE, end + path.live.close_after, "close", ("path", "live", "close_after")),
+        Step("close", Stage.CLOSE, later(end, path.live.close_after), "close", ("path", "live", "close_after")),
     ]
     if path.preview is not None:
         steps.append(_message_step(pb, audience, path.preview, "preview", Stage.PREVIEW, ("path", "preview"), at))
@@ -196,18 +221,18 @@ def _steps(pb: Playbook, audience: Audience, start: datetime, end: datetime, shi
                                   "winners": deposit.winners * pools, "prize": deposit.prize,
                                   "products": [p.id for p in deposit.products]}))
     for i, cue in enumerate(pb.support.sop):
-        steps.append(Step(f"sop:{i + 1}", Stage.SOP_CUE, start + timedelta(minutes=cue.minute), cue.cue,
+        steps.append(Step(f"sop:{i + 1}", Stage.SOP_CUE, later(start, timedelta(minutes=cue.minute)), cue.cue,
                           ("support", "sop", i), detail={"minute": cue.minute}))
     for i, script in enumerate(pb.support.staff_scripts):
         if script.minute is not None:
-            steps.append(Step(f"script:{script.id}", Stage.STAFF_SCRIPT, start + timedelta(minutes=script.minute),
+            steps.append(Step(f"script:{script.id}", Stage.STAFF_SCRIPT, later(start, timedelta(minutes=script.minute)),
                               script.lines[0], ("support", "staff_scripts", i),
                               detail={"minute": script.minute, "lines": list(script.lines)}))
     return steps
 
 
 def _message_step(pb: Playbook, audience: Audience, msg: Message, step_id: str, stage: Stage,
-                  source: tuple[str | int, ...], at: Any) -> Step:
+                  source: tuple[str | int, ...], at: Callable[[TimeSpec], datetime]) -> Step:
     moment = at(msg.at)
     channels: Counter[str] = Counter()
     unreachable = 0

@@ -15,24 +15,27 @@ from enum import Enum
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from orchestrator.i18n import N_
-from orchestrator.timespec import Duration, Moment, QuietWindow, When
+from orchestrator.timespec import DEFAULT_QUIET_HOURS, Duration, Moment, QuietWindow, When
 
 SLUG = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$"
 IDENT = r"^[a-z][a-z0-9_]{0,39}$"
+COLOUR = r"^#[0-9A-Fa-f]{6}$"
 Slug = Annotated[str, Field(pattern=SLUG, description="an id: letters, digits, '-' and '_', at most 40")]
 Ident = Annotated[str, Field(pattern=IDENT, description="an id usable in copy: lowercase letters, digits, '_'")]
 Cny = Annotated[int, Field(ge=0, description="an amount in whole CNY (元)")]
 Count = Annotated[int, Field(ge=0)]
+SHOW_MINUTES = 7 * 24 * 60  # a live lasts at most 7 days (validate.py); cues beyond are typos
 
 
 TEMPLATES = {
     "one_source": N_("a segment needs exactly one of 'file' or 'members'"),
     "one_copy": N_("a message needs exactly one of 'copy' or 'copy_file'"),
     "timezone": N_("'{value}' is not an IANA timezone; write e.g. Asia/Shanghai"),
+    "quota": N_("'{value}' is not a quota; write a whole number of messages (at least 1) or days_in_month"),
 }
 
 
@@ -235,7 +238,7 @@ class PosterLayout(Model):
     height: int = Field(1920, ge=320, le=8192)
     title: str | None = Field(None, description="headline; default: the event title")
     subtitle: str | None = None
-    text_colour: str = "#FFFFFF"
+    text_colour: str = Field("#FFFFFF", pattern=COLOUR, description="#RRGGBB")
 
 
 class Poster(Model):
@@ -292,7 +295,7 @@ class Message(Model):
     at: When
     channels: list[Channel] = Field(min_length=1, description="in order of preference: each member gets it once, through the first channel that reaches them")
     segments: list[Slug] | None = Field(None, description="segment ids; default: the whole audience")
-    copy_text: str | None = Field(None, alias="copy", description="Jinja2 copy, inline")
+    copy_text: str | None = Field(None, alias="copy", min_length=1, description="Jinja2 copy, inline")
     copy_file: str | None = Field(None, description="Jinja2 copy in a file beside the playbook")
     sms: SmsTemplate | None = None
     email: EmailCopy | None = None
@@ -328,7 +331,7 @@ class PathPlan(Model):
 
 
 class Cue(Model):
-    minute: int = Field(ge=0, description="minute of the show, 0 = live start")
+    minute: int = Field(ge=0, le=SHOW_MINUTES, description="minute of the show, 0 = live start")
     cue: str = Field(min_length=1, description="what the host does or says")
 
 
@@ -336,7 +339,7 @@ class StaffScript(Model):
     """水军话术: lines staff post in the room. Shown to staff, never sent."""
 
     id: Slug
-    minute: int | None = Field(None, ge=0)
+    minute: int | None = Field(None, ge=0, le=SHOW_MINUTES)
     lines: list[str] = Field(min_length=1)
 
 
@@ -365,12 +368,20 @@ class LateSteps(Model):
     tolerance: Duration = Field(timedelta(minutes=15), description="how late a step may still run")
 
 
+def _quota(value: object) -> object:
+    if value == "days_in_month" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise PydanticCustomError("quota", TEMPLATES["quota"], {"value": value})
+
+
 class Policy(Model):
-    quiet_hours: QuietWindow | None = Field(default=None, description="no messages to people in this window; default 21:00-08:00; 'off' for none")
+    quiet_hours: QuietWindow | None = Field(DEFAULT_QUIET_HOURS, description="no messages to people in this window (event timezone); 'off' for none")
     caps: Caps = Field(default_factory=Caps)
-    rate_limits: dict[Channel, int] = Field(default_factory=dict, description="messages per second per channel")
+    rate_limits: dict[Channel, Annotated[int, Field(ge=1)]] = Field(default_factory=dict, description="messages per second per channel")
     late_steps: LateSteps = Field(default_factory=LateSteps)
-    wecom_monthly_quota: int | Literal["days_in_month"] = Field("days_in_month", description="WeCom mass messages per customer per month")
+    wecom_monthly_quota: Annotated[int | Literal["days_in_month"], BeforeValidator(_quota)] = Field(
+        "days_in_month", description="WeCom mass messages per customer per month: a number, or days_in_month (WeCom's rule since 2025)"
+    )
 
     @field_validator("quiet_hours", mode="before")
     @classmethod
@@ -379,12 +390,6 @@ class Policy(Model):
             return None
         return value
 
-    @model_validator(mode="before")
-    @classmethod
-    def _default_quiet(cls, data: object) -> object:
-        if isinstance(data, dict) and "quiet_hours" not in data:
-            return {**data, "quiet_hours": "21:00-08:00"}
-        return data
 
 
 # --- the playbook -------------------------------------------------------------------------
@@ -403,7 +408,7 @@ class Playbook(Model):
     mechanism: Mechanism
     path: PathPlan
     support: Support = Field(default_factory=Support)
-    policy: Policy = Field(default_factory=lambda: Policy.model_validate({}))
+    policy: Policy = Field(default_factory=Policy)
 
     @field_validator("timezone")
     @classmethod

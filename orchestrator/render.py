@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from orchestrator.copytext import render_copy
-from orchestrator.errors import UnknownStep
+from orchestrator.errors import CopyFailed, UnknownStep
 from orchestrator.i18n import _
 from orchestrator.load import LoadedPlaybook
 from orchestrator.playbook import PER_MEMBER_CHANNELS, Channel, Member, Message
@@ -39,9 +40,8 @@ def _message(loaded: LoadedPlaybook, step: str) -> tuple[tuple[str | int, ...], 
     pb = loaded.playbook
     if step == "preview" and pb.path.preview is not None:
         return ("path", "preview"), pb.path.preview
-    wanted = step.removeprefix("reminder:")
     for i, r in enumerate(pb.path.reminders):
-        if r.id == wanted:
+        if step == f"reminder:{r.id}":
             return ("path", "reminders", i), r
     if step == "welcome" and ("path", "join", "welcome") in loaded.copies:
         return ("path", "join"), None
@@ -49,10 +49,18 @@ def _message(loaded: LoadedPlaybook, step: str) -> tuple[tuple[str | int, ...], 
 
 
 def render_step(loaded: LoadedPlaybook, step: str, member_id: str | None = None, start: datetime | None = None) -> Rendered:
-    """Render `step` for `member_id` (default: the first member)."""
+    """Render `step` for `member_id` (default: the first member); CopyFailed if the copy breaks for them."""
     where, msg = _message(loaded, step)
     member = _member(loaded, member_id)
-    ctx = copy_context(loaded, member, start)
+    try:
+        return _render(loaded, where, msg, member, copy_context(loaded, member, start))
+    except Exception as e:  # sandbox and template errors alike: the copy cannot be sent to this member
+        where_from = f"{member.where[0]}:{member.where[1]}" if member.where[0] else member.id
+        raise CopyFailed(_("the copy of {step} fails for member '{id}' ({where}): {reason}").format(
+            step=step, id=member.id, where=where_from, reason=e)) from e
+
+
+def _render(loaded: LoadedPlaybook, where: tuple[str | int, ...], msg: Message | None, member: Member, ctx: dict[str, Any]) -> Rendered:
     if msg is None:
         return Rendered("welcome", "wecom_group", render_copy(loaded.copies[("path", "join", "welcome")].source, ctx))
     text = render_copy(loaded.copies[where + ("copy",)].source, ctx)

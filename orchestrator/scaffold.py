@@ -8,10 +8,12 @@ placeholders filled at init time, so a fresh folder validates as it is:
     @EVENT_ID@        the folder's name when it is a valid id, else the template's default
 
 CSV files are written UTF-8 with a BOM, as Excel saves them, so they open cleanly in Excel.
+The playbook's JSON Schema is written beside it for editors (docs/schema.md).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import date, timedelta
 from importlib import resources
@@ -22,9 +24,11 @@ from orchestrator.copytext import WEEKDAYS_ZH
 from orchestrator.errors import OrchestratorError
 from orchestrator.i18n import _
 from orchestrator.playbook import SLUG
+from orchestrator.schema import playbook_schema
 
 TEMPLATES = {"spring": "spring-live", "flash": "flash-sale"}  # template -> default event id
 PLAYBOOK = "playbook.yaml"
+SCHEMA = "playbook.schema.json"
 BOM = b"\xef\xbb\xbf"
 TEXT_SUFFIXES = {".yaml", ".yml", ".csv", ".txt", ".html", ".md", ".j2"}
 LEAD_DAYS = 14
@@ -64,6 +68,9 @@ def scaffold(directory: Path, template: str, *, force: bool = False, today: date
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(_fill(source.read_bytes(), target.suffix.lower(), values))
         written.append(target)
+    schema = directory / SCHEMA
+    schema.write_text(json.dumps(playbook_schema(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    written.append(schema)  # editors complete and check fields from it (the playbook's first line names it)
     written.sort(key=lambda p: (p.name != PLAYBOOK or p.parent != directory, str(p)))
     return written
 

@@ -110,19 +110,28 @@ def read_sheet(
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         hint = ""
-        try:
-            data.decode("gb18030")
-            hint = " " + _("(it reads as GBK, Excel's plain 'CSV' on Chinese Windows: save as 'CSV UTF-8' or set encoding: gbk)")
-        except UnicodeDecodeError:
-            pass
+        if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            hint = " " + _("(it is UTF-16, Excel's 'Unicode Text': save as 'CSV UTF-8')")
+        else:
+            try:
+                data.decode("gb18030")
+                hint = " " + _("(it reads as GBK, Excel's plain 'CSV' on Chinese Windows: save as 'CSV UTF-8' or set encoding: gbk)")
+            except UnicodeDecodeError:
+                pass
         return None, [Diagnostic(shown, line, 1, "encoding", _("the file is not valid {encoding}").format(encoding=encoding) + hint)]
     if "\x00" in text:
         return None, [Diagnostic(shown, 1, 1, "binary", _("the file contains NUL bytes; it is not a CSV text file"))]
     lines = text.splitlines()
+    records: list[tuple[int, list[str]]] = []
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # newline="": \r, \n and \r\n all end rows
+    start = 1
     try:
-        records = list(_records(text))
+        for cells in reader:
+            records.append((start, cells))
+            start = reader.line_num + 1
     except csv.Error as e:
-        return None, [Diagnostic(shown, 1, 1, "csv-syntax", _("not a readable CSV: {reason}").format(reason=e))]
+        hint = " " + _("(a quote opened in this row is never closed)") if "end of data" in str(e) else ""
+        return None, [Diagnostic(shown, start, 1, "csv-syntax", _("not a readable CSV: {reason}").format(reason=e) + hint)]
     if not records:
         return None, [Diagnostic(shown, 1, 1, "csv-empty", _("the file is empty; the first line must name the columns: {columns}").format(columns=", ".join(columns)))]
     head_line, raw_header = records[0]
@@ -150,14 +159,6 @@ def read_sheet(
         return None, diags
     sheet.rows = [(line, cells) for line, cells in records[1:] if any(c.strip() for c in cells)]
     return sheet, diags
-
-
-def _records(text: str) -> Iterator[tuple[int, list[str]]]:
-    reader = csv.reader(io.StringIO(text))
-    start = 1
-    for cells in reader:
-        yield start, cells
-        start = reader.line_num + 1
 
 
 def _bool(sheet: Sheet, line: int, cells: list[str], column: str, diags: list[Diagnostic]) -> bool:
@@ -234,7 +235,7 @@ def members_from_sheet(sheet: Sheet, segment: str) -> tuple[list[Member], list[D
         if has("consent_at") and sheet.cell(cells, "consent_at"):
             consent_at = parse_moment(sheet.cell(cells, "consent_at"))
             if consent_at is None:
-                diags.append(Diagnostic(sheet.file, line, sheet.col(line, sheet.header["consent_at"]), "csv-bad-consent_at",
+                diags.append(Diagnostic(sheet.file, line, sheet.col(line, sheet.header["consent_at"]), "csv-bad-consent-at",
                                         _("'{value}' in column 'consent_at' is not a date and time like 2026-03-01 10:00").format(value=sheet.cell(cells, "consent_at"))))
         out.append(Member(
             id=ident, name=name, segment=segment,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, tzinfo
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
@@ -22,12 +22,15 @@ _ABSOLUTE = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[ T](\d{1,2}):(\d{2})(?::(\d{2}))?\s*(Z|[+-]\d{2}:?\d{2})?$"
 )
 DURATION_PATTERN = r"^(\d+d)?(\d+h)?(\d+m)?(\d+s)?$"
-CLOCK_PATTERN = r"^([01]?\d|2[0-3]):[0-5]\d$"
 TIMESPEC_PATTERN = (
     r"^(T\s*([+-]\s*[0-9dhms]+)?(\s+\d{1,2}:\d{2})?"
     r"|\d{4}-\d{2}-\d{2}[ T]\d{1,2}:\d{2}(:\d{2})?\s*(Z|[+-]\d{2}:?\d{2})?)$"
 )
 MOMENT_PATTERN = r"^\d{4}-\d{2}-\d{2}[ T]\d{1,2}:\d{2}(:\d{2})?\s*(Z|[+-]\d{2}:?\d{2})?$"
+# Offsets and durations beyond a year, and dates outside these years, are typos (T-400d, 0026-12-05);
+# refusing them also keeps every sum the planner makes far from datetime's limits.
+MAX_SPAN = timedelta(days=366)
+FIRST_YEAR, LAST_YEAR = 2000, 2199
 
 
 def parse_duration(text: str) -> timedelta | None:
@@ -36,7 +39,10 @@ def parse_duration(text: str) -> timedelta | None:
     if not m or not any(m.groups()):
         return None
     d, h, mi, s = (int(g) if g else 0 for g in m.groups())
-    return timedelta(days=d, hours=h, minutes=mi, seconds=s)
+    try:
+        return timedelta(days=d, hours=h, minutes=mi, seconds=s)
+    except OverflowError:  # more than a billion days: no date arithmetic could use it
+        return None
 
 
 def format_duration(delta: timedelta) -> str:
@@ -73,9 +79,9 @@ def parse_moment(text: str) -> datetime | None:
     y, mo, d, h, mi, s, off = m.groups()
     try:
         value = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s or 0))
-    except ValueError:
+        return value.replace(tzinfo=_parse_offset(off)) if off else value
+    except ValueError:  # no such day or time, or an offset of 24 hours or more
         return None
-    return value.replace(tzinfo=_parse_offset(off)) if off else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,15 +101,17 @@ class TimeSpec:
         """The aware moment this spec names for a live starting at `live_start`.
 
         `shift` moves absolute moments along when the live itself was moved (`plan --start`).
+        Offsets are elapsed time, so the sums run in UTC: `+` on datetimes of one zone would move
+        the wall clock instead, and be an hour off across a daylight-saving change.
         """
         if self.moment is not None:
             m = self.moment if self.moment.tzinfo else self.moment.replace(tzinfo=tz)
-            return m + shift
+            return m.astimezone(timezone.utc) + shift
         offset = self.offset or timedelta(0)
         if self.clock is None:
-            return live_start + offset
+            return live_start.astimezone(timezone.utc) + offset
         day: date = live_start.astimezone(tz).date() + timedelta(days=offset.days)
-        return datetime.combine(day, self.clock, tzinfo=tz)
+        return datetime.combine(day, self.clock, tzinfo=tz).astimezone(timezone.utc)
 
     def __str__(self) -> str:
         return self.text
@@ -163,14 +171,26 @@ def parse_quiet_hours(text: str) -> QuietHours | None:
 
 TEMPLATES = {
     "duration": N_("'{value}' is not a duration; write e.g. 30m, 1h30m or 2d"),
-    "clock": N_("'{value}' is not a time of day; write HH:MM, e.g. 20:00"),
     "timespec": N_(
         "'{value}' is not a time; write T-1h, T-1d 20:00, T+30m (relative to the live start) "
         "or 2026-12-05 19:00 (event timezone)"
     ),
     "moment": N_("'{value}' is not a date and time; write 2026-12-05 19:00 (event timezone) or add an offset: 2026-12-05T19:00+08:00"),
-    "quiet_hours": N_("'{value}' is not a daily window; write HH:MM-HH:MM, e.g. 21:00-08:00"),
+    "quiet_window": N_("'{value}' is not a daily window; write HH:MM-HH:MM, e.g. 21:00-08:00, or off"),
+    "too_far": N_("'{value}' is more than a year; offsets and durations may be at most 366 days"),
+    "year": N_("'{value}' is not a plausible date: the year must be between 2000 and 2199"),
 }
+
+
+def _out_of_range(value: Any) -> str | None:
+    """The TEMPLATES code for a parsed time beyond MAX_SPAN or the plausible years, else None."""
+    if isinstance(value, TimeSpec):
+        value = value.moment if value.moment is not None else value.offset or timedelta(0)
+    if isinstance(value, timedelta) and abs(value) > MAX_SPAN:
+        return "too_far"
+    if isinstance(value, datetime) and not FIRST_YEAR <= value.year <= LAST_YEAR:
+        return "year"
+    return None
 
 
 def _check(parser: Any, code: str) -> Any:
@@ -186,6 +206,9 @@ def _check(parser: Any, code: str) -> Any:
         parsed = parser(value)
         if parsed is None:
             raise PydanticCustomError(code, message, {"value": value})
+        problem = _out_of_range(parsed)
+        if problem is not None:
+            raise PydanticCustomError(problem, TEMPLATES[problem], {"value": value})
         return parsed
 
     return validate
@@ -193,18 +216,15 @@ def _check(parser: Any, code: str) -> Any:
 
 Duration = Annotated[
     timedelta,
-    BeforeValidator(
-        _check(parse_duration, "duration")
-    ),
+    BeforeValidator(_check(parse_duration, "duration")),
     PlainSerializer(format_duration, return_type=str),
-    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "examples": ["30m", "1h30m", "2d"]}),
-]
-
-Clock = Annotated[
-    time,
-    BeforeValidator(_check(parse_clock, "clock")),
-    PlainSerializer(lambda t: f"{t:%H:%M}", return_type=str),
-    WithJsonSchema({"type": "string", "pattern": CLOCK_PATTERN, "examples": ["20:00"]}),
+    WithJsonSchema({
+        "anyOf": [
+            {"type": "string", "pattern": DURATION_PATTERN},
+            {"type": "integer", "minimum": 0, "description": "minutes"},
+        ],
+        "examples": ["30m", "1h30m", "2d"],
+    }),
 ]
 
 When = Annotated[
@@ -230,8 +250,17 @@ Moment = Annotated[
 QuietWindow = Annotated[
     QuietHours,
     BeforeValidator(
-        _check(parse_quiet_hours, "quiet_hours")
+        _check(parse_quiet_hours, "quiet_window")
     ),
     PlainSerializer(str, return_type=str),
-    WithJsonSchema({"type": "string", "pattern": r"^\d{1,2}:\d{2}\s*-\s*\d{1,2}:\d{2}$", "examples": ["21:00-08:00"]}),
+    WithJsonSchema({
+        "anyOf": [
+            {"type": "string", "pattern": r"^(\d{1,2}:\d{2}\s*[-–~]\s*\d{1,2}:\d{2}|off|none|no)$"},
+            {"const": False},
+        ],
+        "examples": ["21:00-08:00", "off"],
+    }),
 ]
+
+
+DEFAULT_QUIET_HOURS = QuietHours(time(21, 0), time(8, 0), "21:00-08:00")

@@ -16,16 +16,19 @@ from jinja2 import TemplateError
 from orchestrator.copytext import (
     ALERT_NAMES,
     AUDIENCE_NAMES,
+    GROUP_NAMES,
     IncentiveView,
     check_copy,
     event_view,
     render_copy,
+    used_names,
 )
 from orchestrator.diagnostics import Diagnostic, Severity, did_you_mean, sorted_diagnostics
 from orchestrator.i18n import _
 from orchestrator.load import Copy, LoadedPlaybook
-from orchestrator.plan import MESSAGE_STAGES, Plan, Stage, localize, plan
-from orchestrator.playbook import Channel, Member, Playbook
+from orchestrator.plan import MESSAGE_STAGES, UTC, Plan, Stage, elapsed, later, localize, plan
+from orchestrator.playbook import PER_MEMBER_CHANNELS, SHOW_MINUTES, Channel, Member, Playbook
+from orchestrator.timespec import FIRST_YEAR, LAST_YEAR
 from orchestrator.yamlsource import Path_
 
 PRIZE_LIMIT_CNY = 50_000
@@ -37,6 +40,7 @@ JOIN_WAY_GROUPS = 5
 JOIN_WAY_STATE = 30
 ROOM_BASE_NAME = 40
 AB_SAMPLE_PER_ARM = 1000
+MAX_LIVE = timedelta(minutes=SHOW_MINUTES)
 OPT_OUT = re.compile(r"(回复?\s*(TD|T|N|R|退订)\s*(退订|拒收)?)|(拒收请回复\s*R)|(退订回\s*T)|(reply\s+(STOP|TD))", re.I)
 SMS_PARAM = re.compile(r"\$\{(\w+)\}")
 COLOUR = re.compile(r"^#[0-9A-Fa-f]{6}$")
@@ -60,7 +64,7 @@ class _Findings:
 
     def at_copy(self, copy: Copy, line: int, code: str, message: str, severity: Severity = Severity.ERROR) -> None:
         if copy.block:
-            self.items.append(Diagnostic(copy.file, copy.line + line - 1, 1, code, message, severity))
+            self.items.append(Diagnostic(copy.file, copy.line + line - 1, copy.col, code, message, severity))
         else:
             self.items.append(Diagnostic(copy.file, copy.line, copy.col, code, message, severity))
 
@@ -78,14 +82,18 @@ def validate(loaded: LoadedPlaybook, start: datetime | None = None) -> list[Diag
     _messages(f, pb)
     _copies(f, loaded)
     _audience(f, pb, loaded)
-    if _times_usable(pb):
+    if start is not None and not FIRST_YEAR <= start.year <= LAST_YEAR:
+        f.error(("path", "live", "start"), "start-year", _("cannot plan a live starting {start}: the year must be between 2000 and 2199").format(
+            start=_fmt(start)))
+    elif _times_usable(pb):
         _timeline(f, pb, plan(loaded, start))
     return sorted_diagnostics(f.items)
 
 
 def _times_usable(pb: Playbook) -> bool:
     tz = pb.tz
-    return localize(pb.path.live.end, tz) > localize(pb.path.live.start, tz)
+    length = elapsed(localize(pb.path.live.start, tz), localize(pb.path.live.end, tz))
+    return timedelta(0) < length <= MAX_LIVE
 
 
 def _fmt(moment: datetime) -> str:
@@ -132,9 +140,6 @@ def _references(f: _Findings, pb: Playbook, loaded: LoadedPlaybook) -> None:
             if seg not in segments:
                 f.error(where + ("segments", j), "unknown-segment", _("segment '{id}' is not in audience.segments").format(
                     id=seg) + (did_you_mean(seg, segments) or " " + _("(known: {known})").format(known=", ".join(segments))))
-    for i, rate in pb.policy.rate_limits.items():
-        if rate <= 0:
-            f.error(("policy", "rate_limits", i.value), "range", _("a rate limit must be at least 1 message per second"))
 
 
 def _all_messages(pb: Playbook) -> Iterator[tuple[Path_, Any]]:
@@ -151,12 +156,16 @@ def _live(f: _Findings, pb: Playbook) -> None:
     live = pb.path.live
     tz = pb.tz
     start, end = localize(live.start, tz), localize(live.end, tz)
-    if end <= start:
+    length = elapsed(start, end)
+    if length <= timedelta(0):
         f.error(("path", "live", "end"), "live-end-before-start", _("the live ends ({end}) before it starts ({start}); the end must be later").format(
             end=_fmt(end), start=_fmt(start)))
-    elif end - start > timedelta(hours=12):
+    elif length > MAX_LIVE:
+        f.error(("path", "live", "end"), "live-too-long", _("the live would last {days} days; a live lasts at most 7 days: is the end date right?").format(
+            days=length.days))
+    elif length > timedelta(hours=12):
         f.warn(("path", "live", "end"), "live-long", _("the live lasts {hours} hours; is the end date right?").format(
-            hours=int((end - start).total_seconds() // 3600)))
+            hours=int(length.total_seconds() // 3600)))
     expected = SOURCE_PLATFORM.get(live.comment_source)
     if expected is not None and expected != live.platform:
         f.error(("path", "live", "comment_source"), "comment-source-platform", _("comment source '{source}' only works on {platform}, but the live is on {actual}").format(
@@ -173,7 +182,7 @@ def _mechanism(f: _Findings, pb: Playbook) -> None:
     if not draws:
         return
     notice = pb.mechanism.notice
-    where: Path_ = ("mechanism", "notice") if "notice" in pb.model_fields_set and "notice" in m.model_fields_set else ("mechanism",)
+    where: Path_ = ("mechanism", "notice") if "notice" in m.model_fields_set else ("mechanism",)
     for name in ("eligibility", "method", "redemption", "organiser"):
         if getattr(notice, name) is None:
             f.error(where, "notice-missing", _("the public notice (公示) lacks '{field}'; promotion rules require it to be published before a draw").format(field=name), key=True)
@@ -205,7 +214,7 @@ def _join(f: _Findings, pb: Playbook, loaded: LoadedPlaybook) -> None:
         if join.codes:
             f.error(w + ("codes",), "join-codes-kind", _("'codes' are uploaded WeChat group codes; they need kind: wechat_group_codes"), key=True)
     elif not join.codes:
-        f.warn(w + ("kind",), "join-no-codes", _("no group codes yet: upload them (orchestrator groups add) before the join opens"))
+        f.warn(w + ("kind",), "join-no-codes", _("no group codes yet: add them under path.join.codes before the join opens"))
     if join.welcome is not None and join.welcome_file is not None:
         f.error(w + ("welcome_file",), "one-copy", _("give the welcome copy once: 'welcome' or 'welcome_file', not both"), key=True)
 
@@ -213,10 +222,8 @@ def _join(f: _Findings, pb: Playbook, loaded: LoadedPlaybook) -> None:
 def _poster(f: _Findings, pb: Playbook) -> None:
     layout = pb.path.poster.layout
     where: Path_ = ("path", "poster", "layout")
-    for name in ("background", "text_colour"):
-        value = getattr(layout, name)
-        if value.startswith("#") and not COLOUR.match(value):
-            f.error(where + (name,), "colour", _("'{value}' is not a colour; write #RRGGBB, e.g. #C8102E").format(value=value))
+    if layout.background.startswith("#") and not COLOUR.match(layout.background):
+        f.error(where + ("background",), "colour", _("'{value}' is not a colour; write #RRGGBB, e.g. #C8102E").format(value=layout.background))
     if pb.path.poster.channels and Channel.WECOM_GROUP in pb.path.poster.channels:
         f.error(("path", "poster", "channels"), "poster-channel", _("posters go to guides, not into customer groups: use wecom_customer, email, sms, webhook or console"))
 
@@ -226,7 +233,8 @@ def _messages(f: _Findings, pb: Playbook) -> None:
         if len(set(msg.channels)) != len(msg.channels):
             f.error(where + ("channels",), "duplicate-channel", _("a channel is listed twice"))
         if Channel.SMS in msg.channels and msg.sms is None:
-            f.error(where + ("channels",), "sms-template-missing", _("SMS needs an approved template: add sms: {{sign, template_code, text, params}}"))
+            f.error(where + ("channels", msg.channels.index(Channel.SMS)), "sms-template-missing", _(
+                "SMS needs an approved template: add sms: {{sign, template_code, text, params}}").format())
         if msg.sms is not None:
             sms = msg.sms
             if Channel.SMS not in msg.channels:
@@ -255,7 +263,7 @@ def copy_context(loaded: LoadedPlaybook, member: Member | None, start: datetime 
     pb = loaded.playbook
     tz = pb.tz
     s = localize(start, tz) if start else localize(pb.path.live.start, tz)
-    e = localize(pb.path.live.end, tz) + (s - localize(pb.path.live.start, tz))
+    e = later(localize(pb.path.live.end, tz), elapsed(localize(pb.path.live.start, tz), s))
     return {
         "member": None if member is None else {"id": member.id, "name": member.name, "segment": member.segment, "tags": list(member.tags)},
         "event": event_view(pb.id, pb.title, s, e, pb.path.live.room_url, pb.path.live.platform),
@@ -284,6 +292,19 @@ def _samples(loaded: LoadedPlaybook) -> list[Member]:
     return out
 
 
+def _template_line(e: Exception) -> int:
+    """The template line an error happened on: jinja2 sets `lineno`, other errors carry it in the traceback."""
+    if isinstance(e, TemplateError):
+        return getattr(e, "lineno", None) or 1
+    tb = e.__traceback__
+    line = 1
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
 def _channels_for(path: Path_, pb: Playbook) -> list[Channel]:
     if path[:2] == ("path", "preview") and pb.path.preview:
         return list(pb.path.preview.channels)
@@ -298,20 +319,29 @@ def _copies(f: _Findings, loaded: LoadedPlaybook) -> None:
     samples = _samples(loaded)
     for path, copy in loaded.copies.items():
         alert = path[:2] == ("support", "alerts")
-        names = ALERT_NAMES if alert else AUDIENCE_NAMES
+        names: tuple[str, ...] = ALERT_NAMES if alert else AUDIENCE_NAMES
+        if path[-1] == "copy" and _groups_only(_channels_for(path, pb)):
+            names = GROUP_NAMES
+            personal = sorted(used_names(copy.source) & {"member", "guide"})
+            for name in personal:
+                f.at_copy(copy, 1, "copy-personal-in-group", _(
+                    "this message only goes into groups (wecom_group), where one text reaches everyone: its copy cannot use '{name}'").format(name=name))
+            if personal:
+                continue
         problems = check_copy(copy.source, names, incentive_ids)
         for p in problems:
             f.at_copy(copy, p.line, p.code, p.message)
         if problems:
             continue
         html = path[-1] == "html"
-        for member in ([None] if alert else samples or [None]):
+        members: list[Member | None] = [None] if alert or not samples else list(samples)
+        for member in members:
             try:
                 text = render_copy(copy.source, copy_context(loaded, member), html=html)
-            except TemplateError as e:
+            except Exception as e:  # copy is a small program: whatever it raises (TypeError, ...) is the author's to fix
                 who = _("member '{id}' ({where})").format(id=member.id, where=f"{member.where[0]}:{member.where[1]}") if member else _("the sample")
-                hint = " " + _("(not every member has a guide: wrap it in {{% if guide %}}...{{% endif %}})") if "guide" in str(e) or "NoneType" in str(e) else ""
-                f.at_copy(copy, getattr(e, "lineno", None) or 1, "copy-render", _("copy fails for {who}: {reason}").format(who=who, reason=e) + hint)
+                hint = " " + _("(not every member has a guide: wrap it in {{% if guide %}}...{{% endif %}})").format() if "guide" in str(e) or "None" in str(e) else ""
+                f.at_copy(copy, _template_line(e), "copy-render", _("copy fails for {who}: {reason}").format(who=who, reason=e) + hint)
                 break
             size = len(text.encode("utf-8"))
             if alert and size > ROBOT_TEXT_BYTES:
@@ -320,6 +350,10 @@ def _copies(f: _Findings, loaded: LoadedPlaybook) -> None:
             if set(_channels_for(path, pb)) & {Channel.WECOM_CUSTOMER, Channel.WECOM_GROUP} and path[-1] == "copy" and size > WECOM_TEXT_BYTES:
                 f.at_copy(copy, 1, "wecom-text-too-long", _("a WeCom mass message may be {limit} bytes; this one is {size}").format(limit=WECOM_TEXT_BYTES, size=size))
                 break
+
+
+def _groups_only(channels: list[Channel]) -> bool:
+    return Channel.WECOM_GROUP in channels and not any(c in PER_MEMBER_CHANNELS for c in channels)
 
 
 # --- audience -------------------------------------------------------------------------------
@@ -354,9 +388,11 @@ def _audience(f: _Findings, pb: Playbook, loaded: LoadedPlaybook) -> None:
 
 def _timeline(f: _Findings, pb: Playbook, p: Plan) -> None:
     start, end = p.live_start, p.live_end
+    # compared in UTC: datetimes of one zone compare by wall clock, wrong in a repeated hour
+    start_utc, end_utc = start.astimezone(UTC), end.astimezone(UTC)
     for step in p.steps:
         if step.stage in MESSAGE_STAGES:
-            if step.at >= start:
+            if step.at >= start_utc:
                 f.error(step.source, "message-after-live", _("{what} at {at} is not before the live starts ({start}); messages lead up to the live").format(
                     what=step.id, at=_fmt(step.at), start=_fmt(start)))
             if step.in_quiet_hours and not step.quiet_allowed:
@@ -370,15 +406,17 @@ def _timeline(f: _Findings, pb: Playbook, p: Plan) -> None:
             elif step.unreachable:
                 f.warn(step.source, "unreachable", _("{what}: {n} member(s) have no consented channel among {channels}").format(
                     what=step.id, n=step.unreachable, channels=", ".join(step.detail["channels"])))
-        elif step.stage in (Stage.POSTER, Stage.JOIN_OPEN) and step.at >= start:
+        elif step.stage in (Stage.POSTER, Stage.JOIN_OPEN) and step.at >= start_utc:
+            if step.stage is Stage.JOIN_OPEN and pb.path.join.opens_at is None:
+                continue  # the join opens with the poster, whose error already says it
             f.error(step.source, "path-after-live", _("{what} at {at} is not before the live starts ({start})").format(
                 what=step.id, at=_fmt(step.at), start=_fmt(start)))
-        elif step.stage is Stage.DRAW_DEPOSIT and not start <= step.at <= end:
+        elif step.stage is Stage.DRAW_DEPOSIT and not start_utc <= step.at <= end_utc:
             f.error(step.source, "draw-outside-live", _("the deposit draw at {at} is outside the live ({start} to {end})").format(
                 at=_fmt(step.at), start=_fmt(start), end=f"{end:%H:%M}"))
-        elif step.stage in (Stage.SOP_CUE, Stage.STAFF_SCRIPT) and step.at > end:
+        elif step.stage in (Stage.SOP_CUE, Stage.STAFF_SCRIPT) and step.at > end_utc:
             f.error(step.source + ("minute",), "cue-after-show", _("minute {minute} is after the show ends (it lasts {length} minutes)").format(
-                minute=step.detail["minute"], length=int((end - start).total_seconds() // 60)))
+                minute=step.detail["minute"], length=int(elapsed(start, end).total_seconds() // 60)))
     deposit = pb.mechanism.deposit_draw
     draw_step = p.step("draw:deposit")
     if deposit is not None and deposit.enabled and draw_step is not None:
@@ -392,11 +430,11 @@ def _timeline(f: _Findings, pb: Playbook, p: Plan) -> None:
             start=_fmt(start), end=f"{end:%H:%M}"), key=True)
     join_open = p.step("join:open")
     for i, code in enumerate(pb.path.join.codes):
-        expires = localize(code.expires, pb.tz) + p.shift
-        if join_open is not None and expires <= join_open.at:
+        expires = localize(code.expires, pb.tz)  # a real code expires when it expires, wherever the live moves
+        if join_open is not None and expires.astimezone(UTC) <= join_open.at:
             f.error(("path", "join", "codes", i, "expires"), "code-expired", _("group code '{name}' expires {at}, before the join opens ({open}); upload a fresh code").format(
                 name=code.name, at=_fmt(expires), open=_fmt(join_open.at)))
-        elif expires < end:
+        elif expires.astimezone(UTC) < end:
             f.warn(("path", "join", "codes", i, "expires"), "code-expires-early", _("group code '{name}' expires {at}, before the live ends; replace it in time").format(
                 name=code.name, at=_fmt(expires)))
     _caps(f, pb, p)
@@ -420,9 +458,10 @@ def _same_minute(f: _Findings, p: Plan) -> None:
     seen: dict[datetime, str] = {}
     for step in p.steps:
         if step.stage in MESSAGE_STAGES:
-            if step.at in seen:
+            at = step.at.astimezone(UTC)
+            if at in seen:
                 f.warn(step.source, "same-time", _("{what} goes out at the same moment as {other}; people get two messages at once").format(
-                    what=step.id, other=seen[step.at]))
-            seen.setdefault(step.at, step.id)
+                    what=step.id, other=seen[at]))
+            seen.setdefault(at, step.id)
 
 

@@ -124,3 +124,16 @@ def test_init_then_validate_through_the_real_command(tmp_path: Path) -> None:
     assert day.weekday() == 5 and (day - date.today()).days >= 14
     again = subprocess.run([*_cli(), "init", str(target), "--template", "flash"], capture_output=True, text=True, env=env, timeout=60)
     assert again.returncode == 1 and "not empty" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_init_writes_the_schema_the_playbook_names(tmp_path: Path) -> None:
+    import json
+
+    from orchestrator.schema import playbook_schema
+
+    written = scaffold(tmp_path / "ev", "spring", today=date(2026, 11, 23))
+    schema = tmp_path / "ev" / "playbook.schema.json"
+    assert schema in written
+    assert json.loads(schema.read_text(encoding="utf-8")) == playbook_schema()
+    first_line = (tmp_path / "ev" / "playbook.yaml").read_text(encoding="utf-8").splitlines()[0]
+    assert first_line == "# yaml-language-server: $schema=./playbook.schema.json"
