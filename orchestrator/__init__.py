@@ -6,7 +6,7 @@ from orchestrator.load import LoadedPlaybook, check_playbook, load_playbook
 from orchestrator.plan import Plan, Stage, Step, plan
 from orchestrator.playbook import Playbook
 from orchestrator.settings import Settings
-from orchestrator.validate import validate
+from orchestrator.validate import check, validate
 
 __all__ = [
     "ConfigError",
@@ -21,6 +21,7 @@ __all__ = [
     "Stage",
     "Step",
     "UnknownStep",
+    "check",
     "check_playbook",
     "load_playbook",
     "plan",

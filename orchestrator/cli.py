@@ -17,7 +17,7 @@ from rich.console import Console
 from orchestrator.diagnostics import Diagnostic
 from orchestrator.errors import OrchestratorError
 from orchestrator.i18n import _, language_from_env, set_language
-from orchestrator.load import LoadedPlaybook, check_playbook
+from orchestrator.load import LoadedPlaybook
 from orchestrator.plan import localize, plan
 from orchestrator.timespec import parse_moment
 
@@ -38,13 +38,9 @@ def _start_option(value: str | None) -> datetime | None:
 
 
 def _check(file: str, start: datetime | None) -> tuple[LoadedPlaybook | None, list[Diagnostic]]:
-    from orchestrator.diagnostics import sorted_diagnostics
-    from orchestrator.validate import validate
+    from orchestrator.validate import check
 
-    loaded, diags = check_playbook(file)
-    if loaded is not None and not any(d.is_error for d in diags):
-        diags = sorted_diagnostics(diags + validate(loaded, _localized(loaded, start)))
-    return loaded, diags
+    return check(file, start)
 
 
 def _localized(loaded: LoadedPlaybook, start: datetime | None) -> datetime | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from jinja2 import TemplateError
@@ -25,7 +26,7 @@ from orchestrator.copytext import (
 )
 from orchestrator.diagnostics import Diagnostic, Severity, did_you_mean, sorted_diagnostics
 from orchestrator.i18n import _
-from orchestrator.load import Copy, LoadedPlaybook
+from orchestrator.load import Copy, LoadedPlaybook, check_playbook
 from orchestrator.plan import MESSAGE_STAGES, UTC, Plan, Stage, elapsed, later, localize, plan
 from orchestrator.playbook import PER_MEMBER_CHANNELS, SHOW_MINUTES, Channel, Member, Playbook
 from orchestrator.timespec import FIRST_YEAR, LAST_YEAR
@@ -67,6 +68,20 @@ class _Findings:
             self.items.append(Diagnostic(copy.file, copy.line + line - 1, copy.col, code, message, severity))
         else:
             self.items.append(Diagnostic(copy.file, copy.line, copy.col, code, message, severity))
+
+
+def check(path: str | Path, start: datetime | None = None) -> tuple[LoadedPlaybook | None, list[Diagnostic]]:
+    """Everything `orchestrator validate` reports for one file: loading, then the cross-field rules.
+
+    The rules run whenever the model itself is valid, even if a referenced CSV has bad rows,
+    so one run shows all of a file's problems. `start` may be naive (event timezone).
+    """
+    loaded, diags = check_playbook(path)
+    if loaded is None:
+        return None, diags
+    if start is not None:
+        start = localize(start, loaded.playbook.tz)
+    return loaded, sorted_diagnostics(diags + validate(loaded, start))
 
 
 def validate(loaded: LoadedPlaybook, start: datetime | None = None) -> list[Diagnostic]:

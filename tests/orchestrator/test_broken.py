@@ -16,8 +16,8 @@ from click.testing import CliRunner
 
 from orchestrator.cli import cli
 from orchestrator.diagnostics import Diagnostic
-from orchestrator.load import check_playbook
-from orchestrator.validate import validate
+
+from orchestrator.validate import check
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "minimal"
 TEXT = (FIXTURE / "playbook.yaml").read_text(encoding="utf-8")
@@ -70,11 +70,8 @@ def write_playbook(directory: Path, edits: tuple[Edit, ...], files: dict[str, st
 
 
 def findings(path: Path) -> list[Diagnostic]:
-    """What `orchestrator validate` finds: loading first, the cross-field rules when loading found no error."""
-    loaded, diags = check_playbook(path)
-    if loaded is not None and not any(d.is_error for d in diags):
-        diags = diags + validate(loaded)
-    return diags
+    """What `orchestrator validate` finds: loading, then the cross-field rules."""
+    return check(path)[1]
 
 
 # A deposit draw inside the two-hour live (19:00-21:00), inserted before `notice:` (fixture line 35).
