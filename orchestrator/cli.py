@@ -5,11 +5,14 @@ Domain errors become CLI errors only here; nothing below prints or exits.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sys
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -19,7 +22,10 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.i18n import _, language_from_env, set_language
 from orchestrator.load import LoadedPlaybook
 from orchestrator.plan import localize, plan
+from orchestrator.settings import Settings
 from orchestrator.timespec import parse_moment
+
+T = TypeVar("T")
 
 
 def _console(err: bool = False) -> Console:
@@ -208,6 +214,151 @@ def demo(directory: str) -> None:
     page = target / "plan.html"
     write_timeline(p, loaded, page)
     click.echo(_("the timeline is drawn in {path}; open it in a browser").format(path=page.resolve().as_uri()))
+
+
+@contextlib.contextmanager
+def _services() -> Iterator[tuple[Settings, Any, str]]:
+    """Settings, the migrated store and a Redis URL (the embedded server when REDIS_URL is unset)."""
+    from orchestrator.embedded_redis import redis_url
+    from orchestrator.store import open_store
+
+    settings = Settings.from_env()
+    engine = open_store(settings.database_url)
+    try:
+        with redis_url(settings.redis_url, settings.data_path) as url:
+            yield settings, engine, url
+    finally:
+        engine.dispose()
+
+
+async def _with_pool(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
+    from orchestrator.worker import pool_for
+
+    pool = await pool_for(url)
+    try:
+        return await work(pool)
+    finally:
+        await pool.aclose()
+
+
+def _speed_option(value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise click.BadParameter(_("the speed must be a positive number, e.g. 60 (one event minute per second)"))
+    return value
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--start", help="Live start (ISO 8601; default: the playbook's).")
+@click.option("--as", "event_id", help="Event id (default: the playbook's id).")
+@click.option("--speed", type=float, help="Run on an accelerated clock: 60 turns an event hour into a real minute (rehearsals, tests).")
+@click.option("--clock-from", help="With --speed: start the accelerated clock at this moment instead of just before the first step (ISO 8601).")
+@click.option("--rehearsal", is_flag=True, help="Deliver every channel to the console log unless ORCH_ROUTES says otherwise.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def schedule(file: str, start: str | None, event_id: str | None, speed: float | None, clock_from: str | None, rehearsal: bool, as_json: bool) -> None:
+    """Freeze a playbook and schedule its event: one deferred job per step."""
+    from orchestrator.errors import PlaybookError
+    from orchestrator.scheduling import schedule as do_schedule
+
+    moment = _start_option(start)
+    origin = _start_option(clock_from)
+    _speed_option(speed)
+    with _services() as (settings, engine, url):
+        try:
+            result = asyncio.run(_with_pool(url, lambda pool: do_schedule(engine, pool, settings, file, moment, event_id=event_id, speed=speed,
+                                                                          rehearsal=rehearsal, clock_from=origin)))
+        except PlaybookError as e:
+            _report(file, e.diagnostics, _console(err=True))
+            click.echo(_("{file}: not scheduled, {errors} error(s)").format(file=file, errors=len(e.diagnostics)), err=True)
+            sys.exit(1)
+    if as_json:
+        click.echo(json.dumps({"event": result.event_id, "created": result.created, "steps": result.steps, "jobs": result.jobs,
+                               "playbook_hash": result.playbook_hash, "speed": result.clock.speed}, ensure_ascii=False))
+    elif result.created:
+        click.echo(_("scheduled {event}: {steps} steps, {people} people, playbook {hash}").format(
+            event=result.event_id, steps=result.steps, people=result.audience, hash=result.playbook_hash[:12]))
+    else:
+        click.echo(_("{event} is already scheduled with this playbook; nothing changed ({jobs} lost jobs restored)").format(event=result.event_id, jobs=result.jobs))
+
+
+@cli.command()
+@click.argument("event")
+@click.option("--start", required=True, help="The new live start (ISO 8601).")
+def reschedule(event: str, start: str) -> None:
+    """Move an event's steps that have not run to a new live start."""
+    from orchestrator.errors import PlaybookError
+    from orchestrator.scheduling import reschedule as do_reschedule
+
+    moment = _start_option(start)
+    assert moment is not None
+    with _services() as (_settings, engine, url):
+        try:
+            result = asyncio.run(_with_pool(url, lambda pool: do_reschedule(engine, pool, event, moment)))
+        except PlaybookError as e:
+            _report(event, e.diagnostics, _console(err=True))
+            sys.exit(1)
+    click.echo(_("rescheduled {event}: live {start}; {moved} steps moved").format(event=event, start=result["live_start"], moved=result["moved"]))
+
+
+@cli.command()
+@click.argument("event")
+def cancel(event: str) -> None:
+    """Cancel an event: nothing that has not run will run; what was sent stays recorded."""
+    from orchestrator.scheduling import cancel as do_cancel
+
+    with _services() as (_settings, engine, url):
+        result = asyncio.run(_with_pool(url, lambda pool: do_cancel(engine, pool, event)))
+    if result["already"]:
+        click.echo(_("{event} was already cancelled").format(event=event))
+    else:
+        click.echo(_("cancelled {event}: {steps} steps stopped, {sends} planned sends skipped").format(event=event, steps=result["steps"], sends=result["sends"]))
+
+
+@cli.command()
+@click.argument("event")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(event: str, as_json: bool) -> None:
+    """Show an event's steps with their state and send counts, and sends whose outcome is unknown."""
+    from orchestrator.scheduling import status as get_status
+    from orchestrator.settings import Settings as _S
+    from orchestrator.store import open_store
+
+    engine = open_store(_S.from_env().database_url)
+    data = get_status(engine, event)
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+        return
+    from orchestrator.table import print_status
+
+    print_status(data, _console())
+
+
+@cli.command()
+@click.option("--burst", is_flag=True, help="Stop when the queue is empty instead of waiting for more work.")
+@click.option("--max-jobs", default=10, show_default=True, help="Jobs this worker runs at once.")
+def worker(burst: bool, max_jobs: int) -> None:
+    """Run an arq worker that drives every scheduled event (stop with Ctrl-C)."""
+    import logging
+
+    from orchestrator.worker import make_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    with _services() as (settings, engine, url):
+        w = make_worker(settings, url, engine=engine, burst=burst, max_jobs=max_jobs)
+        click.echo(_("worker running on {redis}; Ctrl-C stops it").format(redis=url), err=True)
+        w.run()
+
+
+@cli.command()
+def migrate() -> None:
+    """Create or upgrade the database schema (every command also does this by itself)."""
+    from orchestrator.settings import redact
+    from orchestrator.store import open_store
+
+    settings = Settings.from_env()
+    open_store(settings.database_url).dispose()
+    click.echo(_("the database at {url} is up to date").format(url=redact(settings.database_url)))
 
 
 def main() -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, nodes
+from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from orchestrator.i18n import _
@@ -139,10 +140,17 @@ def used_names(source: str) -> set[str]:
         return set()
 
 
+@lru_cache(maxsize=512)
+def _compiled(source: str, html: bool) -> Template:
+    return (_HTML_ENV if html else _ENV).from_string(source)
+
+
 def render_copy(source: str, context: Mapping[str, Any], *, html: bool = False) -> str:
-    """Render copy with the given context; raises jinja2 errors (UndefinedError, ...)."""
-    env = _HTML_ENV if html else _ENV
-    return env.from_string(source).render(**context).strip()
+    """Render copy with the given context; raises jinja2 errors (UndefinedError, ...).
+
+    Compiled templates are cached: a fan-out renders the same copy for thousands of people.
+    """
+    return _compiled(source, html).render(**context).strip()
 
 
 def event_view(pb_id: str, title: str, start: datetime, end: datetime, room_url: str, platform: str) -> dict[str, Any]:

@@ -4,7 +4,9 @@
      ├── PlaybookError        a playbook cannot be loaded; carries its diagnostics
      ├── ConfigError          a setting has a value we cannot use
      ├── UnknownStep          `render` was asked for a step or member the playbook does not have
-     └── CopyFailed           message copy cannot be rendered for a member
+     ├── CopyFailed           message copy cannot be rendered for a member
+     ├── UnknownEvent         no scheduled event has that id
+     └── EventConflict        the request contradicts the event's state (scheduled with other content, cancelled, closed)
 """
 
 from __future__ import annotations
@@ -38,3 +40,11 @@ class UnknownStep(OrchestratorError):
 
 class CopyFailed(OrchestratorError):
     """Copy that compiles but fails for one member (strict undefined, a sandbox refusal, ...)."""
+
+
+class UnknownEvent(OrchestratorError):
+    """No event with that id is in the store."""
+
+
+class EventConflict(OrchestratorError):
+    """Scheduling, rescheduling or cancelling cannot be done in the event's present state."""

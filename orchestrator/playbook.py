@@ -376,6 +376,9 @@ def _quota(value: object) -> object:
 
 class Policy(Model):
     quiet_hours: QuietWindow | None = Field(DEFAULT_QUIET_HOURS, description="no messages to people in this window (event timezone); 'off' for none")
+    quiet_hours_action: Literal["defer", "skip"] = Field(
+        "defer", description="what the engine does with a message whose moment falls in quiet hours: defer it to the window's end, or skip it"
+    )
     caps: Caps = Field(default_factory=Caps)
     rate_limits: dict[Channel, Annotated[int, Field(ge=1)]] = Field(default_factory=dict, description="messages per second per channel")
     late_steps: LateSteps = Field(default_factory=LateSteps)

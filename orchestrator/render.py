@@ -74,6 +74,20 @@ def _render(loaded: LoadedPlaybook, where: tuple[str | int, ...], msg: Message |
             return Rendered(step_id, Channel.WECOM_GROUP.value, text, note=_("posted once into each of the event's groups, not sent to members one by one"))
         note = _("member '{id}' has no consented address for {channels}").format(id=member.id, channels=", ".join(c.value for c in msg.channels))
         return Rendered(step_id, None, text, note=note)
+    return _render_channel(loaded, where, msg, step_id, channel, text, ctx)
+
+
+def render_for(loaded: LoadedPlaybook, step_id: str, member: Member, channel: Channel, start: datetime | None = None) -> Rendered:
+    """The copy of `step_id` for `member` through `channel` (chosen by the engine); raises on broken copy."""
+    where, msg = _message(loaded, step_id)
+    ctx = copy_context(loaded, member, start)
+    if msg is None:
+        return Rendered("welcome", channel.value, render_copy(loaded.copies[("path", "join", "welcome")].source, ctx))
+    text = render_copy(loaded.copies[where + ("copy",)].source, ctx)
+    return _render_channel(loaded, where, msg, step_id, channel, text, ctx)
+
+
+def _render_channel(loaded: LoadedPlaybook, where: tuple[str | int, ...], msg: Message, step_id: str, channel: Channel, text: str, ctx: dict[str, Any]) -> Rendered:
     if channel is Channel.SMS and msg.sms is not None:
         params = {k: render_copy(loaded.copies[where + ("sms", "params", k)].source, ctx) for k in msg.sms.params}
         filled = re.sub(r"\$\{(\w+)\}", lambda m: params.get(m.group(1), m.group(0)), msg.sms.text)

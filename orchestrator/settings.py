@@ -27,6 +27,12 @@ SETTINGS = (
     Setting("REDIS_URL", None, "Redis URL; unset starts an embedded Redis for one-machine use"),
     Setting("ORCH_PUBLIC_URL", "http://127.0.0.1:8000", "base URL that poster QR codes and links carry"),
     Setting("ORCH_LANG", None, "language of messages, 'zh' or 'en'; unset follows the locale"),
+    Setting("ORCH_DATA_DIR", ".orchestrator", "where the embedded Redis keeps its data, reports and logs are written"),
+    Setting("ORCH_WEBHOOK_URL", None, "URL the signed JSON webhook channel posts to"),
+    Setting("ORCH_WEBHOOK_SECRET", None, "HMAC-SHA256 key of the webhook signature (never in a playbook)"),
+    Setting("ORCH_WEBHOOK_IDEMPOTENCY", "on", "'on': send an Idempotency-Key and resend after a crash; 'off': never resend, mark unknown"),
+    Setting("ORCH_ROUTES", None, "which transport delivers each channel, e.g. 'sms=webhook,email=console'; rehearsals default every channel to console"),
+    Setting("ORCH_SEND_CONCURRENCY", "50", "sends in flight per worker"),
 )
 
 
@@ -36,6 +42,12 @@ class Settings:
     redis_url: str | None
     public_url: str
     lang: str | None
+    data_dir: str
+    webhook_url: str | None
+    webhook_secret: str | None
+    webhook_idempotency: str
+    routes: str | None
+    send_concurrency: str
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, env_file: str | Path | None = ".env") -> Settings:
@@ -52,13 +64,45 @@ class Settings:
             raise ConfigError(f"ORCH_LANG has value {values['lang']!r}; use 'zh' or 'en'")
         if not str(values["public_url"]).startswith(("http://", "https://")):
             raise ConfigError(f"ORCH_PUBLIC_URL has value {values['public_url']!r}; it must start with http:// or https://")
-        return cls(**values)  # type: ignore[arg-type]
+        if values["webhook_idempotency"] not in ("on", "off"):
+            raise ConfigError(f"ORCH_WEBHOOK_IDEMPOTENCY has value {values['webhook_idempotency']!r}; use 'on' or 'off'")
+        if not str(values["send_concurrency"]).isdigit() or int(str(values["send_concurrency"])) < 1:
+            raise ConfigError(f"ORCH_SEND_CONCURRENCY has value {values['send_concurrency']!r}; use a whole number of at least 1")
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.route_map()  # refuse bad routes now, not at the first send
+        return settings
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def concurrency(self) -> int:
+        return int(self.send_concurrency)
+
+    def route_map(self) -> dict[str, str]:
+        """Channel -> transport from ORCH_ROUTES ('sms=webhook,email=console')."""
+        from orchestrator.playbook import Channel
+
+        out: dict[str, str] = {}
+        channels = {c.value for c in Channel}
+        for part in (self.routes or "").split(","):
+            if not part.strip():
+                continue
+            channel, sep, transport = part.partition("=")
+            channel, transport = channel.strip(), transport.strip()
+            if not sep or channel not in channels or transport not in ("webhook", "console"):
+                raise ConfigError(
+                    f"ORCH_ROUTES: '{part.strip()}' is not channel=transport; channels are {', '.join(sorted(channels))}, transports webhook and console"
+                )
+            out[channel] = transport
+        return out
 
     def __repr__(self) -> str:
-        return f"<Settings database={_redact(self.database_url)} redis={_redact(self.redis_url or 'embedded')} public_url={self.public_url}>"
+        return f"<Settings database={redact(self.database_url)} redis={redact(self.redis_url or 'embedded')} public_url={self.public_url}>"
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """Hide a password inside a URL."""
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)

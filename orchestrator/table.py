@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -100,3 +101,38 @@ def print_plan(p: Plan, console: Console) -> None:
 def print_diagnostics(diags: Sequence[Diagnostic], console: Console) -> None:
     for d in diags:
         console.print(Text(str(d), style="red" if d.is_error else "yellow"))
+
+
+STATE_STYLE = {"done": "green", "sending": "cyan", "running": "cyan", "scheduled": "", "deferred": "yellow",
+               "missed": "red", "skipped": "dim", "cancelled": "dim"}
+
+
+def print_status(data: dict[str, Any], console: Console) -> None:
+    """An event's steps with their state and sends, then the sends whose outcome is unknown."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(data["timezone"])
+    console.print(Text(f"{data['title']}  ({data['event']})", style="bold"))
+    console.print(_("state: {state} · mode: {mode} · playbook {hash} · clock ×{speed:g}, now {now}").format(
+        state=data["state"], mode=data["mode"], hash=data["playbook_hash"][:12], speed=data["clock"]["speed"],
+        now=datetime.fromisoformat(data["clock"]["now"]).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")))
+    table = Table(show_edge=False, header_style="bold")
+    for title in (_("time"), _("step"), _("state"), _("sent"), _("failed"), _("unknown"), _("skipped"), _("open"), _("note")):
+        table.add_column(title, no_wrap=title not in (_("note"),), justify="right" if title in (_("sent"), _("failed"), _("unknown"), _("skipped"), _("open")) else "left")
+    for s in data["steps"]:
+        sends = s["sends"]
+        open_rows = sends.get("planned", 0) + sends.get("sending", 0)
+        table.add_row(
+            datetime.fromisoformat(s["at"]).astimezone(tz).strftime("%m-%d %H:%M"), s["id"], Text(s["state"], style=STATE_STYLE.get(s["state"], "")),
+            *(str(sends.get(k, "")) if sends.get(k) else "" for k in ("sent", "failed", "unknown", "skipped")),
+            str(open_rows) if open_rows else "", s["note"] or "",
+        )
+    console.print(table)
+    unknown = data["unknown"]
+    if unknown:
+        console.print(Text(_("{n} sends have an unknown outcome (in flight when a worker stopped; not repeated):").format(n=len(unknown)), style="bold yellow"))
+        for u in unknown[:50]:
+            console.print(f"  {u['step_id']}  {u['member_id']}  {u['channel']}  {u['idempotency_key']}")
+        if len(unknown) > 50:
+            console.print(_("  ... and {n} more (--json lists them all)").format(n=len(unknown) - 50))

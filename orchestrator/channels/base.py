@@ -1,0 +1,60 @@
+"""The channel interface: send one, send a batch, report each outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message to one person through one channel."""
+
+    key: str  # idempotency key: event:step:member:channel
+    event_id: str
+    step_id: str
+    member_id: str
+    channel: str
+    name: str
+    text: str
+    address: dict[str, str] = field(default_factory=dict)  # phone, email, wecom_external_userid
+    subject: str | None = None
+    html: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """`sent`; `retry` (temporary: try again later); `failed` (permanent)."""
+
+    state: Literal["sent", "retry", "failed"]
+    provider_id: str | None = None
+    error: str | None = None
+    retry_after: float | None = None  # seconds, when the peer said
+
+
+class Transport(Protocol):
+    name: str
+    idempotent: bool  # the peer de-duplicates on our key, so a send of unknown outcome may be repeated
+
+    async def send(self, message: Outgoing) -> Outcome: ...
+
+    async def send_batch(self, messages: Sequence[Outgoing]) -> list[Outcome]: ...
+
+    async def close(self) -> None: ...
+
+
+async def send_each(transport: Transport, messages: Sequence[Outgoing], limit: int) -> list[Outcome]:
+    """Send a batch one message at a time, at most `limit` in flight; an exception is a retry."""
+    semaphore = asyncio.Semaphore(limit)
+
+    async def one(m: Outgoing) -> Outcome:
+        async with semaphore:
+            try:
+                return await transport.send(m)
+            except Exception as e:  # a bug or an unexpected peer: never lose the row's state
+                return Outcome("retry", error=f"{type(e).__name__}: {e}")
+
+    return list(await asyncio.gather(*(one(m) for m in messages)))

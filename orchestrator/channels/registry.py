@@ -1,0 +1,48 @@
+"""Which transport delivers each channel of an event, and building the transports from settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.channels.base import Transport
+from orchestrator.channels.console import ConsoleTransport
+from orchestrator.channels.webhook import WebhookTransport
+from orchestrator.errors import ConfigError
+from orchestrator.playbook import Channel
+from orchestrator.settings import Settings
+
+NATIVE = {Channel.WEBHOOK.value: "webhook", Channel.CONSOLE.value: "console"}
+
+
+def routes(settings: Settings, mode: str) -> dict[str, str]:
+    """Channel -> transport. Rehearsals send everything to the console unless ORCH_ROUTES says otherwise."""
+    base = {c.value: "console" for c in Channel} if mode == "rehearsal" else dict(NATIVE)
+    base.update(settings.route_map())
+    return base
+
+
+def missing_routes(settings: Settings, mode: str, used: set[str]) -> list[str]:
+    """Why channels an event uses could not be delivered with these settings (empty: all can)."""
+    table = routes(settings, mode)
+    problems = []
+    for channel in sorted(used):
+        transport = table.get(channel)
+        if transport is None:
+            problems.append(
+                f"channel '{channel}' has no transport yet: route it with ORCH_ROUTES (e.g. {channel}=webhook) "
+                f"or schedule a rehearsal (--rehearsal) that delivers to the console"
+            )
+        elif transport == "webhook" and not (settings.webhook_url and settings.webhook_secret):
+            problems.append(f"channel '{channel}' goes through the webhook, but ORCH_WEBHOOK_URL and ORCH_WEBHOOK_SECRET are not both set")
+    return problems
+
+
+def build_transports(settings: Settings) -> dict[str, Transport]:
+    """One transport of each kind the settings allow."""
+    out: dict[str, Transport] = {"console": ConsoleTransport(Path(settings.data_dir) / "console")}
+    if settings.webhook_url:
+        if not settings.webhook_secret:
+            raise ConfigError("ORCH_WEBHOOK_URL is set but ORCH_WEBHOOK_SECRET is not; the webhook signs every request")
+        out["webhook"] = WebhookTransport(settings.webhook_url, settings.webhook_secret,
+                                          idempotent=settings.webhook_idempotency == "on", concurrency=settings.concurrency)
+    return out

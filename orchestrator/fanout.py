@@ -1,0 +1,205 @@
+"""Draining a message step: claim planned sends in batches, check, render, send, record.
+
+A drain job works for at most `BUDGET` seconds (arq's timeout stays short, so a crashed job
+comes back within a minute), then hands over to its successor if rows remain. Each batch:
+opt-outs are read again (an opt-out takes effect before the next send), caps are reserved,
+copy is rendered per person, the channel's rate limit is waited for, the batch goes out
+concurrently, and all outcomes are written in one statement.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+
+from orchestrator import eventlog, jobs, ledger
+from orchestrator.channels.base import Outcome, Outgoing
+from orchestrator.clock import Clock
+from orchestrator.eligibility import OptOuts, address_of
+from orchestrator.errors import UnknownEvent
+from orchestrator.ledger import Claimed, Result
+from orchestrator.limits import periods
+from orchestrator.load import LoadedPlaybook
+from orchestrator.playbook import Channel, Member
+from orchestrator.render import render_for
+from orchestrator.runtime import OPTOUT, Runtime
+from orchestrator.scheduling import STEP, event_clock, get_event, loaded_event
+from orchestrator.store import Event, utc_now
+
+log = logging.getLogger("orchestrator.worker")
+BUDGET = 15.0  # seconds of work per drain job
+BATCH = 200
+MAX_ATTEMPTS = 5
+
+
+def backoff(attempts: int, retry_after: float | None) -> float:
+    """Seconds before the next try: 2, 4, 8, ... up to 60, or what the peer asked for."""
+    wait = min(60.0, 2.0 ** attempts)
+    return max(wait, retry_after or 0.0)
+
+
+async def drain(ctx: dict[str, Any], event_id: str, step_id: str, revision: int, lane: str, generation: int) -> str:
+    rt: Runtime = ctx["rt"]
+    try:
+        ev = await rt.db(get_event, rt.engine, event_id)
+    except UnknownEvent:
+        return "no such event"
+    if ev.state in ("cancelled", "closed") or ev.revision < revision:
+        return f"event {ev.state}"
+    loaded = await rt.db(loaded_event, ev)
+    clock = event_clock(ev)
+    due = await rt.db(_step_time, rt, event_id, step_id)
+    deadline = time.monotonic() + BUDGET
+    sent = 0
+    full = False
+    while True:
+        if time.monotonic() >= deadline:
+            full = True
+            break
+        claimed = await rt.db(ledger.claim, rt.engine, event_id, step_id, rt.worker_id, BATCH)
+        if not claimed:
+            break
+        sent += await send_batch(rt, ev, loaded, due, step_id, claimed)
+    planned, sending, earliest = await rt.db(ledger.open_rows, rt.engine, event_id, step_id)
+    if planned:
+        delay = 0.0 if full or earliest is None else max(0.0, (earliest - utc_now()).total_seconds())
+        await jobs.enqueue_drain(rt.pool, event_id, step_id, revision, lane, generation + 1, delay)
+    elif not sending:
+        await finish_step(rt, ev, step_id, clock)
+    return f"{sent} sent"
+
+
+async def finish_step(rt: Runtime, ev: Event, step_id: str, clock: Clock) -> None:
+    """Close the step once (whichever lane sees it empty first) and log its outcome."""
+    def close() -> bool:
+        with rt.engine.begin() as conn:
+            return bool(conn.execute(update(STEP).where(STEP.c.event_id == ev.id, STEP.c.step_id == step_id, STEP.c.state == "sending")
+                                     .values(state="done", finished_at=utc_now())).rowcount)
+    if await rt.db(close):
+        counts = await rt.db(ledger.step_counts, rt.engine, ev.id)
+        totals: Counter[str] = Counter()
+        for states in counts.get(step_id, {}).values():
+            totals.update(states)
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(totals.items()))
+        await rt.db(eventlog.record, rt.engine, ev.id, "step-done", f"{step_id} done: {summary}", step_id=step_id,
+                    event_time=clock.now(), data=dict(totals))
+        log.info("%s %s done: %s", ev.id, step_id, summary)
+
+
+def optouts_for(rt: Runtime, members: list[Member]) -> OptOuts:
+    ids = [m.id for m in members]
+    addresses = [a for m in members for a in (m.phone, (m.email or "").lower()) if a]
+    by_member: dict[str, set[str]] = {}
+    by_address: dict[str, set[str]] = {}
+    with rt.engine.connect() as conn:
+        for m, addr, ch in conn.execute(select(OPTOUT.c.member_id, OPTOUT.c.address, OPTOUT.c.channel)
+                                        .where(or_(OPTOUT.c.member_id.in_(ids), OPTOUT.c.address.in_(addresses)))):
+            if m:
+                by_member.setdefault(m, set()).add(ch)
+            if addr:
+                by_address.setdefault(addr.lower(), set()).add(ch)
+    return OptOuts(by_member, by_address)
+
+
+def _step_time(rt: Runtime, event_id: str, step_id: str) -> datetime:
+    with rt.engine.connect() as conn:
+        at: datetime = conn.execute(select(STEP.c.at).where(STEP.c.event_id == event_id, STEP.c.step_id == step_id)).scalar_one()
+    return at
+
+
+async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: datetime, step_id: str, claimed: list[Claimed]) -> int:
+    """Send one claimed batch and record every outcome; returns how many were sent.
+
+    Caps count the message on the day and month of its step's time (`due`), whatever the clock.
+    """
+    pb = loaded.playbook
+    now = due.astimezone(pb.tz)
+    results: list[Result] = []
+    members = {c.id: loaded.members.get(c.member_id) for c in claimed}
+    live = [c for c in claimed if members[c.id] is not None]
+    results += [Result(c.id, "failed", error="member not in the frozen audience") for c in claimed if members[c.id] is None]
+    optouts = await rt.db(optouts_for, rt, [members[c.id] for c in live])
+    ready: list[Claimed] = []
+    for c in live:
+        m = members[c.id]
+        assert m is not None
+        if optouts.blocks(m, c.channel):
+            results.append(Result(c.id, "skipped", error="opted out"))
+        else:
+            ready.append(c)
+    caps = pb.policy.caps
+    granted = await rt.caps.reserve([c.member_id for c in ready], now, caps.per_day, caps.per_month)
+    reserved: list[Claimed] = []
+    for c, ok in zip(ready, granted, strict=True):
+        if ok:
+            reserved.append(c)
+        else:
+            results.append(Result(c.id, "skipped", error=f"cap reached ({caps.per_day} a day, {caps.per_month} a month)"))
+    outgoing: dict[str, list[tuple[Claimed, Outgoing]]] = defaultdict(list)
+    for c in reserved:
+        m = members[c.id]
+        assert m is not None
+        channel = Channel(c.channel)
+        try:
+            r = render_for(loaded, step_id, m, channel, ev.live_start)
+        except Exception as e:  # broken copy for this person: a permanent failure, recorded
+            results.append(Result(c.id, "failed", error=f"copy failed: {e}"[:500]))
+            continue
+        address = {k: v for k, v in (("phone", m.phone), ("email", m.email), ("wecom_external_userid", m.wecom_external_userid)) if v}
+        if address_of(m, channel) is None:
+            results.append(Result(c.id, "failed", error=f"no {channel.value} address"))
+            continue
+        extra: dict[str, Any] = {}
+        if r.sms_template:
+            extra = {"sms_template": r.sms_template, "sms_params": r.sms_params}
+        outgoing[c.transport].append((c, Outgoing(c.key, ev.id, step_id, m.id, c.channel, m.name, r.text, address, r.subject, r.html, extra)))
+    rates = pb.policy.rate_limits
+    sent_members: list[str] = []
+    for transport_name, items in outgoing.items():
+        transport = rt.transports.get(transport_name)
+        if transport is None:
+            results += [Result(c.id, "planned", error=f"transport '{transport_name}' is not configured on worker {rt.worker_id}",
+                               not_before=utc_now() + timedelta(seconds=30)) for c, _m in items]
+            continue
+        for channel_name, group in _by_channel(items).items():
+            rate = rates.get(Channel(channel_name)) if transport_name != "console" else None  # limits protect real peers
+            size = int(rate) if rate else len(group)
+            for i in range(0, len(group), size):
+                chunk = group[i:i + size]
+                if rate:
+                    await rt.limiter.acquire(channel_name, len(chunk), float(rate))
+                outcomes = await transport.send_batch([m for _c, m in chunk])
+                for (c, _m), outcome in zip(chunk, outcomes, strict=True):
+                    results.append(_result(c, outcome))
+                    if outcome.state == "sent":
+                        sent_members.append(c.member_id)
+    sent_ids = {r.id for r in results if r.state == "sent"}
+    await rt.caps.release([c.member_id for c in reserved if c.id not in sent_ids], now)
+    await rt.db(ledger.finish, rt.engine, rt.worker_id, results)
+    day, month = periods(now)
+    increments: Counter[tuple[str, str]] = Counter()
+    for member_id in sent_members:
+        increments[(member_id, day)] += 1
+        increments[(member_id, month)] += 1
+    await rt.db(ledger.add_counts, rt.engine, dict(increments))
+    return len(sent_members)
+
+
+def _by_channel(items: list[tuple[Claimed, Outgoing]]) -> dict[str, list[tuple[Claimed, Outgoing]]]:
+    out: dict[str, list[tuple[Claimed, Outgoing]]] = defaultdict(list)
+    for item in items:
+        out[item[0].channel].append(item)
+    return out
+
+
+def _result(c: Claimed, outcome: Outcome) -> Result:
+    if outcome.state == "sent":
+        return Result(c.id, "sent", provider_id=outcome.provider_id)
+    if outcome.state == "retry" and c.attempts < MAX_ATTEMPTS:
+        return Result(c.id, "planned", error=outcome.error, not_before=utc_now() + timedelta(seconds=backoff(c.attempts, outcome.retry_after)))
+    return Result(c.id, "failed", error=outcome.error)

@@ -1,0 +1,226 @@
+"""The send ledger: every message is a row whose unique key makes it go out at most once.
+
+States (open to later channels, which add their own):
+
+    planned ──claim──► sending ──► sent | failed | unknown
+       ▲                  │
+       └── retry later ◄──┘          planned/sending ──► skipped (opt-out, cap, quiet hours, cancelled)
+
+A row is claimed with one conditional UPDATE (planned -> sending, owner and time set), so two
+workers never hold the same row. A row left in `sending` by a dead worker is resolved by
+`resolve_orphans`: back to `planned` (marked retried) when its transport is idempotent,
+otherwise `unknown` and reported. All calls are synchronous and batched; the worker runs them
+in a thread.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, bindparam, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from orchestrator.store import Send, SendCount, utc_now
+
+SEND = Send.__table__  # type: ignore[attr-defined]
+COUNT = SendCount.__table__  # type: ignore[attr-defined]
+
+OPEN_STATES = ("planned", "sending")
+FINAL_STATES = ("sent", "failed", "unknown", "skipped")
+TRANSITIONS: dict[str, set[str]] = {
+    "planned": {"sending", "skipped"},
+    "sending": {"sent", "failed", "unknown", "planned", "skipped"},
+    # later channels (WeCom tasks) extend this: created -> confirmed -> sent | refused
+}
+
+
+def key_of(event_id: str, step_id: str, member_id: str, channel: str) -> str:
+    return f"{event_id}:{step_id}:{member_id}:{channel}"
+
+
+def _insert(engine: Engine) -> Any:
+    return pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+
+
+def plan_sends(engine: Engine, event_id: str, step_id: str, rows: Iterable[tuple[str, str, str]], chunk: int = 2000) -> int:
+    """Insert a `planned` row per (member, channel, transport) unless it exists; returns rows added."""
+    ins = _insert(engine)
+    added = 0
+    batch: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        nonlocal added
+        if batch:
+            with engine.begin() as conn:
+                added += conn.execute(ins(SEND).on_conflict_do_nothing(), batch).rowcount or 0
+            batch.clear()
+
+    for member_id, channel, transport in rows:
+        batch.append({"event_id": event_id, "step_id": step_id, "member_id": member_id, "channel": channel,
+                      "transport": transport, "state": "planned", "attempts": 0, "retried": False,
+                      "idempotency_key": key_of(event_id, step_id, member_id, channel)})
+        if len(batch) >= chunk:
+            flush()
+    flush()
+    return added
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: int
+    member_id: str
+    channel: str
+    transport: str
+    attempts: int
+    key: str
+    retried: bool
+
+
+def claim(engine: Engine, event_id: str, step_id: str, worker: str, limit: int) -> list[Claimed]:
+    """Take up to `limit` planned rows that are due, atomically, for `worker`."""
+    now = utc_now()
+    due = and_(SEND.c.event_id == event_id, SEND.c.step_id == step_id, SEND.c.state == "planned",
+               (SEND.c.not_before.is_(None)) | (SEND.c.not_before <= now))
+    pick = select(SEND.c.id).where(due).order_by(SEND.c.id).limit(limit)
+    if engine.dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    stmt = (
+        update(SEND)
+        .where(SEND.c.id.in_(pick.scalar_subquery()), SEND.c.state == "planned")
+        .values(state="sending", claimed_by=worker, claimed_at=now, attempts=SEND.c.attempts + 1)
+        .returning(SEND.c.id, SEND.c.member_id, SEND.c.channel, SEND.c.transport, SEND.c.attempts,
+                   SEND.c.idempotency_key, SEND.c.retried)
+    )
+    with engine.begin() as conn:
+        rows = conn.execute(stmt).all()
+    return sorted((Claimed(*r) for r in rows), key=lambda c: c.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    id: int
+    state: str  # sent | failed | planned (retry later) | skipped
+    provider_id: str | None = None
+    error: str | None = None
+    not_before: datetime | None = None
+
+
+def finish(engine: Engine, worker: str, results: Sequence[Result]) -> int:
+    """Record outcomes of rows `worker` holds; a row another process resolved meanwhile is left alone."""
+    if not results:
+        return 0
+    now = utc_now()
+    stmt = (
+        update(SEND)
+        .where(SEND.c.id == bindparam("b_id"), SEND.c.state == "sending", SEND.c.claimed_by == worker)
+        .values(state=bindparam("b_state"), provider_id=bindparam("b_provider"), error=bindparam("b_error"),
+                not_before=bindparam("b_not_before"), sent_at=bindparam("b_sent_at"))
+    )
+    params = [{"b_id": r.id, "b_state": r.state, "b_provider": r.provider_id, "b_error": r.error,
+               "b_not_before": r.not_before, "b_sent_at": now if r.state == "sent" else None} for r in results]
+    with engine.begin() as conn:
+        return conn.execute(stmt, params).rowcount or 0
+
+
+def skip_open(engine: Engine, event_id: str, reason: str, step_id: str | None = None) -> int:
+    """Mark every planned row (of one step, or the whole event) skipped, e.g. on cancel."""
+    cond = [SEND.c.event_id == event_id, SEND.c.state == "planned"]
+    if step_id is not None:
+        cond.append(SEND.c.step_id == step_id)
+    with engine.begin() as conn:
+        return conn.execute(update(SEND).where(*cond).values(state="skipped", error=reason)).rowcount or 0
+
+
+def resolve_orphans(engine: Engine, live_workers: set[str], idempotent: dict[str, bool], grace: timedelta = timedelta(seconds=5)) -> dict[tuple[str, str], tuple[int, int]]:
+    """Rows in `sending` whose worker is gone: resend where the transport is idempotent, else `unknown`.
+
+    Returns (event, step) -> (rows put back to planned, rows marked unknown), so the caller can
+    report them and restart the step's sending.
+    """
+    cutoff = utc_now() - grace
+    with engine.begin() as conn:
+        rows = conn.execute(
+            select(SEND.c.id, SEND.c.event_id, SEND.c.step_id, SEND.c.transport, SEND.c.claimed_by)
+            .where(SEND.c.state == "sending", SEND.c.claimed_at < cutoff)
+        ).all()
+        orphans = [r for r in rows if r.claimed_by not in live_workers]
+        again = [r.id for r in orphans if idempotent.get(r.transport, False)]
+        lost = [r.id for r in orphans if not idempotent.get(r.transport, False)]
+        for ids, values in ((again, {"state": "planned", "retried": True, "claimed_by": None}),
+                            (lost, {"state": "unknown", "error": "the worker stopped during the send; the channel has no idempotency key, so it is not repeated"})):
+            for i in range(0, len(ids), 500):
+                conn.execute(update(SEND).where(SEND.c.id.in_(ids[i:i + 500]), SEND.c.state == "sending").values(**values))
+    out: dict[tuple[str, str], tuple[int, int]] = {}
+    for r in orphans:
+        retried, unknown = out.get((r.event_id, r.step_id), (0, 0))
+        if idempotent.get(r.transport, False):
+            out[(r.event_id, r.step_id)] = (retried + 1, unknown)
+        else:
+            out[(r.event_id, r.step_id)] = (retried, unknown + 1)
+    return out
+
+
+def step_counts(engine: Engine, event_id: str) -> dict[str, dict[str, dict[str, int]]]:
+    """step -> channel -> state -> rows."""
+    out: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
+    with engine.connect() as conn:
+        for step, channel, state, n in conn.execute(
+            select(SEND.c.step_id, SEND.c.channel, SEND.c.state, func.count()).where(SEND.c.event_id == event_id)
+            .group_by(SEND.c.step_id, SEND.c.channel, SEND.c.state)
+        ):
+            out[step][channel][state] = n
+    return {s: {c: dict(v) for c, v in chans.items()} for s, chans in out.items()}
+
+
+def open_rows(engine: Engine, event_id: str, step_id: str) -> tuple[int, int, datetime | None]:
+    """(planned rows, sending rows, earliest not_before among planned) of one step."""
+    with engine.connect() as conn:
+        planned, earliest = conn.execute(
+            select(func.count(), func.min(SEND.c.not_before)).where(SEND.c.event_id == event_id, SEND.c.step_id == step_id, SEND.c.state == "planned")
+        ).one()
+        sending = conn.execute(
+            select(func.count()).where(SEND.c.event_id == event_id, SEND.c.step_id == step_id, SEND.c.state == "sending")
+        ).scalar_one()
+    return int(planned), int(sending), earliest
+
+
+def unknown_rows(engine: Engine, event_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(SEND.c.step_id, SEND.c.member_id, SEND.c.channel, SEND.c.idempotency_key, SEND.c.claimed_at)
+            .where(SEND.c.event_id == event_id, SEND.c.state == "unknown").order_by(SEND.c.id).limit(limit)
+        ).all()
+    return [dict(r._mapping) for r in rows]
+
+
+def add_counts(engine: Engine, increments: dict[tuple[str, str], int]) -> None:
+    """Add sent messages to each (member, period) count, in one statement per chunk."""
+    if not increments:
+        return
+    ins = _insert(engine)
+    items = [{"member_id": m, "period": p, "count": n} for (m, p), n in sorted(increments.items())]
+    with engine.begin() as conn:
+        for i in range(0, len(items), 1000):
+            stmt = ins(COUNT).values(items[i:i + 1000])
+            conn.execute(stmt.on_conflict_do_update(index_elements=["member_id", "period"], set_={"count": COUNT.c.count + stmt.excluded.count}))
+
+
+def counts_of(engine: Engine, members: Sequence[str], periods: Sequence[str]) -> dict[tuple[str, str], int]:
+    out: dict[tuple[str, str], int] = {}
+    if not members:
+        return out
+    with engine.connect() as conn:
+        for i in range(0, len(members), 500):
+            for m, p, n in conn.execute(select(COUNT.c.member_id, COUNT.c.period, COUNT.c.count)
+                                        .where(COUNT.c.member_id.in_(members[i:i + 500]), COUNT.c.period.in_(periods))):
+                out[(m, p)] = n
+    return out
+
+
+__all__ = ["Claimed", "Result", "TRANSITIONS", "add_counts", "claim", "counts_of", "finish", "insert", "key_of", "open_rows",
+           "plan_sends", "resolve_orphans", "skip_open", "step_counts", "unknown_rows"]

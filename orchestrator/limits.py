@@ -1,0 +1,117 @@
+"""Limits shared by every worker, kept in Redis: per-channel rate (token buckets) and per-person caps.
+
+Rates are the peers' limits, so they run on real time. Caps count messages per person per day and
+per month of the event clock, across events: a reservation is taken before a send (one Lua call
+per batch, so two workers cannot both take the last place) and released if the send does not
+happen. Counts missing from Redis (a restart, a new month) are seeded from the store's totals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+
+from redis.asyncio import Redis
+
+TAKE = """
+local rate = tonumber(ARGV[1]); local burst = tonumber(ARGV[2]); local want = tonumber(ARGV[3])
+local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1]) or burst
+local ts = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local take = math.min(want, math.floor(tokens))
+tokens = tokens - take
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+local wait = 0
+if take < want then wait = (1 - (tokens - math.floor(tokens))) / rate end
+return {take, tostring(wait)}
+"""
+
+RESERVE = """
+local cap_d = tonumber(ARGV[1]); local cap_m = tonumber(ARGV[2])
+local out = {}
+for i = 1, #KEYS, 2 do
+  local d = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local m = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
+  if d < cap_d and m < cap_m then
+    redis.call('INCR', KEYS[i]); redis.call('EXPIRE', KEYS[i], 259200)
+    redis.call('INCR', KEYS[i + 1]); redis.call('EXPIRE', KEYS[i + 1], 3196800)
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+
+RELEASE = """
+for i = 1, #KEYS do
+  if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
+end
+return #KEYS
+"""
+
+
+class RateLimiter:
+    """A token bucket per channel in Redis: `rate` messages per second, bursts up to `burst`."""
+
+    def __init__(self, redis: Redis, prefix: str = "orch:rate") -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self._take = redis.register_script(TAKE)
+
+    async def acquire(self, channel: str, n: int, rate: float, burst: float | None = None) -> None:
+        """Wait until `n` tokens of `channel`'s bucket are taken."""
+        burst = burst if burst is not None else max(1.0, rate)
+        left = n
+        while left > 0:
+            took, wait = await self._take(keys=[f"{self.prefix}:{channel}"], args=[rate, burst, min(left, int(burst))])
+            left -= int(took)
+            if left > 0:
+                await asyncio.sleep(max(float(wait), 0.001))
+
+
+def periods(moment: datetime) -> tuple[str, str]:
+    """The day and month keys of a send at `moment` (event timezone)."""
+    return f"d:{moment:%Y-%m-%d}", f"m:{moment:%Y-%m}"
+
+
+class Caps:
+    """Per-person caps per day and month, across events."""
+
+    def __init__(self, redis: Redis, seed: Callable[[Sequence[str], Sequence[str]], Awaitable[dict[tuple[str, str], int]]], prefix: str = "orch:cap") -> None:
+        self.redis = redis
+        self.seed = seed  # (members, periods) -> store counts
+        self.prefix = prefix
+        self._reserve = redis.register_script(RESERVE)
+        self._release = redis.register_script(RELEASE)
+
+    def _keys(self, member: str, day: str, month: str) -> list[str]:
+        return [f"{self.prefix}:{member}:{day}", f"{self.prefix}:{member}:{month}"]
+
+    async def reserve(self, members: Sequence[str], moment: datetime, per_day: int, per_month: int) -> list[bool]:
+        """For each member, whether a message fits under both caps (and is now counted)."""
+        if not members:
+            return []
+        day, month = periods(moment)
+        keys = [k for m in members for k in self._keys(m, day, month)]
+        present = await self.redis.mget(keys)
+        missing = sorted({m for m, i in zip(members, range(0, len(keys), 2), strict=True) if present[i] is None or present[i + 1] is None})
+        if missing:
+            stored = await self.seed(missing, [day, month])
+            pipe = self.redis.pipeline(transaction=False)
+            for m in missing:
+                dk, mk = self._keys(m, day, month)
+                pipe.set(dk, stored.get((m, day), 0), nx=True, ex=259200)
+                pipe.set(mk, stored.get((m, month), 0), nx=True, ex=3196800)
+            await pipe.execute()
+        granted = await self._reserve(keys=keys, args=[per_day, per_month])
+        return [bool(g) for g in granted]
+
+    async def release(self, members: Sequence[str], moment: datetime) -> None:
+        if members:
+            day, month = periods(moment)
+            await self._release(keys=[k for m in members for k in self._keys(m, day, month)])

@@ -1,0 +1,238 @@
+"""One handler per stage; `run_step` is the arq job that runs a step when its time comes.
+
+A step job starts by taking the step (one conditional UPDATE, so a duplicate job does nothing),
+applies the playbook's policy for late steps, then hands over to its stage. Stages owned by
+later work (posters, the group pool, draws) record the step and say so in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+
+from orchestrator import eventlog, jobs, ledger
+from orchestrator.clock import Clock
+from orchestrator.eligibility import select as select_recipients
+from orchestrator.errors import UnknownEvent
+from orchestrator.load import LoadedPlaybook
+from orchestrator.plan import localize
+from orchestrator.playbook import Channel, Message
+from orchestrator.runtime import Runtime
+from orchestrator.scheduling import EVENT, STEP, event_clock, get_event, loaded_event
+from orchestrator.store import Event, Step, utc_now
+from orchestrator.timespec import QuietHours
+
+log = logging.getLogger("orchestrator.worker")
+LANES = 4  # drain jobs per message step: parallel sending across workers
+ALWAYS_RUN = {"live_start", "live_end", "draw_screenshot", "draw_deposit", "close"}
+MISSED_GRACE = timedelta(minutes=1)
+REAL_GRACE = 1.0  # real seconds: job pick-up latency, never counted as lateness
+RETAKE_AFTER = timedelta(seconds=90)  # a step left `running` this long (its worker died) may be taken again
+LATER = {
+    "poster": "posters per guide arrive with the path work (issue: the path); recorded only",
+    "join_open": "the group pool arrives with the path work; recorded only",
+    "draw_screenshot": "the draw is run by the lottery work (issue: draws); recorded only",
+    "draw_deposit": "the deposit draw is run by the lottery work (issue: draws); recorded only",
+}
+
+Handler = Callable[[Runtime, Event, Step, LoadedPlaybook, Clock], Awaitable[str]]
+
+
+async def run_step(ctx: dict[str, Any], event_id: str, step_id: str, revision: int) -> str:
+    rt: Runtime = ctx["rt"]
+    try:
+        ev = await rt.db(get_event, rt.engine, event_id)
+    except UnknownEvent:
+        return "no such event"
+    if ev.state in ("cancelled", "closed"):
+        return f"event {ev.state}"
+    clock = event_clock(ev)
+    step = await rt.db(_take, rt, event_id, step_id, revision)
+    if step is None:
+        return "not due: stale revision, already run, or cancelled"
+    now = clock.now()
+    if ev.state == "scheduled":
+        await rt.db(_set_event_state, rt, event_id, "running")
+    loaded = await rt.db(loaded_event, ev)
+    late = lateness(clock, step.at, now)
+    policy = loaded.playbook.policy.late_steps
+    if step.stage not in ALWAYS_RUN and late > MISSED_GRACE and (policy.action == "mark_missed" or late > policy.tolerance):
+        note = f"missed: {_human(late)} late (policy {policy.action}, tolerance {_human(policy.tolerance)})"
+        await rt.db(_finish_step, rt, event_id, step_id, "missed", note)
+        await rt.db(eventlog.record, rt.engine, event_id, "step-missed", f"{step_id} {note}", step_id=step_id, event_time=now)
+        return note
+    handler = HANDLERS.get(step.stage, _record_only)
+    return await handler(rt, ev, step, loaded, clock)
+
+
+def lateness(clock: Clock, due: datetime, now: datetime) -> timedelta:
+    """How late a step runs, in event time; the few real seconds a job takes to be picked up do not
+    count (at speed 10,000 half a second would otherwise be 80 event minutes)."""
+    late = now - due
+    if late.total_seconds() / clock.speed <= REAL_GRACE:
+        return timedelta(0)
+    return late
+
+
+def moment_of(clock: Clock, due: datetime) -> datetime:
+    """The event time a step acts at: its own time when on time, else now."""
+    now = clock.now()
+    return due if lateness(clock, due, now) == timedelta(0) else now
+
+
+def _take(rt: Runtime, event_id: str, step_id: str, revision: int) -> Step | None:
+    now = utc_now()
+    with rt.engine.begin() as conn:
+        taken = conn.execute(
+            update(STEP).where(STEP.c.event_id == event_id, STEP.c.step_id == step_id, STEP.c.revision == revision,
+                               (STEP.c.state.in_(("scheduled", "deferred"))) | ((STEP.c.state == "running") & (STEP.c.started_at < now - RETAKE_AFTER)))
+            .values(state="running", started_at=now)
+        ).rowcount
+        if not taken:
+            return None
+        row = conn.execute(select(STEP).where(STEP.c.event_id == event_id, STEP.c.step_id == step_id)).one()
+    return Step(**row._mapping)
+
+
+def _set_event_state(rt: Runtime, event_id: str, state: str) -> None:
+    with rt.engine.begin() as conn:
+        conn.execute(update(EVENT).where(EVENT.c.id == event_id, EVENT.c.state.notin_(("cancelled", "closed"))).values(state=state, updated_at=utc_now()))
+
+
+def _finish_step(rt: Runtime, event_id: str, step_id: str, state: str, note: str | None = None, audience: int | None = None) -> None:
+    values: dict[str, Any] = {"state": state, "finished_at": utc_now()}
+    if note is not None:
+        values["note"] = note
+    if audience is not None:
+        values["audience"] = audience
+    with rt.engine.begin() as conn:
+        conn.execute(update(STEP).where(STEP.c.event_id == event_id, STEP.c.step_id == step_id).values(**values))
+
+
+def _human(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+async def _record_only(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, clock: Clock) -> str:
+    note = LATER.get(step.stage, "recorded")
+    if step.stage == "sop_cue":
+        note = f"host cue: {step.label}"
+    elif step.stage == "staff_script":
+        note = f"staff script (shown to staff, never sent): {step.label}"
+    await rt.db(_finish_step, rt, ev.id, step.step_id, "done", note)
+    await rt.db(eventlog.record, rt.engine, ev.id, step.stage, f"{step.step_id}: {note}", step_id=step.step_id, event_time=clock.now())
+    log.info("%s %s: %s", ev.id, step.step_id, note)
+    return note
+
+
+async def _live(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, clock: Clock) -> str:
+    live = loaded.playbook.path.live
+    note = (f"live starts on {live.platform}: {live.room_url}" if step.stage == "live_start" else "live ends")
+    await rt.db(_finish_step, rt, ev.id, step.step_id, "done", note)
+    await rt.db(eventlog.record, rt.engine, ev.id, step.stage, note, step_id=step.step_id, event_time=clock.now())
+    return note
+
+
+async def _close(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, clock: Clock) -> str:
+    from orchestrator.report import write_report
+
+    left = await rt.db(ledger.skip_open, rt.engine, ev.id, "the event closed before it went out")
+    if left:
+        await rt.db(eventlog.record, rt.engine, ev.id, "close", f"{left} sends still planned at close are skipped", step_id=step.step_id)
+    await rt.db(_close_open_steps, rt, ev.id)
+    paths = await rt.db(write_report, rt.engine, ev.id, rt.settings.data_path / "reports")
+    await rt.db(_finish_step, rt, ev.id, step.step_id, "done", f"report: {paths[0]}")
+    await rt.db(_set_event_state, rt, ev.id, "closed")
+    await rt.db(eventlog.record, rt.engine, ev.id, "closed", f"event closed; report {paths[0]} and {paths[1]}",
+                step_id=step.step_id, event_time=clock.now(), data={"html": str(paths[0]), "csv": str(paths[1])})
+    return "closed"
+
+
+def _close_open_steps(rt: Runtime, event_id: str) -> None:
+    with rt.engine.begin() as conn:
+        conn.execute(update(STEP).where(STEP.c.event_id == event_id, STEP.c.state.in_(("sending", "running")), STEP.c.step_id != "close")
+                     .values(state="done", finished_at=utc_now(), note="closed with the event"))
+
+
+def message_of(loaded: LoadedPlaybook, step_id: str) -> Message | None:
+    pb = loaded.playbook
+    if step_id == "preview":
+        return pb.path.preview
+    return next((r for r in pb.path.reminders if f"reminder:{r.id}" == step_id), None)
+
+
+def quiet_end(q: QuietHours, moment: datetime) -> datetime:
+    """The first moment after `moment` (aware, event timezone) at which the quiet window is over."""
+    tz = moment.tzinfo
+    assert tz is not None
+    day = moment.date()
+    for offset in (0, 1):
+        candidate = localize(datetime.combine(day + timedelta(days=offset), q.end), tz)
+        if candidate > moment:
+            return candidate
+    return localize(datetime.combine(day + timedelta(days=2), q.end), tz)  # pragma: no cover
+
+
+async def _message(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, clock: Clock) -> str:
+    pb = loaded.playbook
+    msg = message_of(loaded, step.step_id)
+    now = moment_of(clock, step.at).astimezone(pb.tz)
+    if msg is None:
+        await rt.db(_finish_step, rt, ev.id, step.step_id, "skipped", "the frozen playbook has no such message")
+        return "no message"
+    quiet = pb.policy.quiet_hours
+    if quiet is not None and msg.quiet_hours == "respect" and quiet.contains(now.timetz().replace(tzinfo=None)):
+        if pb.policy.quiet_hours_action == "skip":
+            note = f"skipped: {now:%H:%M} is inside quiet hours {quiet}"
+            await rt.db(_finish_step, rt, ev.id, step.step_id, "skipped", note)
+            await rt.db(eventlog.record, rt.engine, ev.id, "step-skipped", f"{step.step_id} {note}", step_id=step.step_id, event_time=now)
+            return note
+        until = quiet_end(quiet, now)
+        await rt.db(_defer, rt, ev.id, step.step_id, until)
+        await jobs.enqueue_step(rt.pool, clock, ev.id, step.step_id, step.revision, until, suffix=f":q{int(until.timestamp())}")
+        note = f"deferred to {until:%Y-%m-%d %H:%M}: {now:%H:%M} is inside quiet hours {quiet}"
+        await rt.db(eventlog.record, rt.engine, ev.id, "step-deferred", f"{step.step_id} {note}", step_id=step.step_id, event_time=now)
+        return note
+    consent, optouts = await rt.db(rt.consent_and_optouts, list(loaded.members))
+    chosen = select_recipients(loaded, msg, consent, optouts)
+    routes = rt.routes(ev.mode)
+    rows = [(m.id, ch.value, routes[ch.value]) for m, ch in chosen.chosen]
+    added = await rt.db(ledger.plan_sends, rt.engine, ev.id, step.step_id, rows)
+    skipped = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(chosen.skipped.items())) or "none"
+    note = f"{len(rows)} recipients; not sent: {skipped}"
+    if Channel.WECOM_GROUP in msg.channels:
+        note += "; group posts (wecom_group) arrive with the WeCom channel work"
+    await rt.db(_sending, rt, ev.id, step.step_id, len(rows), note)
+    await rt.db(eventlog.record, rt.engine, ev.id, "fanout", f"{step.step_id}: {note}", step_id=step.step_id, event_time=now,
+                data={"recipients": len(rows), "planned_now": added, "skipped": dict(chosen.skipped)})
+    for lane in range(LANES):
+        await jobs.enqueue_drain(rt.pool, ev.id, step.step_id, step.revision, f"l{lane}", 0)
+    return note
+
+
+def _defer(rt: Runtime, event_id: str, step_id: str, until: datetime) -> None:
+    with rt.engine.begin() as conn:
+        conn.execute(update(STEP).where(STEP.c.event_id == event_id, STEP.c.step_id == step_id).values(state="deferred", at=until, note="deferred by quiet hours"))
+
+
+def _sending(rt: Runtime, event_id: str, step_id: str, audience: int, note: str) -> None:
+    with rt.engine.begin() as conn:
+        conn.execute(update(STEP).where(STEP.c.event_id == event_id, STEP.c.step_id == step_id).values(state="sending", audience=audience, note=note))
+
+
+HANDLERS: dict[str, Handler] = {
+    "preview": _message,
+    "reminder": _message,
+    "live_start": _live,
+    "live_end": _live,
+    "close": _close,
+}

@@ -1,0 +1,236 @@
+"""The store: tables (sqlmodel), the engine for a `DATABASE_URL`, and migrations (Alembic).
+
+SQLite (a file, WAL) by default, PostgreSQL in production; the same code runs on both.
+Datetimes are stored as UTC and come back aware. Bulk work (the send ledger) uses SQLAlchemy
+Core statements on these tables; single rows use sessions.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Engine, Index, LargeBinary, Text, UniqueConstraint, create_engine, event
+from sqlalchemy.pool import NullPool
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+from orchestrator.errors import ConfigError
+
+UTC = timezone.utc
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every database (SQLite keeps no zone of its own)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; pass an aware one")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(sa_type=UtcDateTime, **kw)
+
+
+class Event(SQLModel, table=True):
+    """A scheduled event: the playbook frozen at scheduling time, and its clock."""
+
+    id: str = Field(primary_key=True, max_length=64)
+    playbook_id: str = Field(max_length=64)
+    title: str
+    entry: str = Field(description="the playbook's file name inside the bundle")
+    bundle: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    playbook_hash: str = Field(max_length=64)
+    timezone: str = Field(max_length=64)
+    live_start: datetime = _ts()
+    live_end: datetime = _ts()
+    state: str = Field(default="scheduled", max_length=16)  # scheduled | running | closed | cancelled
+    mode: str = Field(default="live", max_length=16)  # live | rehearsal
+    revision: int = 1
+    speed: float = 1.0
+    real_origin: float = 0.0
+    virtual_origin: float = 0.0
+    audience: int = 0
+    created_at: datetime = _ts(default_factory=utc_now)
+    updated_at: datetime = _ts(default_factory=utc_now)
+
+
+class Step(SQLModel, table=True):
+    """One step of an event's timeline and how far it got."""
+
+    event_id: str = Field(primary_key=True, foreign_key="event.id", max_length=64)
+    step_id: str = Field(primary_key=True, max_length=80)
+    stage: str = Field(max_length=24)
+    label: str = ""
+    at: datetime = _ts()  # event time
+    state: str = Field(default="scheduled", max_length=16)  # scheduled | running | sending | done | missed | skipped | cancelled
+    revision: int = 1
+    audience: int = 0
+    note: str | None = None
+    started_at: datetime | None = _ts(default=None)  # real time
+    finished_at: datetime | None = _ts(default=None)
+
+
+class Member(SQLModel, table=True):
+    """A person of an event's audience (excluded staff and shills are kept, marked, and never sent to)."""
+
+    event_id: str = Field(primary_key=True, foreign_key="event.id", max_length=64)
+    member_id: str = Field(primary_key=True, max_length=64)
+    name: str
+    segments: str = Field(description="segment ids joined with '|'")
+    phone: str | None = Field(default=None, max_length=32)
+    email: str | None = None
+    wecom_external_userid: str | None = Field(default=None, max_length=64)
+    guide: str | None = Field(default=None, max_length=64)
+    excluded: str | None = Field(default=None, max_length=16)  # staff | shill
+
+
+class Guide(SQLModel, table=True):
+    event_id: str = Field(primary_key=True, foreign_key="event.id", max_length=64)
+    guide_id: str = Field(primary_key=True, max_length=64)
+    name: str
+    channel_code: str = Field(max_length=64)
+    wecom_userid: str | None = Field(default=None, max_length=64)
+    contact_code: str | None = None
+
+
+class Consent(SQLModel, table=True):
+    """A person's consent per channel, global across events; the newest statement wins."""
+
+    member_id: str = Field(primary_key=True, max_length=64)
+    channel: str = Field(primary_key=True, max_length=24)
+    granted: bool
+    source: str | None = None
+    at: datetime | None = _ts(default=None)
+
+
+class OptOut(SQLModel, table=True):
+    """Someone said no: by member id or address, for one channel or all ('*'); global across events."""
+
+    __table_args__ = (Index("ix_optout_member", "member_id"), Index("ix_optout_address", "address"))
+    id: int | None = Field(default=None, primary_key=True)
+    member_id: str | None = Field(default=None, max_length=64)
+    address: str | None = Field(default=None, max_length=255)
+    channel: str = Field(default="*", max_length=24)
+    source: str = Field(max_length=32)
+    at: datetime = _ts(default_factory=utc_now)
+
+
+class Send(SQLModel, table=True):
+    """The send ledger: one row per event x step x recipient x channel, sent at most once."""
+
+    __table_args__ = (
+        UniqueConstraint("event_id", "step_id", "member_id", "channel", name="uq_send_once"),
+        Index("ix_send_claim", "event_id", "step_id", "state"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(foreign_key="event.id", max_length=64)
+    step_id: str = Field(max_length=80)
+    member_id: str = Field(max_length=64)
+    channel: str = Field(max_length=24)
+    transport: str = Field(max_length=24)
+    state: str = Field(default="planned", max_length=16)
+    attempts: int = 0
+    retried: bool = False
+    idempotency_key: str = Field(max_length=200)
+    provider_id: str | None = Field(default=None, max_length=128)
+    error: str | None = None
+    claimed_by: str | None = Field(default=None, max_length=64)
+    claimed_at: datetime | None = _ts(default=None)
+    not_before: datetime | None = _ts(default=None)  # real time of the next try
+    sent_at: datetime | None = _ts(default=None)
+
+
+class SendCount(SQLModel, table=True):
+    """Messages sent to a person per day ('d:2027-03-20') and month ('m:2027-03'), across events."""
+
+    member_id: str = Field(primary_key=True, max_length=64)
+    period: str = Field(primary_key=True, max_length=16)
+    count: int = 0
+
+
+class LogEntry(SQLModel, table=True):
+    """The append-only event log."""
+
+    __table_args__ = (Index("ix_log_event", "event_id", "id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(max_length=64)
+    at: datetime = _ts(default_factory=utc_now)  # real time
+    event_time: datetime | None = _ts(default=None)
+    kind: str = Field(max_length=32)
+    step_id: str | None = Field(default=None, max_length=80)
+    message: str = Field(sa_column=Column(Text, nullable=False))
+    data: str | None = Field(default=None, sa_column=Column(Text))
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`: SQLite gets WAL, a busy timeout and foreign keys; PostgreSQL a pool."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, poolclass=NullPool)
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn: Any, _record: Any) -> None:
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    elif url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url[len("postgres://"):]
+    try:
+        return create_engine(url, pool_size=5, max_overflow=10, pool_pre_ping=True)
+    except Exception as e:  # unknown dialect, missing driver
+        raise ConfigError(f"DATABASE_URL cannot be used: {e}") from e
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the database to `revision` with Alembic (idempotent)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def open_store(url: str) -> Engine:
+    """The engine for `url`, migrated to the newest schema."""
+    engine = make_engine(url)
+    try:
+        migrate(engine)
+    except Exception as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"the database at {_safe(url)} cannot be opened or migrated: {type(e).__name__}: {e}") from e
+    return engine
+
+
+def _safe(url: str) -> str:
+    from orchestrator.settings import redact
+
+    return redact(url)
+
+
+METADATA = SQLModel.metadata

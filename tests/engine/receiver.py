@@ -1,0 +1,135 @@
+"""A webhook receiver on loopback that logs every request it gets (a real HTTP peer for the engine).
+
+Runs aiohttp.web on its own thread and event loop. It checks each signature, keeps every
+request (raw repeats included), and can honour or ignore `Idempotency-Key`, or fail on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from orchestrator.channels.webhook import verify
+
+
+@dataclass
+class Request:
+    key: str | None
+    body: dict[str, Any]
+    at: float
+    signed: bool
+
+
+@dataclass
+class Receiver:
+    secret: str = "test-secret"
+    honour_keys: bool = True
+    fail_times: dict[str, int] = field(default_factory=dict)  # member id -> 503s before success
+    reject: set[str] = field(default_factory=set)  # member ids answered 422 (permanent)
+    delay: float = 0.0
+    requests: list[Request] = field(default_factory=list)
+    url: str = ""
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _seen: dict[str, str] = field(default_factory=dict)
+    _failures: Counter[str] = field(default_factory=Counter)
+    _threshold: int = 0
+    reached: threading.Event = field(default_factory=threading.Event)
+
+    def notify_at(self, n: int) -> threading.Event:
+        """An event set once `n` requests have arrived."""
+        self._threshold = n
+        self.reached.clear()
+        return self.reached
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        signed = verify(self.secret, request.headers.get("X-Orchestrator-Timestamp", ""), body, request.headers.get("X-Orchestrator-Signature", ""))
+        data = json.loads(body)
+        key = request.headers.get("Idempotency-Key")
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        with self._lock:
+            self.requests.append(Request(key, data, time.time(), signed))
+            if self._threshold and len(self.requests) >= self._threshold:
+                self.reached.set()
+            if not signed:
+                return web.json_response({"error": "bad signature"}, status=401)
+            member = data["member"]["id"]
+            if member in self.reject:
+                return web.json_response({"error": "unknown customer"}, status=422)
+            if self._failures[member] < self.fail_times.get(member, 0):
+                self._failures[member] += 1
+                return web.json_response({"error": "busy"}, status=503)
+            if key is not None and self.honour_keys and key in self._seen:
+                return web.json_response({"id": self._seen[key], "duplicate": True})
+            message_id = f"msg-{len(self.requests)}"
+            if key is not None:
+                self._seen[key] = message_id
+        return web.json_response({"id": message_id})
+
+    # what tests read
+
+    def delivered(self) -> list[Request]:
+        """Requests that count as a delivery: signed, answered 200 for the first time (a honoured repeat is not one)."""
+        out, seen = [], set()
+        for r in self.requests:
+            member = r.body["member"]["id"]
+            if not r.signed or member in self.reject:
+                continue
+            ident = r.key or f"{r.body['step']}:{member}:{r.body['channel']}:{len(out)}"
+            if self.honour_keys and r.key is not None:
+                if r.key in seen:
+                    continue
+                seen.add(r.key)
+            out.append(r)
+        return out
+
+    def by_step(self) -> dict[str, Counter[str]]:
+        """step -> member -> requests received (raw, repeats included)."""
+        out: dict[str, Counter[str]] = {}
+        for r in self.requests:
+            out.setdefault(r.body["step"], Counter())[r.body["member"]["id"]] += 1
+        return out
+
+
+class RunningReceiver:
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.runner: web.AppRunner | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        app = web.Application()
+        app.router.add_post("/hook", self.receiver.handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.receiver.url = f"http://127.0.0.1:{port}/hook"
+        self.ready.set()
+        self.loop.run_forever()
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        self.ready.wait(10)
+        return self.receiver
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            if self.runner is not None:
+                await self.runner.cleanup()
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
