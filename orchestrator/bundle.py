@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import io
 import tempfile
+import threading
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
 from orchestrator.errors import OrchestratorError
@@ -80,19 +81,30 @@ def freeze(path: str | Path, loaded: LoadedPlaybook) -> Bundle:
     return Bundle(path.name, files)
 
 
-@lru_cache(maxsize=8)
-def _thawed(entry: str, data: bytes, digest: str) -> LoadedPlaybook:
-    bundle = Bundle.from_bytes(entry, data)
-    if bundle.hash != digest:
-        raise OrchestratorError(f"the stored playbook does not match its hash {digest[:12]}: the store was altered")
-    root = Path(tempfile.mkdtemp(prefix="orch-event-"))
-    for name, content in bundle.files.items():
-        target = root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
-    return load_playbook(root / entry)
+_THAWED: dict[str, LoadedPlaybook] = {}
+_LOCK = threading.Lock()  # jobs due together thaw one copy, not one each (80 MB at 100,000 members)
 
 
-def thaw(entry: str, data: bytes, digest: str) -> LoadedPlaybook:
-    """The frozen playbook, loaded (cached per process: a bundle never changes)."""
-    return _thawed(entry, data, digest)
+def thaw(digest: str, entry: str, data: Callable[[], bytes]) -> LoadedPlaybook:
+    """The frozen playbook with hash `digest`, loaded; `data()` fetches the bundle only when this
+    process has not loaded it yet (a frozen playbook never changes, so it is kept)."""
+    with _LOCK:
+        return _thaw_locked(digest, entry, data)
+
+
+def _thaw_locked(digest: str, entry: str, data: Callable[[], bytes]) -> LoadedPlaybook:
+    loaded = _THAWED.get(digest)
+    if loaded is None:
+        bundle = Bundle.from_bytes(entry, data())
+        if bundle.hash != digest:
+            raise OrchestratorError(f"the stored playbook does not match its hash {digest[:12]}: the store was altered")
+        root = Path(tempfile.mkdtemp(prefix="orch-event-"))
+        for name, content in bundle.files.items():
+            target = root / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        loaded = load_playbook(root / entry)
+        if len(_THAWED) >= 16:
+            _THAWED.pop(next(iter(_THAWED)))
+        _THAWED[digest] = loaded
+    return loaded

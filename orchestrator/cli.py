@@ -31,7 +31,7 @@ T = TypeVar("T")
 def _console(err: bool = False) -> Console:
     stream = sys.stderr if err else sys.stdout
     # piped output (files, CI logs) gets a wide table rather than rich's 80-column default
-    return Console(stderr=err, highlight=False, soft_wrap=True, width=None if stream.isatty() else 140)
+    return Console(stderr=err, highlight=False, emoji=False, soft_wrap=True, width=None if stream.isatty() else 140)
 
 
 def _start_option(value: str | None) -> datetime | None:
@@ -194,26 +194,47 @@ def render(file: str, step: str, member_id: str | None, start: str | None) -> No
 
 
 @cli.command()
-@click.option("--dir", "directory", default="demo-event", show_default=True, type=click.Path(file_okay=False), help="Where to write the demo playbook.")
-def demo(directory: str) -> None:
-    """Write the spring template, check it, plan it and draw its timeline."""
-    from orchestrator.scaffold import scaffold
+@click.option("--playbook", "playbook_file", type=click.Path(dir_okay=False),
+              help="Playbook to rehearse (default: playbooks/spring-reactivation.yaml if present, else the spring template written to --dir).")
+@click.option("--dir", "directory", default="demo-event", show_default=True, type=click.Path(file_okay=False), help="Where to write the template when no example is at hand.")
+@click.option("--seconds", default=90.0, show_default=True, help="About how long, in real seconds, the whole timeline takes.")
+def demo(playbook_file: str | None, directory: str, seconds: float) -> None:
+    """Rehearse a whole event on this machine: plan it, run it on a fast clock, show it live, write the report."""
+    from orchestrator.demo import run_demo
     from orchestrator.table import print_plan
     from orchestrator.timeline import write_timeline
 
-    target = Path(directory)
-    playbook_file = target / "playbook.yaml"
-    if not playbook_file.exists():
-        scaffold(target, "spring")
-    loaded, diags = _check(str(playbook_file), None)
-    errors, _w = _report(str(playbook_file), diags, _console(err=True))
+    if seconds <= 0:
+        raise click.BadParameter(_("the run needs a positive number of seconds"))
+    if playbook_file is None:
+        example = Path("playbooks") / "spring-reactivation.yaml"
+        if example.exists():
+            playbook_file = str(example)
+        else:
+            from orchestrator.scaffold import scaffold
+
+            target = Path(directory)
+            if not (target / "playbook.yaml").exists():
+                scaffold(target, "spring")
+            playbook_file = str(target / "playbook.yaml")
+    loaded, diags = _check(playbook_file, None)
+    errors, _w = _report(playbook_file, diags, _console(err=True))
     if loaded is None or errors:
         sys.exit(1)
+    out = _console()
     p = plan(loaded)
-    print_plan(p, _console())
-    page = target / "plan.html"
-    write_timeline(p, loaded, page)
-    click.echo(_("the timeline is drawn in {path}; open it in a browser").format(path=page.resolve().as_uri()))
+    print_plan(p, out)
+    with _services() as (settings, engine, url):
+        page = settings.data_path / "plan.html"
+        settings.data_path.mkdir(parents=True, exist_ok=True)
+        write_timeline(p, loaded, page)
+        out.print(_("the timeline is drawn in {path}").format(path=page.resolve().as_uri()))
+        result = asyncio.run(run_demo(settings, engine, url, Path(playbook_file), seconds=seconds, console=out))
+    out.print(_("event {event} closed after {seconds:.0f} s").format(event=result.event_id, seconds=result.seconds))
+    if result.report is not None:
+        out.print(_("report: {path}").format(path=result.report.resolve().as_uri()))
+    out.print(_("every message, as the console channel delivered it: {path}").format(path=result.console_log))
+    out.print(_("status: orchestrator status {event}").format(event=result.event_id))
 
 
 @contextlib.contextmanager

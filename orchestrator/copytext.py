@@ -148,9 +148,16 @@ def _compiled(source: str, html: bool) -> Template:
 def render_copy(source: str, context: Mapping[str, Any], *, html: bool = False) -> str:
     """Render copy with the given context; raises jinja2 errors (UndefinedError, ...).
 
-    Compiled templates are cached: a fan-out renders the same copy for thousands of people.
+    Compiled templates are cached: a fan-out renders the same copy for thousands of people. The body
+    is `Template.render` without its per-call copies (same context: globals, then `context` over them).
     """
-    return _compiled(source, html).render(**context).strip()
+    template = _compiled(source, html)
+    try:
+        return template.environment.concat(
+            template.root_render_func(template.new_context({**template.globals, **context}, shared=True))).strip()
+    except Exception:
+        template.environment.handle_exception()
+        raise  # not reached: handle_exception re-raises with the template's traceback
 
 
 def event_view(pb_id: str, title: str, start: datetime, end: datetime, room_url: str, platform: str) -> dict[str, Any]:

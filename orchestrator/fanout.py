@@ -51,7 +51,7 @@ async def drain(ctx: dict[str, Any], event_id: str, step_id: str, revision: int,
         return "no such event"
     if ev.state in ("cancelled", "closed") or ev.revision < revision:
         return f"event {ev.state}"
-    loaded = await rt.db(loaded_event, ev)
+    loaded = await rt.db(loaded_event, rt.engine, ev)
     clock = event_clock(ev)
     due = await rt.db(_step_time, rt, event_id, step_id)
     deadline = time.monotonic() + BUDGET
@@ -97,6 +97,8 @@ def optouts_for(rt: Runtime, members: list[Member]) -> OptOuts:
     by_member: dict[str, set[str]] = {}
     by_address: dict[str, set[str]] = {}
     with rt.engine.connect() as conn:
+        if conn.execute(select(OPTOUT.c.id).limit(1)).first() is None:  # nobody has opted out anywhere: nothing to match
+            return OptOuts(by_member, by_address)
         for m, addr, ch in conn.execute(select(OPTOUT.c.member_id, OPTOUT.c.address, OPTOUT.c.channel)
                                         .where(or_(OPTOUT.c.member_id.in_(ids), OPTOUT.c.address.in_(addresses)))):
             if m:
@@ -140,24 +142,8 @@ async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: dateti
             reserved.append(c)
         else:
             results.append(Result(c.id, "skipped", error=f"cap reached ({caps.per_day} a day, {caps.per_month} a month)"))
-    outgoing: dict[str, list[tuple[Claimed, Outgoing]]] = defaultdict(list)
-    for c in reserved:
-        m = members[c.id]
-        assert m is not None
-        channel = Channel(c.channel)
-        try:
-            r = render_for(loaded, step_id, m, channel, ev.live_start)
-        except Exception as e:  # broken copy for this person: a permanent failure, recorded
-            results.append(Result(c.id, "failed", error=f"copy failed: {e}"[:500]))
-            continue
-        address = {k: v for k, v in (("phone", m.phone), ("email", m.email), ("wecom_external_userid", m.wecom_external_userid)) if v}
-        if address_of(m, channel) is None:
-            results.append(Result(c.id, "failed", error=f"no {channel.value} address"))
-            continue
-        extra: dict[str, Any] = {}
-        if r.sms_template:
-            extra = {"sms_template": r.sms_template, "sms_params": r.sms_params}
-        outgoing[c.transport].append((c, Outgoing(c.key, ev.id, step_id, m.id, c.channel, m.name, r.text, address, r.subject, r.html, extra)))
+    outgoing, failed = await rt.db(prepare, loaded, ev, step_id, reserved, members)  # rendering is CPU work: off the event loop
+    results += failed
     rates = pb.policy.rate_limits
     sent_members: list[str] = []
     for transport_name, items in outgoing.items():
@@ -180,14 +166,36 @@ async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: dateti
                         sent_members.append(c.member_id)
     sent_ids = {r.id for r in results if r.state == "sent"}
     await rt.caps.release([c.member_id for c in reserved if c.id not in sent_ids], now)
-    await rt.db(ledger.finish, rt.engine, rt.worker_id, results)
     day, month = periods(now)
     increments: Counter[tuple[str, str]] = Counter()
     for member_id in sent_members:
         increments[(member_id, day)] += 1
         increments[(member_id, month)] += 1
-    await rt.db(ledger.add_counts, rt.engine, dict(increments))
+    await rt.db(ledger.finish, rt.engine, rt.worker_id, results, dict(increments))  # outcomes and counts: one transaction
     return len(sent_members)
+
+
+def prepare(loaded: LoadedPlaybook, ev: Event, step_id: str, reserved: list[Claimed],
+            members: dict[int, Member | None]) -> tuple[dict[str, list[tuple[Claimed, Outgoing]]], list[Result]]:
+    """Render each claimed send for its person: messages by transport, and rows whose copy or address fails."""
+    outgoing: dict[str, list[tuple[Claimed, Outgoing]]] = defaultdict(list)
+    failed: list[Result] = []
+    for c in reserved:
+        m = members[c.id]
+        assert m is not None
+        channel = Channel(c.channel)
+        if address_of(m, channel) is None:
+            failed.append(Result(c.id, "failed", error=f"no {channel.value} address"))
+            continue
+        try:
+            r = render_for(loaded, step_id, m, channel, ev.live_start)
+        except Exception as e:  # broken copy for this person: a permanent failure, recorded
+            failed.append(Result(c.id, "failed", error=f"copy failed: {e}"[:500]))
+            continue
+        address = {k: v for k, v in (("phone", m.phone), ("email", m.email), ("wecom_external_userid", m.wecom_external_userid)) if v}
+        extra: dict[str, Any] = {"sms_template": r.sms_template, "sms_params": r.sms_params} if r.sms_template else {}
+        outgoing[c.transport].append((c, Outgoing(c.key, ev.id, step_id, m.id, c.channel, m.name, r.text, address, r.subject, r.html, extra)))
+    return outgoing, failed
 
 
 def _by_channel(items: list[tuple[Claimed, Outgoing]]) -> dict[str, list[tuple[Claimed, Outgoing]]]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -110,9 +110,12 @@ class Result:
     not_before: datetime | None = None
 
 
-def finish(engine: Engine, worker: str, results: Sequence[Result]) -> int:
-    """Record outcomes of rows `worker` holds; a row another process resolved meanwhile is left alone."""
-    if not results:
+def finish(engine: Engine, worker: str, results: Sequence[Result], counts: dict[tuple[str, str], int] | None = None) -> int:
+    """Record outcomes of rows `worker` holds; a row another process resolved meanwhile is left alone.
+
+    `counts` (messages sent per (member, period)) are added in the same transaction (see `add_counts`).
+    """
+    if not results and not counts:
         return 0
     now = utc_now()
     stmt = (
@@ -124,7 +127,10 @@ def finish(engine: Engine, worker: str, results: Sequence[Result]) -> int:
     params = [{"b_id": r.id, "b_state": r.state, "b_provider": r.provider_id, "b_error": r.error,
                "b_not_before": r.not_before, "b_sent_at": now if r.state == "sent" else None} for r in results]
     with engine.begin() as conn:
-        return conn.execute(stmt, params).rowcount or 0
+        done = (conn.execute(stmt, params).rowcount or 0) if params else 0
+        if counts:
+            _add_counts(conn, counts)
+    return done
 
 
 def skip_open(engine: Engine, event_id: str, reason: str, step_id: str | None = None) -> int:
@@ -199,15 +205,17 @@ def unknown_rows(engine: Engine, event_id: str, limit: int = 1000) -> list[dict[
 
 
 def add_counts(engine: Engine, increments: dict[tuple[str, str], int]) -> None:
-    """Add sent messages to each (member, period) count, in one statement per chunk."""
+    """Add sent messages to each (member, period) count: one upsert statement, executed for many rows."""
     if not increments:
         return
-    ins = _insert(engine)
-    items = [{"member_id": m, "period": p, "count": n} for (m, p), n in sorted(increments.items())]
     with engine.begin() as conn:
-        for i in range(0, len(items), 1000):
-            stmt = ins(COUNT).values(items[i:i + 1000])
-            conn.execute(stmt.on_conflict_do_update(index_elements=["member_id", "period"], set_={"count": COUNT.c.count + stmt.excluded.count}))
+        _add_counts(conn, increments)
+
+
+def _add_counts(conn: Connection, increments: dict[tuple[str, str], int]) -> None:
+    ins = _insert(conn.engine)(COUNT)
+    stmt = ins.on_conflict_do_update(index_elements=["member_id", "period"], set_={"count": COUNT.c.count + ins.excluded.count})
+    conn.execute(stmt, [{"member_id": m, "period": p, "count": n} for (m, p), n in sorted(increments.items())])
 
 
 def counts_of(engine: Engine, members: Sequence[str], periods: Sequence[str]) -> dict[tuple[str, str], int]:

@@ -34,15 +34,16 @@ RESERVE = """
 local cap_d = tonumber(ARGV[1]); local cap_m = tonumber(ARGV[2])
 local out = {}
 for i = 1, #KEYS, 2 do
-  local d = tonumber(redis.call('GET', KEYS[i]) or '0')
-  local m = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
+  local d = tonumber(redis.call('GET', KEYS[i]) or ARGV[i + 2])
+  local m = tonumber(redis.call('GET', KEYS[i + 1]) or ARGV[i + 3])
   if d < cap_d and m < cap_m then
-    redis.call('INCR', KEYS[i]); redis.call('EXPIRE', KEYS[i], 259200)
-    redis.call('INCR', KEYS[i + 1]); redis.call('EXPIRE', KEYS[i + 1], 3196800)
+    d = d + 1; m = m + 1
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
+  redis.call('SET', KEYS[i], d, 'EX', 259200)
+  redis.call('SET', KEYS[i + 1], m, 'EX', 3196800)
 end
 return out
 """
@@ -100,15 +101,9 @@ class Caps:
         keys = [k for m in members for k in self._keys(m, day, month)]
         present = await self.redis.mget(keys)
         missing = sorted({m for m, i in zip(members, range(0, len(keys), 2), strict=True) if present[i] is None or present[i + 1] is None})
-        if missing:
-            stored = await self.seed(missing, [day, month])
-            pipe = self.redis.pipeline(transaction=False)
-            for m in missing:
-                dk, mk = self._keys(m, day, month)
-                pipe.set(dk, stored.get((m, day), 0), nx=True, ex=259200)
-                pipe.set(mk, stored.get((m, month), 0), nx=True, ex=3196800)
-            await pipe.execute()
-        granted = await self._reserve(keys=keys, args=[per_day, per_month])
+        stored = await self.seed(missing, [day, month]) if missing else {}
+        seeds = [str(stored.get((m, p), 0)) for m in members for p in (day, month)]  # used only where a key is missing
+        granted = await self._reserve(keys=keys, args=[per_day, per_month, *seeds])
         return [bool(g) for g in granted]
 
     async def release(self, members: Sequence[str], moment: datetime) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,7 +14,7 @@ from orchestrator.i18n import _
 from orchestrator.load import LoadedPlaybook
 from orchestrator.playbook import PER_MEMBER_CHANNELS, Channel, Member, Message
 from orchestrator.reach import Profile, reach_bits
-from orchestrator.validate import copy_context
+from orchestrator.validate import _guide_view, copy_context
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def _render(loaded: LoadedPlaybook, where: tuple[str | int, ...], msg: Message |
 def render_for(loaded: LoadedPlaybook, step_id: str, member: Member, channel: Channel, start: datetime | None = None) -> Rendered:
     """The copy of `step_id` for `member` through `channel` (chosen by the engine); raises on broken copy."""
     where, msg = _message(loaded, step_id)
-    ctx = copy_context(loaded, member, start)
+    ctx = _member_context(loaded, member, start)
     if msg is None:
         return Rendered("welcome", channel.value, render_copy(loaded.copies[("path", "join", "welcome")].source, ctx))
     text = render_copy(loaded.copies[where + ("copy",)].source, ctx)
@@ -98,6 +99,46 @@ def _render_channel(loaded: LoadedPlaybook, where: tuple[str | int, ...], msg: M
         html = render_copy(html_copy.source, ctx, html=True) if html_copy else None
         return Rendered(step_id, channel.value, text, subject=subject, html=html)
     return Rendered(step_id, channel.value, text)
+
+
+_BASES: dict[tuple[int, datetime | None], tuple[LoadedPlaybook, dict[str, Any] | None]] = {}
+_BASES_LOCK = threading.Lock()
+
+
+def _member_context(loaded: LoadedPlaybook, member: Member, start: datetime | None) -> dict[str, Any]:
+    """`copy_context(loaded, member, start)`, without working out the same event view for every person.
+
+    The parts no person changes are worked out once per (playbook, start); each call gets its own
+    copies of them (a template cannot change what the next person sees) and its own member and
+    guide. The shortcut is checked against `copy_context` for a few members when first built and
+    is not used if any differs (say copy_context learns another per-person name).
+    """
+    key = (id(loaded), start)
+    entry = _BASES.get(key)
+    if entry is None or entry[0] is not loaded:
+        entry = (loaded, _base_context(loaded, start))
+        with _BASES_LOCK:
+            if len(_BASES) >= 16:
+                _BASES.clear()
+            _BASES[key] = entry
+    base = entry[1]
+    return copy_context(loaded, member, start) if base is None else _with_member(base, loaded, member)
+
+
+def _with_member(base: dict[str, Any], loaded: LoadedPlaybook, member: Member) -> dict[str, Any]:
+    ctx = {k: dict(v) if type(v) is dict else v for k, v in base.items()}
+    ctx["member"] = {"id": member.id, "name": member.name, "segment": member.segment, "tags": list(member.tags)}
+    ctx["guide"] = _guide_view(loaded, member)
+    return ctx
+
+
+def _base_context(loaded: LoadedPlaybook, start: datetime | None) -> dict[str, Any] | None:
+    base = copy_context(loaded, None, start)
+    samples = list(loaded.members.values())
+    for m in samples[:2] + samples[-1:]:
+        if _with_member(base, loaded, m) != copy_context(loaded, m, start):
+            return None
+    return base
 
 
 def _member(loaded: LoadedPlaybook, member_id: str | None) -> Member:

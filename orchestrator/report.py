@@ -47,8 +47,10 @@ def _bars(rows: list[tuple[str, dict[str, int]]], width: float) -> list[Bar]:
     return out
 
 
-def report_data(engine: Engine, event_id: str) -> dict[str, Any]:
+def report_data(engine: Engine, event_id: str, state: str | None = None) -> dict[str, Any]:
     ev = get_event(engine, event_id)
+    if state is not None:
+        ev.state = state
     counts = ledger.step_counts(engine, event_id)
     with engine.connect() as conn:
         steps = conn.execute(select(STEP).where(STEP.c.event_id == event_id).order_by(STEP.c.at, STEP.c.step_id)).all()
@@ -66,8 +68,9 @@ def report_data(engine: Engine, event_id: str) -> dict[str, Any]:
     return {
         "event": ev, "rows": rows,
         "steps": [{"id": s.step_id, "stage": s.stage, "at": s.at.astimezone(_tz(ev.timezone)), "state": s.state, "note": s.note} for s in steps],
-        "bars": _bars(list(per_step.items()), 640.0),
-        "funnel": _bars([("reached (audience)", {"sent": ev.audience}), ("reminded (delivered)", {"sent": reminded})], 640.0),
+        "bars": _bars(list(per_step.items()), 600.0),
+        "funnel": _bars([("reached (audience)", {"sent": ev.audience}), ("reminded (delivered)", {"sent": reminded})], 600.0),
+        "live_start": ev.live_start.astimezone(_tz(ev.timezone)), "live_end": ev.live_end.astimezone(_tz(ev.timezone)),
         "log": eventlog.entries(engine, event_id, limit=500),
         "colours": COLOURS,
     }
@@ -79,9 +82,9 @@ def _tz(name: str) -> Any:
     return ZoneInfo(name)
 
 
-def write_report(engine: Engine, event_id: str, directory: Path) -> tuple[Path, Path]:
-    """Write `<event>-report.html` and `<event>-sends.csv` into `directory`."""
-    data = report_data(engine, event_id)
+def write_report(engine: Engine, event_id: str, directory: Path, state: str | None = None) -> tuple[Path, Path]:
+    """Write `<event>-report.html` and `<event>-sends.csv` into `directory` (`state`: the event's, as of the report)."""
+    data = report_data(engine, event_id, state)
     directory.mkdir(parents=True, exist_ok=True)
     csv_path = directory / f"{event_id}-sends.csv"
     with csv_path.open("w", newline="", encoding="utf-8-sig") as fh:  # with BOM: opens cleanly in Excel

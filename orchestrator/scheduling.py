@@ -29,7 +29,7 @@ from orchestrator.plan import MESSAGE_STAGES, Plan, localize, plan
 from orchestrator.playbook import PER_MEMBER_CHANNELS
 from orchestrator.reach import is_excluded
 from orchestrator.settings import Settings
-from orchestrator.store import Consent, Event, Guide, Member, Step, utc_now
+from orchestrator.store import Consent, Event, FrozenPlaybook, Guide, Member, Step, utc_now
 from orchestrator.validate import check, validate
 
 MEMBER = Member.__table__  # type: ignore[attr-defined]
@@ -37,6 +37,7 @@ GUIDE = Guide.__table__  # type: ignore[attr-defined]
 CONSENT = Consent.__table__  # type: ignore[attr-defined]
 STEP = Step.__table__  # type: ignore[attr-defined]
 EVENT = Event.__table__  # type: ignore[attr-defined]
+FROZEN = FrozenPlaybook.__table__  # type: ignore[attr-defined]
 REHEARSAL_LEAD = 2.0  # real seconds between scheduling a rehearsal and its first step
 OPEN_STEP_STATES = ("scheduled", "deferred")
 
@@ -73,8 +74,15 @@ def get_event(engine: Engine, event_id: str) -> Event:
         return ev
 
 
-def loaded_event(ev: Event) -> LoadedPlaybook:
-    return thaw(ev.entry, ev.bundle, ev.playbook_hash)
+def loaded_event(engine: Engine, ev: Event) -> LoadedPlaybook:
+    """The event's frozen playbook, loaded (once per process: a frozen playbook never changes)."""
+    return thaw(ev.playbook_hash, ev.entry, lambda: _bundle_bytes(engine, ev.id))
+
+
+def _bundle_bytes(engine: Engine, event_id: str) -> bytes:
+    with engine.connect() as conn:
+        data: bytes = conn.execute(select(FROZEN.c.bundle).where(FROZEN.c.event_id == event_id)).scalar_one()
+    return data
 
 
 async def schedule(engine: Engine, pool: ArqRedis, settings: Settings, path: str | Path, start: datetime | None = None, *,
@@ -153,11 +161,12 @@ def _store_event(engine: Engine, eid: str, loaded: LoadedPlaybook, bundle: Bundl
     now = utc_now()
     with engine.begin() as conn:
         conn.execute(insert(EVENT).values(
-            id=eid, playbook_id=pb.id, title=pb.title, entry=bundle.entry, bundle=bundle.to_bytes(), playbook_hash=digest,
+            id=eid, playbook_id=pb.id, title=pb.title, entry=bundle.entry, playbook_hash=digest,
             timezone=pb.timezone, live_start=p.live_start, live_end=p.live_end, state="scheduled", mode=mode, revision=1,
             speed=clock.speed, real_origin=clock.real_origin, virtual_origin=clock.virtual_origin, audience=p.audience_total,
             created_at=now, updated_at=now,
         ))
+        conn.execute(insert(FROZEN).values(event_id=eid, playbook_hash=digest, bundle=bundle.to_bytes()))
         conn.execute(insert(STEP), [
             {"event_id": eid, "step_id": st.id, "stage": st.stage.value, "label": st.label, "at": st.at, "state": "scheduled",
              "revision": 1, "audience": st.audience, "note": None, "started_at": None, "finished_at": None}
@@ -214,7 +223,7 @@ async def reschedule(engine: Engine, pool: ArqRedis, event_id: str, start: datet
     ev = get_event(engine, event_id)
     if ev.state in ("cancelled", "closed"):
         raise EventConflict(f"event '{event_id}' is {ev.state}; it cannot be rescheduled")
-    loaded = loaded_event(ev)
+    loaded = loaded_event(engine, ev)
     diags = [d for d in validate(loaded, start) if d.is_error]
     if diags:
         raise PlaybookError(diags)

@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 
 from orchestrator import eventlog, jobs, ledger
 from orchestrator.clock import Clock
+from orchestrator.eligibility import CONSENT_OF
 from orchestrator.eligibility import select as select_recipients
 from orchestrator.errors import UnknownEvent
 from orchestrator.load import LoadedPlaybook
@@ -30,7 +31,8 @@ log = logging.getLogger("orchestrator.worker")
 LANES = 4  # drain jobs per message step: parallel sending across workers
 ALWAYS_RUN = {"live_start", "live_end", "draw_screenshot", "draw_deposit", "close"}
 MISSED_GRACE = timedelta(minutes=1)
-REAL_GRACE = 1.0  # real seconds: job pick-up latency, never counted as lateness
+REAL_GRACE = 1.0  # real seconds of job pick-up latency never counted as lateness (see `lateness`)
+REHEARSAL_GRACE = 10.0
 RETAKE_AFTER = timedelta(seconds=90)  # a step left `running` this long (its worker died) may be taken again
 LATER = {
     "poster": "posters per guide arrive with the path work (issue: the path); recorded only",
@@ -57,7 +59,7 @@ async def run_step(ctx: dict[str, Any], event_id: str, step_id: str, revision: i
     now = clock.now()
     if ev.state == "scheduled":
         await rt.db(_set_event_state, rt, event_id, "running")
-    loaded = await rt.db(loaded_event, ev)
+    loaded = await rt.db(loaded_event, rt.engine, ev)
     late = lateness(clock, step.at, now)
     policy = loaded.playbook.policy.late_steps
     if step.stage not in ALWAYS_RUN and late > MISSED_GRACE and (policy.action == "mark_missed" or late > policy.tolerance):
@@ -70,10 +72,20 @@ async def run_step(ctx: dict[str, Any], event_id: str, step_id: str, revision: i
 
 
 def lateness(clock: Clock, due: datetime, now: datetime) -> timedelta:
-    """How late a step runs, in event time; the few real seconds a job takes to be picked up do not
-    count (at speed 10,000 half a second would otherwise be 80 event minutes)."""
+    """How late a step runs, in event time.
+
+    The real seconds a busy worker takes to pick a job up are not lateness: up to one second on a
+    real clock, and up to ten on an accelerated one (at speed 5,000 ten seconds are 14 event
+    hours, which a rehearsal on a laptop must not turn into missed steps). A step that was
+    already due when the accelerated clock started (`--clock-from`) is late by the full amount.
+    """
     late = now - due
-    if late.total_seconds() / clock.speed <= REAL_GRACE:
+    if late <= timedelta(0):
+        return timedelta(0)
+    grace = REAL_GRACE
+    if not clock.is_real and due.timestamp() >= clock.virtual_origin:
+        grace = REHEARSAL_GRACE
+    if late.total_seconds() / clock.speed <= grace:
         return timedelta(0)
     return late
 
@@ -149,12 +161,17 @@ async def _close(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, clo
     if left:
         await rt.db(eventlog.record, rt.engine, ev.id, "close", f"{left} sends still planned at close are skipped", step_id=step.step_id)
     await rt.db(_close_open_steps, rt, ev.id)
-    paths = await rt.db(write_report, rt.engine, ev.id, rt.settings.data_path / "reports")
-    await rt.db(_finish_step, rt, ev.id, step.step_id, "done", f"report: {paths[0]}")
-    await rt.db(_set_event_state, rt, ev.id, "closed")
+    paths = await rt.db(write_report, rt.engine, ev.id, rt.settings.data_path / "reports", "closed")
+    await rt.db(_closed, rt, ev.id, step.step_id, f"report: {paths[0]}")  # one transaction: closed means the report is there
     await rt.db(eventlog.record, rt.engine, ev.id, "closed", f"event closed; report {paths[0]} and {paths[1]}",
                 step_id=step.step_id, event_time=clock.now(), data={"html": str(paths[0]), "csv": str(paths[1])})
     return "closed"
+
+
+def _closed(rt: Runtime, event_id: str, step_id: str, note: str) -> None:
+    with rt.engine.begin() as conn:
+        conn.execute(update(STEP).where(STEP.c.event_id == event_id, STEP.c.step_id == step_id).values(state="done", finished_at=utc_now(), note=note))
+        conn.execute(update(EVENT).where(EVENT.c.id == event_id, EVENT.c.state != "cancelled").values(state="closed", updated_at=utc_now()))
 
 
 def _close_open_steps(rt: Runtime, event_id: str) -> None:
@@ -202,7 +219,8 @@ async def _message(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, c
         note = f"deferred to {until:%Y-%m-%d %H:%M}: {now:%H:%M} is inside quiet hours {quiet}"
         await rt.db(eventlog.record, rt.engine, ev.id, "step-deferred", f"{step.step_id} {note}", step_id=step.step_id, event_time=now)
         return note
-    consent, optouts = await rt.db(rt.consent_and_optouts, list(loaded.members))
+    needs_consent = any(c in CONSENT_OF for c in msg.channels)
+    consent, optouts = await rt.db(rt.consent_and_optouts, list(loaded.members) if needs_consent else [])
     chosen = select_recipients(loaded, msg, consent, optouts)
     routes = rt.routes(ev.mode)
     rows = [(m.id, ch.value, routes[ch.value]) for m, ch in chosen.chosen]
@@ -211,9 +229,13 @@ async def _message(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, c
     note = f"{len(rows)} recipients; not sent: {skipped}"
     if Channel.WECOM_GROUP in msg.channels:
         note += "; group posts (wecom_group) arrive with the WeCom channel work"
+    data = {"recipients": len(rows), "planned_now": added, "skipped": dict(chosen.skipped)}
+    if not rows:
+        await rt.db(_finish_step, rt, ev.id, step.step_id, "done", note, 0)
+        await rt.db(eventlog.record, rt.engine, ev.id, "step-done", f"{step.step_id}: {note}", step_id=step.step_id, event_time=now, data=data)
+        return note
     await rt.db(_sending, rt, ev.id, step.step_id, len(rows), note)
-    await rt.db(eventlog.record, rt.engine, ev.id, "fanout", f"{step.step_id}: {note}", step_id=step.step_id, event_time=now,
-                data={"recipients": len(rows), "planned_now": added, "skipped": dict(chosen.skipped)})
+    await rt.db(eventlog.record, rt.engine, ev.id, "fanout", f"{step.step_id}: {note}", step_id=step.step_id, event_time=now, data=data)
     for lane in range(LANES):
         await jobs.enqueue_drain(rt.pool, ev.id, step.step_id, step.revision, f"l{lane}", 0)
     return note

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Column, DateTime, Engine, Index, LargeBinary, Text, UniqueConstraint, create_engine, event
-from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -54,7 +53,6 @@ class Event(SQLModel, table=True):
     playbook_id: str = Field(max_length=64)
     title: str
     entry: str = Field(description="the playbook's file name inside the bundle")
-    bundle: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     playbook_hash: str = Field(max_length=64)
     timezone: str = Field(max_length=64)
     live_start: datetime = _ts()
@@ -68,6 +66,15 @@ class Event(SQLModel, table=True):
     audience: int = 0
     created_at: datetime = _ts(default_factory=utc_now)
     updated_at: datetime = _ts(default_factory=utc_now)
+
+
+class FrozenPlaybook(SQLModel, table=True):
+    """The playbook and its files as scheduled (a zip), apart from the event row that every job reads."""
+
+    __tablename__ = "frozen_playbook"
+    event_id: str = Field(primary_key=True, foreign_key="event.id", max_length=64)
+    playbook_hash: str = Field(max_length=64)
+    bundle: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class Step(SQLModel, table=True):
@@ -181,7 +188,7 @@ class LogEntry(SQLModel, table=True):
 def make_engine(url: str) -> Engine:
     """An engine for `url`: SQLite gets WAL, a busy timeout and foreign keys; PostgreSQL a pool."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, poolclass=NullPool)
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, pool_size=8, max_overflow=8)
 
         @event.listens_for(engine, "connect")
         def _pragmas(conn: Any, _record: Any) -> None:

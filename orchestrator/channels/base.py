@@ -58,3 +58,38 @@ async def send_each(transport: Transport, messages: Sequence[Outgoing], limit: i
                 return Outcome("retry", error=f"{type(e).__name__}: {e}")
 
     return list(await asyncio.gather(*(one(m) for m in messages)))
+
+
+class Slots:
+    """Requests a transport may have in flight at once, shared by every batch it sends (one event loop)."""
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.limit = max(1, limit)
+        self.loop = loop
+        self.semaphore = asyncio.Semaphore(self.limit)
+
+
+async def send_pooled(transport: Transport, messages: Sequence[Outgoing], slots: Slots) -> list[Outcome]:
+    """Like `send_each`, with the in-flight limit shared across concurrent batches of one transport.
+
+    Up to `slots.limit` senders each hold a slot and take the batch's next message until none is
+    left, so a message costs no task of its own, and batches sent at once (drain lanes) never have
+    more than the limit in flight together: a later batch's senders start as earlier ones finish.
+    """
+    outcomes: list[Outcome | None] = [None] * len(messages)
+    pending = iter(range(len(messages)))
+
+    async def sender() -> None:
+        async with slots.semaphore:
+            for i in pending:
+                try:
+                    outcomes[i] = await transport.send(messages[i])
+                except Exception as e:  # a bug or an unexpected peer: never lose the row's state
+                    outcomes[i] = Outcome("retry", error=f"{type(e).__name__}: {e}")
+
+    senders = min(slots.limit, len(messages))
+    if senders == 1:
+        await sender()
+    elif senders:
+        await asyncio.gather(*(sender() for _ in range(senders)))
+    return [o if o is not None else Outcome("retry", error="not sent") for o in outcomes]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,10 @@ class ConsoleTransport:
         return (await self.send_batch([message]))[0]
 
     async def send_batch(self, messages: Sequence[Outgoing]) -> list[Outcome]:
+        await asyncio.to_thread(self._write, messages)
+        return [Outcome("sent") for _ in messages]
+
+    def _write(self, messages: Sequence[Outgoing]) -> None:
         by_event: dict[str, list[str]] = {}
         for m in messages:
             line = {"key": m.key, "step": m.step_id, "channel": m.channel, "member": m.member_id, "name": m.name, "text": m.text}
@@ -31,7 +36,6 @@ class ConsoleTransport:
         for event_id, lines in by_event.items():
             with (self.directory / f"{event_id}.jsonl").open("a", encoding="utf-8") as fh:
                 fh.write("\n".join(lines) + "\n")
-        return [Outcome("sent") for _ in messages]
 
     async def close(self) -> None:
         return None

@@ -19,14 +19,21 @@ from collections.abc import Sequence
 
 import aiohttp
 
-from orchestrator.channels.base import Outcome, Outgoing, send_each
+from orchestrator.channels.base import Outcome, Outgoing, Slots, send_pooled
 
 TEMPORARY = {408, 425, 429}
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     """The signature header's value for `body` sent at `timestamp`."""
-    return "v1=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return _sign(secret.encode(), timestamp, body)
+
+
+def _sign(key: bytes, timestamp: str, body: bytes) -> str:
+    return "v1=" + hmac.digest(key, timestamp.encode() + b"." + body, hashlib.sha256).hex()
+
+
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # one encoder, not one per message
 
 
 def verify(secret: str, timestamp: str, body: bytes, signature: str, *, now: float | None = None, window: float = 300) -> bool:
@@ -58,10 +65,12 @@ class WebhookTransport:
     def __init__(self, url: str, secret: str, *, idempotent: bool = True, concurrency: int = 50, timeout: float = 10.0) -> None:
         self.url = url
         self.secret = secret
+        self._key = secret.encode()
         self.idempotent = idempotent
         self.concurrency = concurrency
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._slots: Slots | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -72,36 +81,46 @@ class WebhookTransport:
         return self._session
 
     async def send(self, message: Outgoing) -> Outcome:
-        body = json.dumps(payload(message), ensure_ascii=False, separators=(",", ":")).encode()
+        body = _ENCODE(payload(message)).encode()
         ts = str(int(time.time()))
         headers = {"Content-Type": "application/json", "X-Orchestrator-Timestamp": ts,
-                   "X-Orchestrator-Signature": sign(self.secret, ts, body)}
+                   "X-Orchestrator-Signature": _sign(self._key, ts, body)}
         if self.idempotent:
             headers["Idempotency-Key"] = message.key
         try:
             async with self._client().post(self.url, data=body, headers=headers) as resp:
-                text = await resp.text()
-                if 200 <= resp.status < 300:
-                    return Outcome("sent", provider_id=_provider_id(text))
-                reason = f"HTTP {resp.status}: {text[:200]}"
-                if resp.status in TEMPORARY or resp.status >= 500:
+                answer = await resp.read()
+                status = resp.status
+                if 200 <= status < 300:
+                    return Outcome("sent", provider_id=_provider_id(answer))
+                reason = f"HTTP {status}: {answer.decode(resp.get_encoding(), errors='replace')[:200]}"
+                if status in TEMPORARY or status >= 500:
                     return Outcome("retry", error=reason, retry_after=_retry_after(resp.headers.get("Retry-After")))
                 return Outcome("failed", error=reason)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             return Outcome("retry", error=f"{type(e).__name__}: {e}"[:300])
 
     async def send_batch(self, messages: Sequence[Outgoing]) -> list[Outcome]:
-        return await send_each(self, messages, self.concurrency)
+        """At most `concurrency` requests in flight across every batch this transport sends at once."""
+        return await send_pooled(self, messages, self._pool())
+
+    def _pool(self) -> Slots:
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots.loop is not loop:
+            self._slots = Slots(self.concurrency, loop)
+        return self._slots
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
 
 
-def _provider_id(text: str) -> str | None:
+def _provider_id(answer: bytes) -> str | None:
+    if not answer:
+        return None
     try:
-        data = json.loads(text)
-    except ValueError:
+        data = json.loads(answer.decode())  # a JSON answer is UTF-8 (RFC 8259); decoding first is the faster path
+    except ValueError:  # UnicodeDecodeError included
         return None
     value = data.get("id") if isinstance(data, dict) else None
     return str(value)[:128] if value is not None else None

@@ -86,7 +86,7 @@ def test_an_edit_after_scheduling_changes_nothing_that_runs(tmp_path: Path, engi
     (path.parent / "members.csv").write_text("id,name,phone,consent_sms\nx1,新人,13800000009,1\n", encoding="utf-8")
     with pytest.raises(EventConflict, match="already scheduled with a different playbook"):
         schedule(engine, make_settings(receiver), redis_url, path)
-    frozen = scheduling.loaded_event(scheduling.get_event(engine, "engine-test"))
+    frozen = scheduling.loaded_event(engine, scheduling.get_event(engine, "engine-test"))
     assert set(frozen.members) == {"m000001", "m000002"}
     assert "即将开始" in frozen.copies[("path", "reminders", 0, "copy")].source
     assert scheduling.get_event(engine, "engine-test").playbook_hash == first.playbook_hash

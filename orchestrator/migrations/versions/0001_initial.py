@@ -1,8 +1,8 @@
-"""initial store: events, steps, members, guides, consent, opt-outs, send ledger, counts, log
+"""initial store: events, frozen playbooks, steps, members, guides, consent, opt-outs, send ledger, counts, log
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-30 18:32:27.063877
+Create Date: 2026-11-30 19:26:10.233067
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ def upgrade() -> None:
     sa.Column('playbook_id', sa.String(length=64), nullable=False),
     sa.Column('title', sa.String(), nullable=False),
     sa.Column('entry', sa.String(), nullable=False),
-    sa.Column('bundle', sa.LargeBinary(), nullable=False),
     sa.Column('playbook_hash', sa.String(length=64), nullable=False),
     sa.Column('timezone', sa.String(length=64), nullable=False),
     sa.Column('live_start', sa.DateTime(), nullable=False),
@@ -81,6 +80,13 @@ def upgrade() -> None:
     sa.Column('period', sa.String(length=16), nullable=False),
     sa.Column('count', sa.Integer(), nullable=False),
     sa.PrimaryKeyConstraint('member_id', 'period')
+    )
+    op.create_table('frozen_playbook',
+    sa.Column('event_id', sa.String(length=64), nullable=False),
+    sa.Column('playbook_hash', sa.String(length=64), nullable=False),
+    sa.Column('bundle', sa.LargeBinary(), nullable=False),
+    sa.ForeignKeyConstraint(['event_id'], ['event.id'], ),
+    sa.PrimaryKeyConstraint('event_id')
     )
     op.create_table('guide',
     sa.Column('event_id', sa.String(length=64), nullable=False),
@@ -156,6 +162,7 @@ def downgrade() -> None:
     op.drop_table('send')
     op.drop_table('member')
     op.drop_table('guide')
+    op.drop_table('frozen_playbook')
     op.drop_table('sendcount')
     with op.batch_alter_table('optout', schema=None) as batch_op:
         batch_op.drop_index('ix_optout_member')

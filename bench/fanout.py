@@ -1,0 +1,346 @@
+"""How fast a webhook reminder fans out through the engine, against two baselines in the same run.
+
+Per database and per size N, into one local receiver (aiohttp.web in its own process, answering
+200 {"id": n}; every rate is N over the time from the first to the last request it sees):
+
+  engine     the real path. The playbook is scheduled on an accelerated clock and a real arq worker
+             (`make_worker`, run in a fresh process of this script) runs the reminder step:
+             plan_sends, then `stages.LANES` drain lanes of claim -> opt-outs -> caps -> render ->
+             signed WebhookTransport.send_batch -> finish -> counts. That process's peak RSS is
+             the memory figure; "planning" is the step's start to the first request.
+  bare       N aiohttp POSTs of a body of the same size, CONCURRENCY in flight, no engine.
+  no ledger  the same rendering and WebhookTransport.send_batch in batches of fanout.BATCH, in
+             stages.LANES lanes, without claim, caps, finish or counts.
+
+Prints the rates and the ratios PERFORMANCE.md sets targets for (figures here are noisy; the
+ratios are what we compare). PostgreSQL's schema `public` is dropped and made again before each run.
+
+    python bench/fanout.py [--sizes 10000,100000] [--db sqlite|postgresql|both] [--pg-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import random
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import suppress
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from sqlalchemy import Engine, select, text
+
+from orchestrator.channels.base import Outgoing
+from orchestrator.channels.registry import build_transports
+from orchestrator.channels.webhook import payload
+from orchestrator.embedded_redis import redis_url
+from orchestrator.fanout import BATCH
+from orchestrator.ledger import key_of
+from orchestrator.load import LoadedPlaybook
+from orchestrator.playbook import Channel, Member
+from orchestrator.render import render_for
+from orchestrator.scheduling import STEP, get_event, loaded_event, schedule
+from orchestrator.settings import Settings
+from orchestrator.stages import LANES
+from orchestrator.store import Event, make_engine, open_store
+from orchestrator.worker import make_worker, pool_for
+
+CONCURRENCY = 50
+SPEED = 60.0  # one real second is an event minute: the reminder (a minute after the poster) is due ~3 s after scheduling
+STEP_ID = "reminder:go"
+HERE = Path(__file__).resolve()
+SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗"
+GIVEN = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英"
+PLAYBOOK = """\
+version: 1
+id: fanout
+title: 压测提醒
+timezone: Asia/Shanghai
+goal: {statement: 测量提醒的发送速度}
+audience:
+  expected_reach: REACH
+  segments: [{id: all, name: 全部, file: members.csv}]
+lever: {incentives: [{id: discount, name: 老客折扣, copy: 老客立减50元}]}
+mechanism: {}
+path:
+  poster: {at: T-2d 10:00, guides: guides.csv, variants: [{id: A, hook: 进群抽奖}]}
+  join: {kind: wecom_join_way, capacity: 500, margin: 480, group_name: '压测{n}群'}
+  reminders:
+    - id: go
+      at: T-2d 10:01
+      channels: [webhook]
+      copy: '{{ member.name }}，{{ event.title }}{{ event.start_text }}开播：{{ event.room_url }}'
+  live: {start: 2027-03-20 19:00, end: 2027-03-20 21:00, platform: douyin, room_url: 'https://live.example/room/1'}
+policy:
+  quiet_hours: off
+  caps: {per_day: 100, per_month: 1000}
+  late_steps: {action: run_late, tolerance: 30d}
+"""
+
+
+@dataclass
+class Seen:
+    """What the receiver has seen since its last reset (epoch seconds)."""
+
+    count: int = 0
+    first: float = 0.0
+    last: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.count / max(self.last - self.first, 1e-9)
+
+
+def receiver() -> None:
+    """`--receiver`: serve POST /hook, GET /stats and POST /reset on a free port, printed on stdout."""
+    seen = Seen()
+
+    async def hook(request: web.Request) -> web.Response:
+        await request.read()
+        now = time.time()
+        if not seen.count:
+            seen.first = now
+        seen.count += 1
+        seen.last = now
+        return web.json_response({"id": seen.count})
+
+    async def stats(_request: web.Request) -> web.Response:
+        return web.json_response(asdict(seen))
+
+    async def reset(_request: web.Request) -> web.Response:
+        seen.count, seen.first, seen.last = 0, 0.0, 0.0
+        return web.json_response(asdict(seen))
+
+    async def serve() -> None:
+        app = web.Application()
+        app.add_routes([web.post("/hook", hook), web.get("/stats", stats), web.post("/reset", reset)])
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        await web.SockSite(runner, sock).start()
+        print(sock.getsockname()[1], flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+async def call(url: str, method: str = "GET") -> Seen:
+    async with aiohttp.ClientSession() as session, session.request(method, url) as resp:
+        return Seen(**await resp.json())
+
+
+async def until_seen(base: str, n: int, label: str, stall: float = 120.0) -> Seen:
+    """Poll the receiver (a progress line on stderr) until it has seen `n` requests."""
+    last_count, changed = -1, time.monotonic()
+    while True:
+        seen = await call(base + "/stats")
+        print(f"\r  {label}: {seen.count:,}/{n:,} requests", end="", file=sys.stderr, flush=True)
+        if seen.count >= n:
+            print(file=sys.stderr)
+            return seen
+        if seen.count != last_count:
+            last_count, changed = seen.count, time.monotonic()
+        elif time.monotonic() - changed > stall:
+            raise RuntimeError(f"{label}: stuck at {seen.count:,} of {n:,} requests for {stall:.0f} s")
+        await asyncio.sleep(0.5)
+
+
+def write_playbook(folder: Path, n: int) -> Path:
+    rng = random.Random(7)
+    (folder / "guides.csv").write_text("id,name,channel_code,contact_code\ng1,小李,G01,wx_g1\n", encoding="utf-8")
+    with (folder / "members.csv").open("w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "name", "phone"])
+        for i in range(n):
+            w.writerow([f"m{i}", rng.choice(SURNAMES) + rng.choice(GIVEN) + rng.choice(GIVEN), f"139{rng.randrange(10**8):08d}"])
+    path = folder / "fanout.yaml"
+    path.write_text(PLAYBOOK.replace("REACH", str(n)), encoding="utf-8")
+    return path
+
+
+def fresh_store(url: str) -> Engine:
+    if url.startswith("postgres"):
+        scratch = make_engine(url)
+        with scratch.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+        scratch.dispose()
+    return open_store(url)
+
+
+async def schedule_event(engine: Engine, settings: Settings, path: Path) -> str:
+    assert settings.redis_url is not None
+    pool = await pool_for(settings.redis_url)
+    try:
+        return (await schedule(engine, pool, settings, path, speed=SPEED)).event_id
+    finally:
+        await pool.aclose()
+
+
+async def engine_run(n: int, event_id: str) -> dict[str, float]:
+    """`--one`: a real worker sends the scheduled reminder; returns its rate, planning time and peak RSS."""
+    settings = Settings.from_env(env_file=None)
+    assert settings.redis_url is not None and settings.webhook_url is not None
+    base = settings.webhook_url.rsplit("/", 1)[0]
+    engine = await asyncio.to_thread(open_store, settings.database_url)
+    worker = make_worker(settings, settings.redis_url, engine=engine, handle_signals=False)
+    task = asyncio.create_task(worker.async_run())
+    try:
+        seen = await until_seen(base, n, f"engine {n:,}")
+        for _ in range(600):  # until the step is done: the last finish() is recorded
+            state, started = await asyncio.to_thread(step_row, engine, event_id)
+            if state == "done":
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise RuntimeError(f"{STEP_ID} is still {state} two minutes after the last request")
+    finally:
+        await worker.close()
+        with suppress(asyncio.CancelledError):
+            await task
+    return {"rate": seen.rate, "planning": seen.first - started, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def step_row(engine: Engine, event_id: str) -> tuple[str, float]:
+    with engine.connect() as conn:
+        state, started = conn.execute(select(STEP.c.state, STEP.c.started_at).where(STEP.c.event_id == event_id, STEP.c.step_id == STEP_ID)).one()
+    return state, started.timestamp() if started else 0.0
+
+
+def outgoing(ev: Event, loaded: LoadedPlaybook, m: Member) -> Outgoing:
+    r = render_for(loaded, STEP_ID, m, Channel.WEBHOOK, ev.live_start)
+    address = {"phone": m.phone} if m.phone else {}
+    return Outgoing(key_of(ev.id, STEP_ID, m.id, "webhook"), ev.id, STEP_ID, m.id, "webhook", m.name, r.text, address)
+
+
+async def bare_loop(base: str, n: int, body: bytes) -> Seen:
+    left = iter(range(n))
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONCURRENCY)) as session:
+        async def poster() -> None:
+            for _ in left:
+                async with session.post(base + "/hook", data=body, headers=headers) as resp:
+                    await resp.read()
+                    resp.raise_for_status()
+
+        _, seen = await asyncio.gather(asyncio.gather(*(poster() for _ in range(CONCURRENCY))), until_seen(base, n, f"bare {n:,}"))
+    return seen
+
+
+async def no_ledger(settings: Settings, ev: Event, loaded: LoadedPlaybook, base: str, n: int) -> Seen:
+    transport = build_transports(settings)["webhook"]
+    members = list(loaded.members.values())
+    batches = iter(range(0, len(members), BATCH))
+
+    async def lane() -> None:
+        for i in batches:  # shared: each lane takes the next batch
+            outcomes = await transport.send_batch([outgoing(ev, loaded, m) for m in members[i:i + BATCH]])
+            if any(o.state != "sent" for o in outcomes):
+                raise RuntimeError(f"no-ledger send failed: {next(o.error for o in outcomes if o.state != 'sent')}")
+
+    try:
+        _, seen = await asyncio.gather(asyncio.gather(*(lane() for _ in range(LANES))), until_seen(base, n, f"no ledger {n:,}"))
+    finally:
+        await transport.close()
+    return seen
+
+
+async def baselines(settings: Settings, engine: Engine, ev: Event, base: str, n: int) -> tuple[Seen, Seen]:
+    loaded = loaded_event(engine, ev)
+    sample = outgoing(ev, loaded, next(iter(loaded.members.values())))
+    body = json.dumps(payload(sample), ensure_ascii=False, separators=(",", ":")).encode()
+    await call(base + "/reset", "POST")
+    bare = await bare_loop(base, n, body)
+    await call(base + "/reset", "POST")
+    return bare, await no_ledger(settings, ev, loaded, base, n)
+
+
+@dataclass
+class Figures:
+    engine: float
+    bare: float
+    plain: float
+    planning: float
+    rss_mb: float
+
+
+def run_size(db: str, n: int, pg_url: str, base: str) -> Figures:
+    with tempfile.TemporaryDirectory(prefix="fanout-") as tmp:
+        folder = Path(tmp)
+        path = write_playbook(folder, n)
+        url = pg_url if db == "postgresql" else f"sqlite:///{folder / 'bench.db'}"
+        with redis_url(None, folder / "data") as rurl:
+            env = {"DATABASE_URL": url, "REDIS_URL": rurl, "ORCH_DATA_DIR": str(folder / "data"), "ORCH_WEBHOOK_URL": base + "/hook",
+                   "ORCH_WEBHOOK_SECRET": "bench-secret", "ORCH_SEND_CONCURRENCY": str(CONCURRENCY)}
+            settings = Settings.from_env(env, env_file=None)
+            engine = fresh_store(url)
+            asyncio.run(call(base + "/reset", "POST"))
+            event_id = asyncio.run(schedule_event(engine, settings, path))
+            child = subprocess.run([sys.executable, str(HERE), "--one", str(n), "--event", event_id], env={**os.environ, **env},
+                                   stdout=subprocess.PIPE, text=True, check=True)
+            figures = json.loads(child.stdout.strip().splitlines()[-1])
+            bare, plain = asyncio.run(baselines(settings, engine, get_event(engine, event_id), base, n))
+            engine.dispose()
+    return Figures(figures["rate"], bare.rate, plain.rate, figures["planning"], figures["rss_mb"])
+
+
+def ratio_line(label: str, ratio: float, target: float, at_least: bool = True) -> None:
+    met = ratio >= target if at_least else ratio <= target
+    print(f"  {label:28s} {ratio:5.2f}  (target {'≥' if at_least else '≤'} {target})  {'ok' if met else 'MISSES'}")
+
+
+def report(db: str, results: dict[int, Figures]) -> None:
+    print(f"\n{db}: webhook reminder, {CONCURRENCY} in flight, {LANES} drain lanes, receiver aiohttp.web in its own process")
+    print(f"{'recipients':>10} {'engine':>9} {'bare':>9} {'no ledger':>10}  posts/s   {'planning':>9} {'peak RSS':>9}")
+    for n, f in results.items():
+        print(f"{n:>10,} {f.engine:>9,.0f} {f.bare:>9,.0f} {f.plain:>10,.0f}            {f.planning:>7.1f} s {f.rss_mb:>6.0f} MB")
+    for n, f in results.items():
+        ratio_line(f"{n:>7,}: engine ÷ bare", f.engine / f.bare, 0.7)
+        ratio_line(f"{n:>7,}: ledger ÷ no ledger", f.engine / f.plain, 0.8)
+    if len(results) > 1:
+        small, big = min(results), max(results)
+        ratio_line(f"memory {big:,} ÷ {small:,}", results[big].rss_mb / results[small].rss_mb, 1.5, at_least=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000", help="recipients per run, comma-separated")
+    parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/bench")
+    parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--event", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.receiver:
+        return receiver()
+    if args.one:
+        print(json.dumps(asyncio.run(engine_run(args.one, args.event))))
+        return None
+    t0 = time.perf_counter()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    proc = subprocess.Popen([sys.executable, str(HERE), "--receiver"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        base = f"http://127.0.0.1:{int(proc.stdout.readline())}"
+        for db in ("sqlite", "postgresql") if args.db == "both" else (args.db,):
+            report(db, {n: run_size(db, n, args.pg_url, base) for n in sizes})
+    finally:
+        proc.terminate()
+        proc.wait()
+    print(f"\nwall time {time.perf_counter() - t0:.0f} s")
+    return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""`orchestrator demo`: a whole event rehearsed on one machine, shown as it happens.
+
+Schedules a playbook (the spring example) as a rehearsal on an accelerated clock, runs a worker
+in this process on the embedded defaults, and prints the event log stage by stage with a
+progress bar per fan-out, until the event closes and its report is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from rich.console import Console
+from rich.text import Text
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from sqlalchemy import Engine
+
+from orchestrator import eventlog, scheduling
+from orchestrator.settings import Settings
+from orchestrator.worker import make_worker, pool_for
+
+KIND_STYLE = {"scheduled": "bold", "fanout": "cyan", "step-done": "green", "live_start": "bold green", "live_end": "bold green",
+              "closed": "bold green", "step-missed": "red", "step-deferred": "yellow", "step-skipped": "yellow",
+              "recovered": "yellow", "unknown": "bold yellow", "sop_cue": "dim", "staff_script": "dim"}
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    event_id: str
+    report: Path | None
+    console_log: Path
+    seconds: float
+
+
+def speed_for(first: datetime, last: datetime, seconds: float) -> float:
+    """The clock speed that plays the span from `first` to `last` in about `seconds` real seconds."""
+    return max(1.0, (last - first).total_seconds() / seconds)
+
+
+async def run_demo(settings: Settings, engine: Engine, redis_url: str, playbook: Path, *, seconds: float, console: Console) -> DemoResult:
+    from orchestrator.plan import plan
+    from orchestrator.validate import check
+
+    loaded, _diags = check(playbook)
+    assert loaded is not None
+    p = plan(loaded)
+    speed = speed_for(p.steps[0].at, p.steps[-1].at, seconds)
+    event_id = f"{loaded.playbook.id}-demo-{datetime.now():%m%d%H%M%S}"[:64]
+    tz = ZoneInfo(p.timezone)
+    started = time.monotonic()
+    worker = make_worker(settings, redis_url, engine=engine, handle_signals=False)
+    task = asyncio.create_task(worker.async_run())
+    pool = await pool_for(redis_url)
+    try:
+        result = await scheduling.schedule(engine, pool, settings, playbook, event_id=event_id, speed=speed, rehearsal=True)
+        console.print(f"[bold]{p.title}[/] → event [bold]{event_id}[/]: {result.steps} steps, {result.audience} people, "
+                      f"clock ×{speed:,.0f} (an event day in {86400 / speed:.0f} s), channels → console")
+        await _follow(engine, event_id, tz, console)
+    finally:
+        await pool.aclose()
+        await worker.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    closing = [e for e in eventlog.entries(engine, event_id) if e["kind"] == "closed"]
+    report = Path(closing[-1]["data"]["html"]) if closing and closing[-1]["data"] else None
+    return DemoResult(event_id, report, Path(settings.data_dir) / "console" / f"{event_id}.jsonl", time.monotonic() - started)
+
+
+async def _follow(engine: Engine, event_id: str, tz: ZoneInfo, console: Console) -> None:
+    """Print the event log as it grows, with a bar per step that is sending, until the event closes."""
+    last = 0
+    bars: dict[str, TaskID] = {}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        while True:
+            entries: list[dict[str, Any]] = await asyncio.to_thread(eventlog.entries, engine, event_id, last)
+            for e in entries:
+                last = e["id"]
+                when = e["event_time"].astimezone(tz).strftime("%m-%d %H:%M") if e["event_time"] else "     —     "
+                style = KIND_STYLE.get(e["kind"], "")
+                progress.console.print(Text.assemble((when, "dim"), "  ", (e["message"], style)))
+            status = await asyncio.to_thread(scheduling.status, engine, event_id)
+            for s in status["steps"]:
+                sends = s["sends"]
+                done = sum(n for state, n in sends.items() if state not in ("planned", "sending"))
+                total = sum(sends.values())
+                if total and (s["state"] == "sending" or s["id"] in bars):
+                    if s["id"] not in bars:
+                        bars[s["id"]] = progress.add_task(f"  {s['id']}", total=total)
+                    progress.update(bars[s["id"]], completed=done, total=total)
+            if status["state"] in ("closed", "cancelled"):
+                return
+            await asyncio.sleep(0.25)
