@@ -18,10 +18,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -127,10 +127,40 @@ def finish(engine: Engine, worker: str, results: Sequence[Result], counts: dict[
     params = [{"b_id": r.id, "b_state": r.state, "b_provider": r.provider_id, "b_error": r.error,
                "b_not_before": r.not_before, "b_sent_at": now if r.state == "sent" else None} for r in results]
     with engine.begin() as conn:
-        done = (conn.execute(stmt, params).rowcount or 0) if params else 0
+        if engine.dialect.name == "postgresql":
+            done = _finish_pg(conn, worker, results, now) if results else 0
+        else:
+            done = (conn.execute(stmt, params).rowcount or 0) if params else 0
         if counts:
             _add_counts(conn, counts)
     return done
+
+
+# PostgreSQL: a whole batch as one statement over arrays (executemany costs a round trip per row there)
+FINISH_PG = text("""
+UPDATE send AS s SET state = v.state, provider_id = v.provider_id, error = v.error, not_before = v.not_before,
+       sent_at = CASE WHEN v.state = 'sent' THEN CAST(:now AS timestamp) END
+FROM unnest(CAST(:ids AS bigint[]), CAST(:states AS text[]), CAST(:providers AS text[]), CAST(:errors AS text[]),
+            CAST(:not_befores AS timestamp[])) AS v(id, state, provider_id, error, not_before)
+WHERE s.id = v.id AND s.state = 'sending' AND s.claimed_by = :worker
+""")
+COUNTS_PG = text("""
+INSERT INTO sendcount (member_id, period, count)
+SELECT * FROM unnest(CAST(:members AS text[]), CAST(:periods AS text[]), CAST(:counts AS integer[]))
+ON CONFLICT (member_id, period) DO UPDATE SET count = sendcount.count + excluded.count
+""")
+
+
+def _naive_utc(moment: datetime | None) -> datetime | None:
+    return None if moment is None else moment.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def _finish_pg(conn: Connection, worker: str, results: Sequence[Result], now: datetime) -> int:
+    return conn.execute(FINISH_PG, {
+        "ids": [r.id for r in results], "states": [r.state for r in results], "providers": [r.provider_id for r in results],
+        "errors": [r.error for r in results], "not_befores": [_naive_utc(r.not_before) for r in results],
+        "now": _naive_utc(now), "worker": worker,
+    }).rowcount or 0
 
 
 def skip_open(engine: Engine, event_id: str, reason: str, step_id: str | None = None) -> int:
@@ -213,6 +243,10 @@ def add_counts(engine: Engine, increments: dict[tuple[str, str], int]) -> None:
 
 
 def _add_counts(conn: Connection, increments: dict[tuple[str, str], int]) -> None:
+    if conn.engine.dialect.name == "postgresql":
+        items = sorted(increments.items())
+        conn.execute(COUNTS_PG, {"members": [m for (m, _p), _n in items], "periods": [p for (_m, p), _n in items], "counts": [n for _k, n in items]})
+        return
     ins = _insert(conn.engine)(COUNT)
     stmt = ins.on_conflict_do_update(index_elements=["member_id", "period"], set_={"count": COUNT.c.count + ins.excluded.count})
     conn.execute(stmt, [{"member_id": m, "period": p, "count": n} for (m, p), n in sorted(increments.items())])
