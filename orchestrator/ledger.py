@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -29,14 +29,6 @@ from orchestrator.store import Send, SendCount, utc_now
 
 SEND = Send.__table__  # type: ignore[attr-defined]
 COUNT = SendCount.__table__  # type: ignore[attr-defined]
-
-OPEN_STATES = ("planned", "sending")
-FINAL_STATES = ("sent", "failed", "unknown", "skipped")
-TRANSITIONS: dict[str, set[str]] = {
-    "planned": {"sending", "skipped"},
-    "sending": {"sent", "failed", "unknown", "planned", "skipped"},
-    # later channels (WeCom tasks) extend this: created -> confirmed -> sent | refused
-}
 
 
 def key_of(event_id: str, step_id: str, member_id: str, channel: str) -> str:
@@ -113,7 +105,7 @@ class Result:
 def finish(engine: Engine, worker: str, results: Sequence[Result], counts: dict[tuple[str, str], int] | None = None) -> int:
     """Record outcomes of rows `worker` holds; a row another process resolved meanwhile is left alone.
 
-    `counts` (messages sent per (member, period)) are added in the same transaction (see `add_counts`).
+    `counts` (messages sent per (member, period)) are added in the same transaction (see `_add_counts`).
     """
     if not results and not counts:
         return 0
@@ -234,14 +226,6 @@ def unknown_rows(engine: Engine, event_id: str, limit: int = 1000) -> list[dict[
     return [dict(r._mapping) for r in rows]
 
 
-def add_counts(engine: Engine, increments: dict[tuple[str, str], int]) -> None:
-    """Add sent messages to each (member, period) count: one upsert statement, executed for many rows."""
-    if not increments:
-        return
-    with engine.begin() as conn:
-        _add_counts(conn, increments)
-
-
 def _add_counts(conn: Connection, increments: dict[tuple[str, str], int]) -> None:
     if conn.engine.dialect.name == "postgresql":
         items = sorted(increments.items())
@@ -262,7 +246,3 @@ def counts_of(engine: Engine, members: Sequence[str], periods: Sequence[str]) ->
                                         .where(COUNT.c.member_id.in_(members[i:i + 500]), COUNT.c.period.in_(periods))):
                 out[(m, p)] = n
     return out
-
-
-__all__ = ["Claimed", "Result", "TRANSITIONS", "add_counts", "claim", "counts_of", "finish", "insert", "key_of", "open_rows",
-           "plan_sends", "resolve_orphans", "skip_open", "step_counts", "unknown_rows"]

@@ -25,7 +25,7 @@ from orchestrator.channels.registry import missing_routes
 from orchestrator.clock import Clock
 from orchestrator.errors import EventConflict, PlaybookError, UnknownEvent
 from orchestrator.load import LoadedPlaybook
-from orchestrator.plan import MESSAGE_STAGES, Plan, localize, plan
+from orchestrator.plan import Plan, localize, plan
 from orchestrator.playbook import PER_MEMBER_CHANNELS
 from orchestrator.reach import is_excluded
 from orchestrator.settings import Settings
@@ -299,6 +299,3 @@ def _totals(channels: dict[str, dict[str, int]]) -> dict[str, int]:
             out[state] = out.get(state, 0) + n
     return out
 
-
-def stage_is_message(stage: str) -> bool:
-    return stage in {s.value for s in MESSAGE_STAGES}

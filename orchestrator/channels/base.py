@@ -46,20 +46,6 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
-async def send_each(transport: Transport, messages: Sequence[Outgoing], limit: int) -> list[Outcome]:
-    """Send a batch one message at a time, at most `limit` in flight; an exception is a retry."""
-    semaphore = asyncio.Semaphore(limit)
-
-    async def one(m: Outgoing) -> Outcome:
-        async with semaphore:
-            try:
-                return await transport.send(m)
-            except Exception as e:  # a bug or an unexpected peer: never lose the row's state
-                return Outcome("retry", error=f"{type(e).__name__}: {e}")
-
-    return list(await asyncio.gather(*(one(m) for m in messages)))
-
-
 class Slots:
     """Requests a transport may have in flight at once, shared by every batch it sends (one event loop)."""
 
@@ -70,7 +56,7 @@ class Slots:
 
 
 async def send_pooled(transport: Transport, messages: Sequence[Outgoing], slots: Slots) -> list[Outcome]:
-    """Like `send_each`, with the in-flight limit shared across concurrent batches of one transport.
+    """Send a batch, at most `slots.limit` in flight across every concurrent batch of one transport; an exception is a retry.
 
     Up to `slots.limit` senders each hold a slot and take the batch's next message until none is
     left, so a message costs no task of its own, and batches sent at once (drain lanes) never have
