@@ -48,7 +48,7 @@ from orchestrator.fanout import BATCH
 from orchestrator.ledger import key_of
 from orchestrator.load import LoadedPlaybook
 from orchestrator.playbook import Channel, Member
-from orchestrator.render import render_for
+from orchestrator.render import step_renderer
 from orchestrator.scheduling import STEP, get_event, loaded_event, schedule
 from orchestrator.settings import Settings
 from orchestrator.stages import LANES
@@ -140,20 +140,22 @@ async def call(url: str, method: str = "GET") -> Seen:
         return Seen(**await resp.json())
 
 
-async def until_seen(base: str, n: int, label: str, stall: float = 120.0) -> Seen:
+async def until_seen(base: str, n: int, label: str, stall: float = 120.0, quiet: bool = False) -> Seen:
     """Poll the receiver (a progress line on stderr) until it has seen `n` requests."""
     last_count, changed = -1, time.monotonic()
     while True:
         seen = await call(base + "/stats")
-        print(f"\r  {label}: {seen.count:,}/{n:,} requests", end="", file=sys.stderr, flush=True)
+        if not quiet:
+            print(f"\r  {label}: {seen.count:,}/{n:,} requests", end="", file=sys.stderr, flush=True)
         if seen.count >= n:
-            print(file=sys.stderr)
+            if not quiet:
+                print(file=sys.stderr)
             return seen
         if seen.count != last_count:
             last_count, changed = seen.count, time.monotonic()
         elif time.monotonic() - changed > stall:
             raise RuntimeError(f"{label}: stuck at {seen.count:,} of {n:,} requests for {stall:.0f} s")
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.05 if quiet else 0.5)
 
 
 def write_playbook(folder: Path, n: int) -> Path:
@@ -197,7 +199,10 @@ async def engine_run(n: int, event_id: str) -> dict[str, float]:
     worker = make_worker(settings, settings.redis_url, engine=engine, handle_signals=False)
     task = asyncio.create_task(worker.async_run())
     try:
+        first = await until_seen(base, 1, f"engine {n:,}", quiet=True)
+        cpu0 = time.process_time()
         seen = await until_seen(base, n, f"engine {n:,}")
+        cpu = time.process_time() - cpu0
         for _ in range(600):  # until the step is done: the last finish() is recorded
             state, started = await asyncio.to_thread(step_row, engine, event_id)
             if state == "done":
@@ -209,7 +214,20 @@ async def engine_run(n: int, event_id: str) -> dict[str, float]:
         await worker.close()
         with suppress(asyncio.CancelledError):
             await task
-    return {"rate": seen.rate, "planning": seen.first - started, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    busy = cpu / max(seen.last - first.last, 1e-9)
+    return {"rate": seen.rate, "planning": seen.first - started, "rss_mb": peak_rss_mb(),
+            "busy": busy}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM belongs to the program (reset by exec);
+    getrusage's ru_maxrss is not: it keeps the peak of the process that forked us (here the bench
+    itself, which has just scheduled the event), so it would report the parent's memory."""
+    with suppress(OSError), open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def step_row(engine: Engine, event_id: str) -> tuple[str, float]:
@@ -219,7 +237,7 @@ def step_row(engine: Engine, event_id: str) -> tuple[str, float]:
 
 
 def outgoing(ev: Event, loaded: LoadedPlaybook, m: Member) -> Outgoing:
-    r = render_for(loaded, STEP_ID, m, Channel.WEBHOOK, ev.live_start)
+    r = step_renderer(loaded, STEP_ID, ev.live_start).render(m, Channel.WEBHOOK)
     address = {"phone": m.phone} if m.phone else {}
     return Outgoing(key_of(ev.id, STEP_ID, m.id, "webhook"), ev.id, STEP_ID, m.id, "webhook", m.name, r.text, address)
 
@@ -273,6 +291,7 @@ class Figures:
     plain: float
     planning: float
     rss_mb: float
+    busy: float  # the engine process's CPU time over its sending time: 1.0 is one core saturated
 
 
 def run_size(db: str, n: int, pg_url: str, base: str) -> Figures:
@@ -292,7 +311,7 @@ def run_size(db: str, n: int, pg_url: str, base: str) -> Figures:
             figures = json.loads(child.stdout.strip().splitlines()[-1])
             bare, plain = asyncio.run(baselines(settings, engine, get_event(engine, event_id), base, n))
             engine.dispose()
-    return Figures(figures["rate"], bare.rate, plain.rate, figures["planning"], figures["rss_mb"])
+    return Figures(figures["rate"], bare.rate, plain.rate, figures["planning"], figures["rss_mb"], figures["busy"])
 
 
 def ratio_line(label: str, ratio: float, target: float, at_least: bool = True) -> None:
@@ -302,9 +321,10 @@ def ratio_line(label: str, ratio: float, target: float, at_least: bool = True) -
 
 def report(db: str, results: dict[int, Figures]) -> None:
     print(f"\n{db}: webhook reminder, {CONCURRENCY} in flight, {LANES} drain lanes, receiver aiohttp.web in its own process")
-    print(f"{'recipients':>10} {'engine':>9} {'bare':>9} {'no ledger':>10}  posts/s   {'planning':>9} {'peak RSS':>9}")
+    print(f"{'recipients':>10} {'engine':>9} {'bare':>9} {'no ledger':>10}  posts/s   {'planning':>9} {'peak RSS':>9} {'engine CPU':>11}")
     for n, f in results.items():
-        print(f"{n:>10,} {f.engine:>9,.0f} {f.bare:>9,.0f} {f.plain:>10,.0f}            {f.planning:>7.1f} s {f.rss_mb:>6.0f} MB")
+        print(f"{n:>10,} {f.engine:>9,.0f} {f.bare:>9,.0f} {f.plain:>10,.0f}            {f.planning:>7.1f} s {f.rss_mb:>6.0f} MB"
+              f" {f.busy:>10.0%}")
     for n, f in results.items():
         ratio_line(f"{n:>7,}: engine ÷ bare", f.engine / f.bare, 0.7)
         ratio_line(f"{n:>7,}: ledger ÷ no ledger", f.engine / f.plain, 0.8)

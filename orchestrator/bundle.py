@@ -82,18 +82,22 @@ def freeze(path: str | Path, loaded: LoadedPlaybook) -> Bundle:
 
 
 _THAWED: dict[str, LoadedPlaybook] = {}
-_LOCK = threading.Lock()  # jobs due together thaw one copy, not one each (80 MB at 100,000 members)
+_LOCK = threading.Lock()  # jobs due together thaw one copy, not one each
 
 
-def thaw(digest: str, entry: str, data: Callable[[], bytes]) -> LoadedPlaybook:
+def thaw(digest: str, entry: str, data: Callable[[], bytes], *, members: bool = True) -> LoadedPlaybook:
     """The frozen playbook with hash `digest`, loaded; `data()` fetches the bundle only when this
-    process has not loaded it yet (a frozen playbook never changes, so it is kept)."""
+    process has not loaded it yet (a frozen playbook never changes, so it is kept).
+
+    A worker thaws without the members (`members=False`): it reads them from the store.
+    """
     with _LOCK:
-        return _thaw_locked(digest, entry, data)
+        return _thaw_locked(digest, entry, data, members)
 
 
-def _thaw_locked(digest: str, entry: str, data: Callable[[], bytes]) -> LoadedPlaybook:
-    loaded = _THAWED.get(digest)
+def _thaw_locked(digest: str, entry: str, data: Callable[[], bytes], members: bool) -> LoadedPlaybook:
+    key = f"{digest}:{'members' if members else 'plan'}"
+    loaded = _THAWED.get(key)
     if loaded is None:
         bundle = Bundle.from_bytes(entry, data())
         if bundle.hash != digest:
@@ -103,8 +107,8 @@ def _thaw_locked(digest: str, entry: str, data: Callable[[], bytes]) -> LoadedPl
             target = root / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content)
-        loaded = load_playbook(root / entry)
+        loaded = load_playbook(root / entry, members=members)
         if len(_THAWED) >= 16:
             _THAWED.pop(next(iter(_THAWED)))
-        _THAWED[digest] = loaded
+        _THAWED[key] = loaded
     return loaded

@@ -14,7 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError, nodes
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.runtime import new_context
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 
 from orchestrator.i18n import _
 
@@ -36,11 +37,12 @@ ALERT_NAMES = ("event", "draw", "pool", "tasks")
 
 
 def _environment() -> SandboxedEnvironment:
-    return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+    """Copy cannot reach Python internals, nor change what it is given (a list, a dict, the next person's view)."""
+    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
 
 
 _ENV = _environment()
-_HTML_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True)
+_HTML_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=True)
 
 
 @dataclass(frozen=True)
@@ -141,20 +143,23 @@ def used_names(source: str) -> set[str]:
 
 
 @lru_cache(maxsize=512)
-def _compiled(source: str, html: bool) -> Template:
-    return (_HTML_ENV if html else _ENV).from_string(source)
+def _compiled(source: str, html: bool) -> tuple[Template, dict[str, Any]]:
+    """The template and its globals as a plain dict (Template.globals is a ChainMap: slow to merge per call)."""
+    template = (_HTML_ENV if html else _ENV).from_string(source)
+    return template, dict(template.globals)
 
 
 def render_copy(source: str, context: Mapping[str, Any], *, html: bool = False) -> str:
     """Render copy with the given context; raises jinja2 errors (UndefinedError, ...).
 
     Compiled templates are cached: a fan-out renders the same copy for thousands of people. The body
-    is `Template.render` without its per-call copies (same context: globals, then `context` over them).
+    is `Template.render` without its per-call copies (same context: globals, then `context` over them)
+    and with the globals as a plain dict.
     """
-    template = _compiled(source, html)
+    template, globals_ = _compiled(source, html)
     try:
-        return template.environment.concat(
-            template.root_render_func(template.new_context({**template.globals, **context}, shared=True))).strip()
+        ctx = new_context(template.environment, template.name, template.blocks, {**globals_, **context}, True, globals_)
+        return template.environment.concat(template.root_render_func(ctx)).strip()
     except Exception:
         template.environment.handle_exception()
         raise  # not reached: handle_exception re-raises with the template's traceback

@@ -1,19 +1,25 @@
 """Who gets a message, through which channel, and why everyone else does not.
 
-Evaluated when a preview or reminder step runs, against the frozen playbook and the store's
-global consent and opt-outs. The order of the reasons is the order of the checks: an excluded
-account is reported as excluded even if it also opted out.
+Evaluated when a preview or reminder step runs, a chunk of the stored audience at a time, against
+the store's global consent and opt-outs; a fan-out batch reads the opt-outs of its people again
+just before it sends. The order of the reasons is the order of the checks: an excluded account
+is reported as excluded even if it also opted out.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from orchestrator.load import LoadedPlaybook
+from sqlalchemy import Engine, or_, select as sql_select
+
+from orchestrator.audience import Person
 from orchestrator.playbook import PER_MEMBER_CHANNELS, Channel, Member, Message
-from orchestrator.reach import is_excluded
+from orchestrator.store import Consent, OptOut
+
+CONSENT = Consent.__table__  # type: ignore[attr-defined]
+OPTOUT = OptOut.__table__  # type: ignore[attr-defined]
 
 CONSENT_OF = {Channel.SMS: "sms", Channel.EMAIL: "email", Channel.WECOM_CUSTOMER: "wecom"}
 
@@ -48,30 +54,58 @@ def address_of(member: Member, channel: Channel) -> str | None:
     return member.id  # webhook, console: the brand's own systems know the member by id
 
 
-def select(loaded: LoadedPlaybook, msg: Message, consent: dict[tuple[str, str], bool], optouts: OptOuts) -> Selection:
-    """Each targeted member with the first channel that reaches them, with consent and no opt-out."""
-    ex = loaded.excluded
-    ids = {e.id for e in ex}
-    phones = {e.phone for e in ex if e.phone}
-    wecom = {e.wecom_external_userid for e in ex if e.wecom_external_userid}
+def select(people: Iterable[Person], msg: Message, consent: dict[tuple[str, str], bool], optouts: OptOuts) -> Selection:
+    """Each targeted person with the first channel that reaches them, with consent and no opt-out."""
     wanted = None if msg.segments is None else set(msg.segments)
     channels = [c for c in msg.channels if c in PER_MEMBER_CHANNELS]
     chosen: list[tuple[Member, Channel]] = []
     skipped: Counter[str] = Counter()
     if not channels:
         return Selection(chosen, skipped)
-    for m in loaded.members.values():
-        if wanted is not None and not (loaded.segments_of(m) & wanted):
+    for p in people:
+        if wanted is not None and not (p.segments & wanted):
             continue
-        if is_excluded(m, ids, phones, wecom):
+        if p.excluded:
             skipped["excluded"] += 1
             continue
-        picked, reason = _first_channel(m, channels, consent, optouts)
+        picked, reason = _first_channel(p.member, channels, consent, optouts)
         if picked is None:
             skipped[reason] += 1
         else:
-            chosen.append((m, picked))
+            chosen.append((p.member, picked))
     return Selection(chosen, skipped)
+
+
+def consent_of(engine: Engine, member_ids: Sequence[str]) -> dict[tuple[str, str], bool]:
+    """The global consent on record for these members: (member, sms|email|wecom) -> granted."""
+    consent: dict[tuple[str, str], bool] = {}
+    ids = list(member_ids)
+    with engine.connect() as conn:
+        for i in range(0, len(ids), 900):
+            for m, ch, granted in conn.execute(sql_select(CONSENT.c.member_id, CONSENT.c.channel, CONSENT.c.granted)
+                                               .where(CONSENT.c.member_id.in_(ids[i:i + 900]))):
+                consent[(m, ch)] = bool(granted)
+    return consent
+
+
+def optouts_of(engine: Engine, members: Sequence[Member]) -> OptOuts:
+    """Every opt-out touching these members, by id or by address (phone, e-mail), from any event."""
+    by_member: dict[str, set[str]] = {}
+    by_address: dict[str, set[str]] = {}
+    with engine.connect() as conn:
+        if conn.execute(sql_select(OPTOUT.c.id).limit(1)).first() is None:  # nobody has opted out anywhere: nothing to match
+            return OptOuts(by_member, by_address)
+        for i in range(0, len(members), 400):
+            part = members[i:i + 400]
+            ids = [m.id for m in part]
+            addresses = [a for m in part for a in (m.phone, (m.email or "").lower()) if a]
+            for m, addr, ch in conn.execute(sql_select(OPTOUT.c.member_id, OPTOUT.c.address, OPTOUT.c.channel)
+                                            .where(or_(OPTOUT.c.member_id.in_(ids), OPTOUT.c.address.in_(addresses)))):
+                if m:
+                    by_member.setdefault(m, set()).add(ch)
+                if addr:
+                    by_address.setdefault(addr.lower(), set()).add(ch)
+    return OptOuts(by_member, by_address)
 
 
 def _first_channel(m: Member, channels: Iterable[Channel], consent: dict[tuple[str, str], bool], optouts: OptOuts) -> tuple[Channel | None, str]:

@@ -15,19 +15,19 @@ from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 
-from orchestrator import eventlog, jobs, ledger
+from orchestrator import audience, eventlog, jobs, ledger
 from orchestrator.channels.base import Outcome, Outgoing
 from orchestrator.clock import Clock
-from orchestrator.eligibility import OptOuts, address_of
+from orchestrator.eligibility import address_of, optouts_of
 from orchestrator.errors import UnknownEvent
 from orchestrator.ledger import Claimed, Result
 from orchestrator.limits import periods
 from orchestrator.load import LoadedPlaybook
 from orchestrator.playbook import Channel, Member
-from orchestrator.render import render_for
-from orchestrator.runtime import OPTOUT, Runtime
+from orchestrator.render import step_renderer
+from orchestrator.runtime import Runtime
 from orchestrator.scheduling import STEP, event_clock, get_event, loaded_event
 from orchestrator.store import Event, utc_now
 
@@ -51,7 +51,7 @@ async def drain(ctx: dict[str, Any], event_id: str, step_id: str, revision: int,
         return "no such event"
     if ev.state in ("cancelled", "closed") or ev.revision < revision:
         return f"event {ev.state}"
-    loaded = await rt.db(loaded_event, rt.engine, ev)
+    loaded = await rt.db(loaded_event, rt.engine, ev, members=False)
     clock = event_clock(ev)
     due = await rt.db(_step_time, rt, event_id, step_id)
     deadline = time.monotonic() + BUDGET
@@ -61,10 +61,10 @@ async def drain(ctx: dict[str, Any], event_id: str, step_id: str, revision: int,
         if time.monotonic() >= deadline:
             full = True
             break
-        claimed = await rt.db(ledger.claim, rt.engine, event_id, step_id, rt.worker_id, BATCH)
+        claimed, people = await rt.db(claim_batch, rt, event_id, step_id)
         if not claimed:
             break
-        sent += await send_batch(rt, ev, loaded, due, step_id, claimed)
+        sent += await send_batch(rt, ev, loaded, due, step_id, claimed, people)
     planned, sending, earliest = await rt.db(ledger.open_rows, rt.engine, event_id, step_id)
     if planned:
         delay = 0.0 if full or earliest is None else max(0.0, (earliest - utc_now()).total_seconds())
@@ -91,21 +91,11 @@ async def finish_step(rt: Runtime, ev: Event, step_id: str, clock: Clock) -> Non
         log.info("%s %s done: %s", ev.id, step_id, summary)
 
 
-def optouts_for(rt: Runtime, members: list[Member]) -> OptOuts:
-    ids = [m.id for m in members]
-    addresses = [a for m in members for a in (m.phone, (m.email or "").lower()) if a]
-    by_member: dict[str, set[str]] = {}
-    by_address: dict[str, set[str]] = {}
-    with rt.engine.connect() as conn:
-        if conn.execute(select(OPTOUT.c.id).limit(1)).first() is None:  # nobody has opted out anywhere: nothing to match
-            return OptOuts(by_member, by_address)
-        for m, addr, ch in conn.execute(select(OPTOUT.c.member_id, OPTOUT.c.address, OPTOUT.c.channel)
-                                        .where(or_(OPTOUT.c.member_id.in_(ids), OPTOUT.c.address.in_(addresses)))):
-            if m:
-                by_member.setdefault(m, set()).add(ch)
-            if addr:
-                by_address.setdefault(addr.lower(), set()).add(ch)
-    return OptOuts(by_member, by_address)
+def claim_batch(rt: Runtime, event_id: str, step_id: str) -> tuple[list[Claimed], dict[str, Member]]:
+    """Claim the next batch and look up its people in the stored audience (one trip off the event loop)."""
+    claimed = ledger.claim(rt.engine, event_id, step_id, rt.worker_id, BATCH)
+    found = audience.people(rt.engine, event_id, [c.member_id for c in claimed]) if claimed else {}
+    return claimed, {member_id: p.member for member_id, p in found.items()}
 
 
 def _step_time(rt: Runtime, event_id: str, step_id: str) -> datetime:
@@ -114,7 +104,8 @@ def _step_time(rt: Runtime, event_id: str, step_id: str) -> datetime:
     return at
 
 
-async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: datetime, step_id: str, claimed: list[Claimed]) -> int:
+async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: datetime, step_id: str, claimed: list[Claimed],
+                     people: dict[str, Member]) -> int:
     """Send one claimed batch and record every outcome; returns how many were sent.
 
     Caps count the message on the day and month of its step's time (`due`), whatever the clock.
@@ -122,10 +113,10 @@ async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: dateti
     pb = loaded.playbook
     now = due.astimezone(pb.tz)
     results: list[Result] = []
-    members = {c.id: loaded.members.get(c.member_id) for c in claimed}
+    members = {c.id: people.get(c.member_id) for c in claimed}
     live = [c for c in claimed if members[c.id] is not None]
     results += [Result(c.id, "failed", error="member not in the frozen audience") for c in claimed if members[c.id] is None]
-    optouts = await rt.db(optouts_for, rt, [members[c.id] for c in live])
+    optouts = await rt.db(optouts_of, rt.engine, [m for c in live if (m := members[c.id]) is not None])
     ready: list[Claimed] = []
     for c in live:
         m = members[c.id]
@@ -180,6 +171,7 @@ def prepare(loaded: LoadedPlaybook, ev: Event, step_id: str, reserved: list[Clai
     """Render each claimed send for its person: messages by transport, and rows whose copy or address fails."""
     outgoing: dict[str, list[tuple[Claimed, Outgoing]]] = defaultdict(list)
     failed: list[Result] = []
+    renderer = step_renderer(loaded, step_id, ev.live_start)
     for c in reserved:
         m = members[c.id]
         assert m is not None
@@ -188,7 +180,7 @@ def prepare(loaded: LoadedPlaybook, ev: Event, step_id: str, reserved: list[Clai
             failed.append(Result(c.id, "failed", error=f"no {channel.value} address"))
             continue
         try:
-            r = render_for(loaded, step_id, m, channel, ev.live_start)
+            r = renderer.render(m, channel)
         except Exception as e:  # broken copy for this person: a permanent failure, recorded
             failed.append(Result(c.id, "failed", error=f"copy failed: {e}"[:500]))
             continue

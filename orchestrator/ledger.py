@@ -15,17 +15,18 @@ in a thread.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, select, text, update
+from sqlalchemy import Engine, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from orchestrator.store import Send, SendCount, utc_now
+from orchestrator.store import Send, SendCount, UtcDateTime, utc_now
 
 SEND = Send.__table__  # type: ignore[attr-defined]
 COUNT = SendCount.__table__  # type: ignore[attr-defined]
@@ -73,24 +74,25 @@ class Claimed:
     retried: bool
 
 
+# Claiming: one statement per batch; the planned rows of a step come in id order from the partial index.
+# On PostgreSQL rows another worker is claiming are skipped, not waited for.
+CLAIM = """
+UPDATE send SET state = 'sending', claimed_by = :worker, claimed_at = :now, attempts = attempts + 1
+WHERE id IN (SELECT id FROM send WHERE event_id = :event AND step_id = :step AND state = 'planned'
+                                   AND (not_before IS NULL OR not_before <= :now) ORDER BY id LIMIT :limit{lock})
+  AND state = 'planned'
+RETURNING id, member_id, channel, transport, attempts, idempotency_key, retried
+"""
+CLAIM_SQLITE = text(CLAIM.format(lock="")).bindparams(bindparam("now", type_=UtcDateTime))
+CLAIM_PG = text(CLAIM.format(lock=" FOR UPDATE SKIP LOCKED")).bindparams(bindparam("now", type_=UtcDateTime))
+
+
 def claim(engine: Engine, event_id: str, step_id: str, worker: str, limit: int) -> list[Claimed]:
     """Take up to `limit` planned rows that are due, atomically, for `worker`."""
-    now = utc_now()
-    due = and_(SEND.c.event_id == event_id, SEND.c.step_id == step_id, SEND.c.state == "planned",
-               (SEND.c.not_before.is_(None)) | (SEND.c.not_before <= now))
-    pick = select(SEND.c.id).where(due).order_by(SEND.c.id).limit(limit)
-    if engine.dialect.name == "postgresql":
-        pick = pick.with_for_update(skip_locked=True)
-    stmt = (
-        update(SEND)
-        .where(SEND.c.id.in_(pick.scalar_subquery()), SEND.c.state == "planned")
-        .values(state="sending", claimed_by=worker, claimed_at=now, attempts=SEND.c.attempts + 1)
-        .returning(SEND.c.id, SEND.c.member_id, SEND.c.channel, SEND.c.transport, SEND.c.attempts,
-                   SEND.c.idempotency_key, SEND.c.retried)
-    )
+    stmt = CLAIM_PG if engine.dialect.name == "postgresql" else CLAIM_SQLITE
     with engine.begin() as conn:
-        rows = conn.execute(stmt).all()
-    return sorted((Claimed(*r) for r in rows), key=lambda c: c.id)
+        rows = sorted(conn.execute(stmt, {"worker": worker, "now": utc_now(), "event": event_id, "step": step_id, "limit": limit}).all())
+    return [Claimed(i, m, ch, tr, att, key, bool(retried)) for i, m, ch, tr, att, key, retried in rows]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,40 +107,57 @@ class Result:
 def finish(engine: Engine, worker: str, results: Sequence[Result], counts: dict[tuple[str, str], int] | None = None) -> int:
     """Record outcomes of rows `worker` holds; a row another process resolved meanwhile is left alone.
 
-    `counts` (messages sent per (member, period)) are added in the same transaction (see `_add_counts`).
+    `counts` (messages sent per (member, period)) are added in the same transaction. Each is one
+    statement per batch over arrays (PostgreSQL) or a JSON document (SQLite): a statement per row
+    costs more than the sends it records.
     """
     if not results and not counts:
         return 0
     now = utc_now()
-    stmt = (
-        update(SEND)
-        .where(SEND.c.id == bindparam("b_id"), SEND.c.state == "sending", SEND.c.claimed_by == worker)
-        .values(state=bindparam("b_state"), provider_id=bindparam("b_provider"), error=bindparam("b_error"),
-                not_before=bindparam("b_not_before"), sent_at=bindparam("b_sent_at"))
-    )
-    params = [{"b_id": r.id, "b_state": r.state, "b_provider": r.provider_id, "b_error": r.error,
-               "b_not_before": r.not_before, "b_sent_at": now if r.state == "sent" else None} for r in results]
+    done = 0
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
-            done = _finish_pg(conn, worker, results, now) if results else 0
+            if results:
+                done = conn.execute(FINISH_PG, {
+                    "ids": [r.id for r in results], "states": [r.state for r in results], "providers": [r.provider_id for r in results],
+                    "errors": [r.error for r in results], "not_befores": [_naive_utc(r.not_before) for r in results],
+                    "now": now, "worker": worker,
+                }).rowcount or 0
+            if counts:
+                items = sorted(counts.items())
+                conn.execute(COUNTS_PG, {"members": [m for (m, _p), _n in items], "periods": [p for (_m, p), _n in items],
+                                         "counts": [n for _k, n in items]})
         else:
-            done = (conn.execute(stmt, params).rowcount or 0) if params else 0
-        if counts:
-            _add_counts(conn, counts)
+            if results:
+                rows = [(r.id, r.state, r.provider_id, r.error, _sqlite_time(r.not_before)) for r in results]
+                done = conn.execute(FINISH_SQLITE, {"rows": json.dumps(rows, ensure_ascii=False), "now": now, "worker": worker}).rowcount or 0
+            if counts:
+                conn.execute(COUNTS_SQLITE, {"rows": json.dumps([(m, p, n) for (m, p), n in sorted(counts.items())], ensure_ascii=False)})
     return done
 
 
-# PostgreSQL: a whole batch as one statement over arrays (executemany costs a round trip per row there)
 FINISH_PG = text("""
 UPDATE send AS s SET state = v.state, provider_id = v.provider_id, error = v.error, not_before = v.not_before,
-       sent_at = CASE WHEN v.state = 'sent' THEN CAST(:now AS timestamp) END
+       sent_at = CASE WHEN v.state = 'sent' THEN :now END
 FROM unnest(CAST(:ids AS bigint[]), CAST(:states AS text[]), CAST(:providers AS text[]), CAST(:errors AS text[]),
             CAST(:not_befores AS timestamp[])) AS v(id, state, provider_id, error, not_before)
 WHERE s.id = v.id AND s.state = 'sending' AND s.claimed_by = :worker
-""")
+""").bindparams(bindparam("now", type_=UtcDateTime))
 COUNTS_PG = text("""
 INSERT INTO sendcount (member_id, period, count)
 SELECT * FROM unnest(CAST(:members AS text[]), CAST(:periods AS text[]), CAST(:counts AS integer[]))
+ON CONFLICT (member_id, period) DO UPDATE SET count = sendcount.count + excluded.count
+""")
+FINISH_SQLITE = text("""
+UPDATE send SET state = json_extract(v.value, '$[1]'), provider_id = json_extract(v.value, '$[2]'),
+       error = json_extract(v.value, '$[3]'), not_before = json_extract(v.value, '$[4]'),
+       sent_at = CASE WHEN json_extract(v.value, '$[1]') = 'sent' THEN :now END
+FROM json_each(:rows) AS v
+WHERE send.id = json_extract(v.value, '$[0]') AND send.state = 'sending' AND send.claimed_by = :worker
+""").bindparams(bindparam("now", type_=UtcDateTime))
+COUNTS_SQLITE = text("""
+INSERT INTO sendcount (member_id, period, count)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(:rows) WHERE true
 ON CONFLICT (member_id, period) DO UPDATE SET count = sendcount.count + excluded.count
 """)
 
@@ -147,12 +166,9 @@ def _naive_utc(moment: datetime | None) -> datetime | None:
     return None if moment is None else moment.astimezone(timezone.utc).replace(tzinfo=None)
 
 
-def _finish_pg(conn: Connection, worker: str, results: Sequence[Result], now: datetime) -> int:
-    return conn.execute(FINISH_PG, {
-        "ids": [r.id for r in results], "states": [r.state for r in results], "providers": [r.provider_id for r in results],
-        "errors": [r.error for r in results], "not_befores": [_naive_utc(r.not_before) for r in results],
-        "now": _naive_utc(now), "worker": worker,
-    }).rowcount or 0
+def _sqlite_time(moment: datetime | None) -> str | None:
+    """A time as SQLAlchemy stores it in SQLite (naive UTC text), for values passed inside JSON."""
+    return None if moment is None else moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def skip_open(engine: Engine, event_id: str, reason: str, step_id: str | None = None) -> int:
@@ -224,16 +240,6 @@ def unknown_rows(engine: Engine, event_id: str, limit: int = 1000) -> list[dict[
             .where(SEND.c.event_id == event_id, SEND.c.state == "unknown").order_by(SEND.c.id).limit(limit)
         ).all()
     return [dict(r._mapping) for r in rows]
-
-
-def _add_counts(conn: Connection, increments: dict[tuple[str, str], int]) -> None:
-    if conn.engine.dialect.name == "postgresql":
-        items = sorted(increments.items())
-        conn.execute(COUNTS_PG, {"members": [m for (m, _p), _n in items], "periods": [p for (_m, p), _n in items], "counts": [n for _k, n in items]})
-        return
-    ins = _insert(conn.engine)(COUNT)
-    stmt = ins.on_conflict_do_update(index_elements=["member_id", "period"], set_={"count": COUNT.c.count + ins.excluded.count})
-    conn.execute(stmt, [{"member_id": m, "period": p, "count": n} for (m, p), n in sorted(increments.items())])
 
 
 def counts_of(engine: Engine, members: Sequence[str], periods: Sequence[str]) -> dict[tuple[str, str], int]:

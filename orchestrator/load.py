@@ -67,6 +67,7 @@ class LoadedPlaybook:
     guides: list[Guide] = field(default_factory=list)
     excluded: list[Excluded] = field(default_factory=list)
     copies: dict[Path_, Copy] = field(default_factory=dict)
+    with_members: bool = True  # False: loaded for a worker, which reads the audience from the store
 
     def segments_of(self, member: Member) -> set[str]:
         extra = self.extra_segments.get(member.id)
@@ -235,17 +236,17 @@ def read_playbook_text(path: Path, shown: str) -> tuple[str | None, list[Diagnos
         return None, [Diagnostic(shown, line, 1, "encoding", _("the playbook is not UTF-8 text; save it as UTF-8"))]
 
 
-def check_playbook(path: str | Path) -> tuple[LoadedPlaybook | None, list[Diagnostic]]:
+def check_playbook(path: str | Path, *, members: bool = True) -> tuple[LoadedPlaybook | None, list[Diagnostic]]:
     """Load and check structure and references; (loaded or None, diagnostics sorted by position)."""
     path = Path(path)
     shown = str(path)
     text, diags = read_playbook_text(path, shown)
     if text is None:
         return None, diags
-    return check_text(text, shown, path.parent)
+    return check_text(text, shown, path.parent, members=members)
 
 
-def check_text(text: str, shown: str, base: Path) -> tuple[LoadedPlaybook | None, list[Diagnostic]]:
+def check_text(text: str, shown: str, base: Path, *, members: bool = True) -> tuple[LoadedPlaybook | None, list[Diagnostic]]:
     located, diags = parse_yaml(text, shown)
     if located is None:
         return None, diags
@@ -258,7 +259,7 @@ def check_text(text: str, shown: str, base: Path) -> tuple[LoadedPlaybook | None
         diags.extend(pydantic_diagnostics(e, located))
         diags.extend(_check_sections_alone(located, shown, base))
         return None, sorted_diagnostics(diags)
-    loaded = LoadedPlaybook(shown, base, located, playbook)
+    loaded = LoadedPlaybook(shown, base, located, playbook, with_members=members)
     diags.extend(_load_references(loaded))
     return loaded, sorted_diagnostics(diags)
 
@@ -288,9 +289,13 @@ def _check_sections_alone(located: Located, shown: str, base: Path) -> list[Diag
     return diags
 
 
-def load_playbook(path: str | Path) -> LoadedPlaybook:
-    """Load a playbook or raise PlaybookError with every error found (warnings are dropped)."""
-    loaded, diags = check_playbook(path)
+def load_playbook(path: str | Path, *, members: bool = True) -> LoadedPlaybook:
+    """Load a playbook or raise PlaybookError with every error found (warnings are dropped).
+
+    `members=False` leaves the audience's members out (a worker of a scheduled event reads them
+    from the store, a chunk at a time, instead of holding every one of them).
+    """
+    loaded, diags = check_playbook(path, members=members)
     errors = [d for d in diags if d.is_error]
     if loaded is None or errors:
         raise PlaybookError(errors)
@@ -321,7 +326,7 @@ def _load_references(loaded: LoadedPlaybook) -> list[Diagnostic]:
 def _load_audience(loaded: LoadedPlaybook, audience: Any) -> list[Diagnostic]:
     diags: list[Diagnostic] = []
     seen_segments: dict[str, int] = {}
-    for i, seg in enumerate(audience.segments):
+    for i, seg in enumerate(audience.segments if loaded.with_members else ()):
         where = ("audience", "segments", i)
         if seg.id in seen_segments:
             file, line, col = loaded.at(where + ("id",))

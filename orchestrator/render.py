@@ -14,7 +14,7 @@ from orchestrator.i18n import _
 from orchestrator.load import LoadedPlaybook
 from orchestrator.playbook import PER_MEMBER_CHANNELS, Channel, Member, Message
 from orchestrator.reach import Profile, reach_bits
-from orchestrator.validate import _guide_view, copy_context
+from orchestrator.validate import copy_context
 
 
 @dataclass(frozen=True)
@@ -80,12 +80,7 @@ def _render(loaded: LoadedPlaybook, where: tuple[str | int, ...], msg: Message |
 
 def render_for(loaded: LoadedPlaybook, step_id: str, member: Member, channel: Channel, start: datetime | None = None) -> Rendered:
     """The copy of `step_id` for `member` through `channel` (chosen by the engine); raises on broken copy."""
-    where, msg = _message(loaded, step_id)
-    ctx = _member_context(loaded, member, start)
-    if msg is None:
-        return Rendered("welcome", channel.value, render_copy(loaded.copies[("path", "join", "welcome")].source, ctx))
-    text = render_copy(loaded.copies[where + ("copy",)].source, ctx)
-    return _render_channel(loaded, where, msg, step_id, channel, text, ctx)
+    return step_renderer(loaded, step_id, start).render(member, channel)
 
 
 def _render_channel(loaded: LoadedPlaybook, where: tuple[str | int, ...], msg: Message, step_id: str, channel: Channel, text: str, ctx: dict[str, Any]) -> Rendered:
@@ -101,44 +96,65 @@ def _render_channel(loaded: LoadedPlaybook, where: tuple[str | int, ...], msg: M
     return Rendered(step_id, channel.value, text)
 
 
-_BASES: dict[tuple[int, datetime | None], tuple[LoadedPlaybook, dict[str, Any] | None]] = {}
-_BASES_LOCK = threading.Lock()
+class StepRenderer:
+    """One step's copy, rendered person after person (a fan-out renders it thousands of times).
 
-
-def _member_context(loaded: LoadedPlaybook, member: Member, start: datetime | None) -> dict[str, Any]:
-    """`copy_context(loaded, member, start)`, without working out the same event view for every person.
-
-    The parts no person changes are worked out once per (playbook, start); each call gets its own
-    copies of them (a template cannot change what the next person sees) and its own member and
-    guide. The shortcut is checked against `copy_context` for a few members when first built and
-    is not used if any differs (say copy_context learns another per-person name).
+    What no person changes (the message, the event view, the lever) is worked out once; each
+    person adds only their own `member` and `guide`. Copy runs in an immutable sandbox, so the
+    shared parts cannot be changed by one person's rendering for the next. The shortcut is checked
+    against `copy_context` for a few members when built and is not used if any differs (say
+    copy_context learns another per-person name).
     """
-    key = (id(loaded), start)
-    entry = _BASES.get(key)
-    if entry is None or entry[0] is not loaded:
-        entry = (loaded, _base_context(loaded, start))
-        with _BASES_LOCK:
-            if len(_BASES) >= 16:
-                _BASES.clear()
-            _BASES[key] = entry
-    base = entry[1]
-    return copy_context(loaded, member, start) if base is None else _with_member(base, loaded, member)
+
+    def __init__(self, loaded: LoadedPlaybook, step_id: str, start: datetime | None) -> None:
+        self.loaded = loaded
+        self.step_id = step_id
+        self.start = start
+        self.where, self.msg = _message(loaded, step_id)
+        self.guides = {g.id: g for g in loaded.guides}
+        self.base = self._base()
+
+    def context(self, member: Member) -> dict[str, Any]:
+        if self.base is None:
+            return copy_context(self.loaded, member, self.start)
+        guide = self.guides.get(member.guide) if member.guide is not None else None
+        return {**self.base,
+                "member": {"id": member.id, "name": member.name, "segment": member.segment, "tags": list(member.tags)},
+                "guide": None if guide is None else {"id": guide.id, "name": guide.name, "channel_code": guide.channel_code,
+                                                     "contact_code": guide.contact_code or ""}}
+
+    def render(self, member: Member, channel: Channel) -> Rendered:
+        ctx = self.context(member)
+        if self.msg is None:
+            return Rendered("welcome", channel.value, render_copy(self.loaded.copies[("path", "join", "welcome")].source, ctx))
+        text = render_copy(self.loaded.copies[self.where + ("copy",)].source, ctx)
+        return _render_channel(self.loaded, self.where, self.msg, self.step_id, channel, text, ctx)
+
+    def _base(self) -> dict[str, Any] | None:
+        base = copy_context(self.loaded, None, self.start)
+        self.base = base
+        samples = list(self.loaded.members.values())
+        for m in samples[:2] + samples[-1:]:
+            if self.context(m) != copy_context(self.loaded, m, self.start):
+                return None
+        return base
 
 
-def _with_member(base: dict[str, Any], loaded: LoadedPlaybook, member: Member) -> dict[str, Any]:
-    ctx = {k: dict(v) if type(v) is dict else v for k, v in base.items()}
-    ctx["member"] = {"id": member.id, "name": member.name, "segment": member.segment, "tags": list(member.tags)}
-    ctx["guide"] = _guide_view(loaded, member)
-    return ctx
+_RENDERERS: dict[tuple[int, str, datetime | None], StepRenderer] = {}
+_RENDERERS_LOCK = threading.Lock()
 
 
-def _base_context(loaded: LoadedPlaybook, start: datetime | None) -> dict[str, Any] | None:
-    base = copy_context(loaded, None, start)
-    samples = list(loaded.members.values())
-    for m in samples[:2] + samples[-1:]:
-        if _with_member(base, loaded, m) != copy_context(loaded, m, start):
-            return None
-    return base
+def step_renderer(loaded: LoadedPlaybook, step_id: str, start: datetime | None = None) -> StepRenderer:
+    """The renderer of `step_id` for this frozen playbook, built once and kept (a few at a time)."""
+    key = (id(loaded), step_id, start)
+    renderer = _RENDERERS.get(key)
+    if renderer is None or renderer.loaded is not loaded:
+        renderer = StepRenderer(loaded, step_id, start)
+        with _RENDERERS_LOCK:
+            if len(_RENDERERS) >= 32:
+                _RENDERERS.clear()
+            _RENDERERS[key] = renderer
+    return renderer
 
 
 def _member(loaded: LoadedPlaybook, member_id: str | None) -> Member:

@@ -11,19 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from arq.connections import ArqRedis
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from orchestrator import ledger
 from orchestrator.channels.base import Transport
 from orchestrator.channels.registry import build_transports, routes
-from orchestrator.eligibility import OptOuts
 from orchestrator.limits import Caps, RateLimiter
 from orchestrator.settings import Settings
-from orchestrator.store import Consent, OptOut
 
 T = TypeVar("T")
-CONSENT = Consent.__table__  # type: ignore[attr-defined]
-OPTOUT = OptOut.__table__  # type: ignore[attr-defined]
 HEARTBEAT = "orch:worker:"
 
 
@@ -58,24 +54,6 @@ class Runtime:
 
     def idempotent(self) -> dict[str, bool]:
         return {name: t.idempotent for name, t in self.transports.items()}
-
-    def consent_and_optouts(self, member_ids: Sequence[str]) -> tuple[dict[tuple[str, str], bool], OptOuts]:
-        """Global consent of these members and every opt-out touching them (by id or address)."""
-        consent: dict[tuple[str, str], bool] = {}
-        by_member: dict[str, set[str]] = {}
-        by_address: dict[str, set[str]] = {}
-        ids = list(member_ids)
-        with self.engine.connect() as conn:
-            for i in range(0, len(ids), 900):
-                part = ids[i:i + 900]
-                for m, ch, granted in conn.execute(select(CONSENT.c.member_id, CONSENT.c.channel, CONSENT.c.granted).where(CONSENT.c.member_id.in_(part))):
-                    consent[(m, ch)] = bool(granted)
-            for m, addr, ch in conn.execute(select(OPTOUT.c.member_id, OPTOUT.c.address, OPTOUT.c.channel)):
-                if m:
-                    by_member.setdefault(m, set()).add(ch)
-                if addr:
-                    by_address.setdefault(addr.lower(), set()).add(ch)
-        return consent, OptOuts(by_member, by_address)
 
     async def close(self) -> None:
         for t in self.transports.values():

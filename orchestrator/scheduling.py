@@ -7,6 +7,7 @@ the same files for the same start again changes nothing.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -74,9 +75,12 @@ def get_event(engine: Engine, event_id: str) -> Event:
         return ev
 
 
-def loaded_event(engine: Engine, ev: Event) -> LoadedPlaybook:
-    """The event's frozen playbook, loaded (once per process: a frozen playbook never changes)."""
-    return thaw(ev.playbook_hash, ev.entry, lambda: _bundle_bytes(engine, ev.id))
+def loaded_event(engine: Engine, ev: Event, *, members: bool = True) -> LoadedPlaybook:
+    """The event's frozen playbook, loaded (once per process: a frozen playbook never changes).
+
+    Workers pass `members=False` and read the audience from the store (`audience`).
+    """
+    return thaw(ev.playbook_hash, ev.entry, lambda: _bundle_bytes(engine, ev.id), members=members)
 
 
 def _bundle_bytes(engine: Engine, event_id: str) -> bytes:
@@ -175,9 +179,10 @@ def _store_event(engine: Engine, eid: str, loaded: LoadedPlaybook, bundle: Bundl
         rows = []
         for m in loaded.members.values():
             excluded = roles.get(m.id) or ("staff" if is_excluded(m, ids, phones, wecom) else None)
-            rows.append({"event_id": eid, "member_id": m.id, "name": m.name, "segments": "|".join(sorted(loaded.segments_of(m))),
+            segments = [m.segment, *sorted(loaded.segments_of(m) - {m.segment})]
+            rows.append({"event_id": eid, "member_id": m.id, "name": m.name, "segments": "|".join(segments),
                          "phone": m.phone, "email": m.email, "wecom_external_userid": m.wecom_external_userid, "guide": m.guide,
-                         "excluded": excluded})
+                         "excluded": excluded, "tags": json.dumps(list(m.tags), ensure_ascii=False) if m.tags else None})
         for i in range(0, len(rows), 5000):
             conn.execute(insert(MEMBER), rows[i:i + 5000])
         if loaded.guides:

@@ -8,15 +8,16 @@ later work (posters, the group pool, draws) record the step and say so in the lo
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
 
-from orchestrator import eventlog, jobs, ledger
+from orchestrator import audience, eventlog, jobs, ledger
 from orchestrator.clock import Clock
-from orchestrator.eligibility import CONSENT_OF
+from orchestrator.eligibility import CONSENT_OF, consent_of, optouts_of
 from orchestrator.eligibility import select as select_recipients
 from orchestrator.errors import UnknownEvent
 from orchestrator.load import LoadedPlaybook
@@ -59,7 +60,7 @@ async def run_step(ctx: dict[str, Any], event_id: str, step_id: str, revision: i
     now = clock.now()
     if ev.state == "scheduled":
         await rt.db(_set_event_state, rt, event_id, "running")
-    loaded = await rt.db(loaded_event, rt.engine, ev)
+    loaded = await rt.db(loaded_event, rt.engine, ev, members=False)
     late = lateness(clock, step.at, now)
     policy = loaded.playbook.policy.late_steps
     if step.stage not in ALWAYS_RUN and late > MISSED_GRACE and (policy.action == "mark_missed" or late > policy.tolerance):
@@ -219,26 +220,37 @@ async def _message(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, c
         note = f"deferred to {until:%Y-%m-%d %H:%M}: {now:%H:%M} is inside quiet hours {quiet}"
         await rt.db(eventlog.record, rt.engine, ev.id, "step-deferred", f"{step.step_id} {note}", step_id=step.step_id, event_time=now)
         return note
-    needs_consent = any(c in CONSENT_OF for c in msg.channels)
-    consent, optouts = await rt.db(rt.consent_and_optouts, list(loaded.members) if needs_consent else [])
-    chosen = select_recipients(loaded, msg, consent, optouts)
-    routes = rt.routes(ev.mode)
-    rows = [(m.id, ch.value, routes[ch.value]) for m, ch in chosen.chosen]
-    added = await rt.db(ledger.plan_sends, rt.engine, ev.id, step.step_id, rows)
-    skipped = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(chosen.skipped.items())) or "none"
-    note = f"{len(rows)} recipients; not sent: {skipped}"
+    total, added, skipped_by = await rt.db(_plan_recipients, rt, ev.id, step.step_id, msg, rt.routes(ev.mode))
+    skipped = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(skipped_by.items())) or "none"
+    note = f"{total} recipients; not sent: {skipped}"
     if Channel.WECOM_GROUP in msg.channels:
         note += "; group posts (wecom_group) arrive with the WeCom channel work"
-    data = {"recipients": len(rows), "planned_now": added, "skipped": dict(chosen.skipped)}
-    if not rows:
+    data = {"recipients": total, "planned_now": added, "skipped": dict(skipped_by)}
+    if not total:
         await rt.db(_finish_step, rt, ev.id, step.step_id, "done", note, 0)
         await rt.db(eventlog.record, rt.engine, ev.id, "step-done", f"{step.step_id}: {note}", step_id=step.step_id, event_time=now, data=data)
         return note
-    await rt.db(_sending, rt, ev.id, step.step_id, len(rows), note)
+    await rt.db(_sending, rt, ev.id, step.step_id, total, note)
     await rt.db(eventlog.record, rt.engine, ev.id, "fanout", f"{step.step_id}: {note}", step_id=step.step_id, event_time=now, data=data)
     for lane in range(LANES):
         await jobs.enqueue_drain(rt.pool, ev.id, step.step_id, step.revision, f"l{lane}", 0)
     return note
+
+
+def _plan_recipients(rt: Runtime, event_id: str, step_id: str, msg: Message, routes: dict[str, str]) -> tuple[int, int, Counter[str]]:
+    """Choose the step's recipients from the stored audience a chunk at a time and plan a ledger
+    row for each; (recipients, rows added now, people not sent to by reason)."""
+    needs_consent = any(c in CONSENT_OF for c in msg.channels)
+    total = added = 0
+    skipped: Counter[str] = Counter()
+    for chunk in audience.chunks(rt.engine, event_id):
+        consent = consent_of(rt.engine, [p.member.id for p in chunk]) if needs_consent else {}
+        chosen = select_recipients(chunk, msg, consent, optouts_of(rt.engine, [p.member for p in chunk]))
+        rows = [(m.id, ch.value, routes[ch.value]) for m, ch in chosen.chosen]
+        added += ledger.plan_sends(rt.engine, event_id, step_id, rows)
+        total += len(rows)
+        skipped.update(chosen.skipped)
+    return total, added, skipped
 
 
 def _defer(rt: Runtime, event_id: str, step_id: str, until: datetime) -> None:

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Engine, Index, LargeBinary, Text, UniqueConstraint, create_engine, event
+from sqlalchemy import Column, DateTime, Engine, Index, LargeBinary, Text, UniqueConstraint, create_engine, event, text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -99,12 +99,13 @@ class Member(SQLModel, table=True):
     event_id: str = Field(primary_key=True, foreign_key="event.id", max_length=64)
     member_id: str = Field(primary_key=True, max_length=64)
     name: str
-    segments: str = Field(description="segment ids joined with '|'")
+    segments: str = Field(description="segment ids joined with '|', the member's own segment first")
     phone: str | None = Field(default=None, max_length=32)
     email: str | None = None
     wecom_external_userid: str | None = Field(default=None, max_length=64)
     guide: str | None = Field(default=None, max_length=64)
     excluded: str | None = Field(default=None, max_length=16)  # staff | shill
+    tags: str | None = None  # JSON list, as the audience file gave them
 
 
 class Guide(SQLModel, table=True):
@@ -143,7 +144,10 @@ class Send(SQLModel, table=True):
 
     __table_args__ = (
         UniqueConstraint("event_id", "step_id", "member_id", "channel", name="uq_send_once"),
-        Index("ix_send_claim", "event_id", "step_id", "state"),
+        # partial indexes: only the few open rows are indexed by state, so recording a final outcome
+        # (sending -> sent) touches no index at all
+        Index("ix_send_planned", "event_id", "step_id", "id", sqlite_where=text("state = 'planned'"), postgresql_where=text("state = 'planned'")),
+        Index("ix_send_sending", "event_id", "step_id", sqlite_where=text("state = 'sending'"), postgresql_where=text("state = 'sending'")),
     )
     id: int | None = Field(default=None, primary_key=True)
     event_id: str = Field(foreign_key="event.id", max_length=64)

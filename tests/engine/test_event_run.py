@@ -193,3 +193,37 @@ def test_two_workers_on_one_event_send_nothing_twice(tmp_path: Path, engine: Eng
     raw = receiver.by_step()["reminder:hour"]
     assert len(raw) == 1500 and set(raw.values()) == {1}
     assert len({r.claimed_by for r in sends(engine, event_id)}) == 2, "both workers took part"
+
+
+def test_workers_render_copy_from_the_stored_audience_exactly_as_the_playbook_does(
+        tmp_path: Path, engine: Engine, redis_url: str, receiver: Receiver, make_settings: Callable[..., Settings]) -> None:
+    """A worker reads people from the store, not the audience files; what they see must not change."""
+    from orchestrator.load import load_playbook
+    from orchestrator.render import render_step
+
+    files = EventFiles(people=crowd(6), preview=None, reminders=[("vip", "T-1h", "[webhook]")])
+    path = files.write(tmp_path / "event")
+    rows = (path.parent / "members.csv").read_text(encoding="utf-8").splitlines()
+    rows = [rows[0] + ",guide,tags"] + [row + (",g1,老客|高净值" if i % 2 else ",,") for i, row in enumerate(rows[1:])]
+    (path.parent / "members.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (path.parent / "vip.csv").write_text("id,name,phone,consent_sms\nm000002,顾客2,13800000002,1\nm000005,顾客5,13800000005,1\n", encoding="utf-8")
+    copy = ("{{ member.name }}|{{ member.segment }}|{{ member.tags | join('、') }}|"
+            "{{ guide.name if guide else '无导购' }}|{{ event.start_text }}")
+    text = path.read_text(encoding="utf-8")
+    text = text.replace("    - {id: all, name: 全部, file: members.csv}",
+                        "    - {id: all, name: 全部, file: members.csv}\n    - {id: vip, name: 重点, file: vip.csv}")
+    text = text.replace('''      copy: "{{ member.name }}，{{ event.title }} 即将开始 {{ event.room_url }}"
+      sms: {sign: 测试品牌, template_code: SMS_100001, text: "${name}，直播即将开始，回复TD退订", params: {name: "{{ member.name }}"}}''',
+                        f'''      segments: [vip]\n      copy: "{copy}"''')
+    path.write_text(text, encoding="utf-8")
+
+    event_id = asyncio.run(run_event(engine, make_settings(receiver), redis_url, path, speed=900, clock_from=JUST_BEFORE))
+
+    got = {r.body["member"]["id"]: r.body["text"] for r in receiver.requests if r.body["step"] == "reminder:vip"}
+    assert set(got) == {"m000002", "m000005"}, "only the members of the targeted segment"
+    loaded = load_playbook(path)
+    ev = scheduling.get_event(engine, event_id)
+    for member_id, body in got.items():
+        assert body == render_step(loaded, "reminder:vip", member_id, ev.live_start).text
+    assert got["m000002"].split("|")[1:4] == ["all", "老客、高净值", "小李"]
+    assert got["m000005"].split("|")[1:4] == ["all", "", "无导购"]

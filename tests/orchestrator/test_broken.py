@@ -257,6 +257,8 @@ CASES: dict[str, Broken] = {
         "copy: \"{{ member.name }}", "copy: \"{{ guide.name }}", "copy-render", (56, 13), "member 'm1'", "{% if guide %}"),
     "copy-fails-when-rendered": change(
         "copy: \"{{ member.name }}", "copy: \"{{ member.name + 1 }}", "copy-render", (56, 13), "member 'm1'", "concatenate"),
+    "copy-changes-what-it-is-given": change(
+        "copy: \"{{ member.name }}", "copy: \"{{ member.tags.append('x') }}{{ member.name }}", "copy-render", (56, 13), "member 'm1'", "unsafe"),
     "copy-file-missing": change(SMS_COPY, "      copy_file: hour.txt", "file-missing", (56, 18), "'hour.txt' not found"),
     # --- referenced CSV files ---
     "members-csv-missing": change("file: members.csv", "file: member.csv", "file-missing", (17, 13), "'member.csv' not found"),

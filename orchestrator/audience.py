@@ -1,0 +1,68 @@
+"""An event's audience as the store keeps it: read a chunk at a time or by id, never all at once.
+
+Scheduling writes every member of the frozen playbook to the `member` table (with the segments
+they are in, their exclusion as staff or shill, and their tags). Workers read them from there,
+so a worker's memory does not grow with the audience: a step's recipients are chosen chunk by
+chunk, and a fan-out batch looks up only the people it is sending to.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from orchestrator.playbook import Member
+from orchestrator.store import Member as MemberRow
+
+MEMBER = MemberRow.__table__  # type: ignore[attr-defined]
+CHUNK = 5000
+_COLUMNS = (MEMBER.c.member_id, MEMBER.c.name, MEMBER.c.segments, MEMBER.c.phone, MEMBER.c.email,
+            MEMBER.c.wecom_external_userid, MEMBER.c.guide, MEMBER.c.tags, MEMBER.c.excluded)
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """A member of the event's audience as stored."""
+
+    member: Member
+    segments: frozenset[str]
+    excluded: str | None  # staff | shill: never sent to
+
+
+def _person(row: Any) -> Person:
+    member_id, name, segments, phone, email, wecom, guide, tags, excluded = row
+    segs = segments.split("|") if segments else [""]
+    member = Member(id=member_id, name=name, segment=segs[0], phone=phone, email=email, wecom_external_userid=wecom,
+                    guide=guide, tags=tuple(json.loads(tags)) if tags else ())
+    return Person(member, frozenset(segs), excluded)
+
+
+def chunks(engine: Engine, event_id: str, size: int = CHUNK) -> Iterator[list[Person]]:
+    """Every member of the event, `size` at a time, in member id order (each chunk its own query)."""
+    after: str | None = None
+    while True:
+        stmt = select(*_COLUMNS).where(MEMBER.c.event_id == event_id)
+        if after is not None:
+            stmt = stmt.where(MEMBER.c.member_id > after)
+        with engine.connect() as conn:
+            rows = conn.execute(stmt.order_by(MEMBER.c.member_id).limit(size)).all()
+        if not rows:
+            return
+        yield [_person(r) for r in rows]
+        after = rows[-1][0]
+
+
+def people(engine: Engine, event_id: str, member_ids: Iterable[str]) -> dict[str, Person]:
+    """The stored members among `member_ids` (absent ids are simply not in the result)."""
+    ids: Sequence[str] = sorted(set(member_ids))
+    out: dict[str, Person] = {}
+    with engine.connect() as conn:
+        for i in range(0, len(ids), 500):
+            for row in conn.execute(select(*_COLUMNS).where(MEMBER.c.event_id == event_id, MEMBER.c.member_id.in_(ids[i:i + 500]))):
+                person = _person(row)
+                out[person.member.id] = person
+    return out
