@@ -15,7 +15,7 @@ Per database and per size N, into one local receiver (aiohttp.web in its own pro
 Prints the rates and the ratios PERFORMANCE.md sets targets for (figures here are noisy; the
 ratios are what we compare). PostgreSQL's schema `public` is dropped and made again before each run.
 
-    python bench/fanout.py [--sizes 10000,100000] [--db sqlite|postgresql|both] [--pg-url URL]
+    python bench/fanout.py [--sizes 10000,100000] [--db sqlite|postgresql|both] [--pg-url URL] [--peer-latency MS]
 """
 
 from __future__ import annotations
@@ -101,12 +101,16 @@ class Seen:
         return self.count / max(self.last - self.first, 1e-9)
 
 
-def receiver() -> None:
-    """`--receiver`: serve POST /hook, GET /stats and POST /reset on a free port, printed on stdout."""
+def receiver(latency: float) -> None:
+    """`--receiver`: serve POST /hook, GET /stats and POST /reset on a free port, printed on stdout.
+
+    With `latency` (seconds) each answer waits that long, like a peer across a network would."""
     seen = Seen()
 
     async def hook(request: web.Request) -> web.Response:
         await request.read()
+        if latency:
+            await asyncio.sleep(latency)
         now = time.time()
         if not seen.count:
             seen.first = now
@@ -319,8 +323,9 @@ def ratio_line(label: str, ratio: float, target: float, at_least: bool = True) -
     print(f"  {label:28s} {ratio:5.2f}  (target {'≥' if at_least else '≤'} {target})  {'ok' if met else 'MISSES'}")
 
 
-def report(db: str, results: dict[int, Figures]) -> None:
-    print(f"\n{db}: webhook reminder, {CONCURRENCY} in flight, {LANES} drain lanes, receiver aiohttp.web in its own process")
+def report(db: str, results: dict[int, Figures], latency_ms: float) -> None:
+    answers = f"answering after {latency_ms:g} ms" if latency_ms else "answering at once"
+    print(f"\n{db}: webhook reminder, {CONCURRENCY} in flight, {LANES} drain lanes, receiver aiohttp.web in its own process, {answers}")
     print(f"{'recipients':>10} {'engine':>9} {'bare':>9} {'no ledger':>10}  posts/s   {'planning':>9} {'peak RSS':>9} {'engine CPU':>11}")
     for n, f in results.items():
         print(f"{n:>10,} {f.engine:>9,.0f} {f.bare:>9,.0f} {f.plain:>10,.0f}            {f.planning:>7.1f} s {f.rss_mb:>6.0f} MB"
@@ -338,23 +343,25 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000", help="recipients per run, comma-separated")
     parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/bench")
+    parser.add_argument("--peer-latency", type=float, default=0.0, metavar="MS",
+                        help="the receiver answers after this many milliseconds (default 0: as fast as it can)")
     parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--event", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.receiver:
-        return receiver()
+        return receiver(args.peer_latency / 1000)
     if args.one:
         print(json.dumps(asyncio.run(engine_run(args.one, args.event))))
         return None
     t0 = time.perf_counter()
     sizes = [int(s) for s in args.sizes.split(",")]
-    proc = subprocess.Popen([sys.executable, str(HERE), "--receiver"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, str(HERE), "--receiver", "--peer-latency", str(args.peer_latency)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         base = f"http://127.0.0.1:{int(proc.stdout.readline())}"
         for db in ("sqlite", "postgresql") if args.db == "both" else (args.db,):
-            report(db, {n: run_size(db, n, args.pg_url, base) for n in sizes})
+            report(db, {n: run_size(db, n, args.pg_url, base) for n in sizes}, args.peer_latency)
     finally:
         proc.terminate()
         proc.wait()
