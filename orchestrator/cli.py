@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import click
 from rich.console import Console
@@ -369,6 +370,100 @@ def worker(burst: bool, max_jobs: int) -> None:
         w = make_worker(settings, url, engine=engine, burst=burst, max_jobs=max_jobs)
         click.echo(_("worker running on {redis}; Ctrl-C stops it").format(redis=url), err=True)
         w.run()
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for every interface).")
+@click.option("--port", default=8000, show_default=True, help="Port to listen on.")
+@click.option("--workers", default=1, show_default=True, help="Web processes (they share nothing but the store and Redis).")
+def web(host: str, port: int, workers: int) -> None:
+    """Serve the web app: poster scans and join pages (uvicorn; Ctrl-C stops it)."""
+    import os
+
+    import uvicorn
+
+    if workers < 1:
+        raise click.BadParameter(_("at least one web process"), param_hint="--workers")
+    with _services() as (settings, _engine, url):
+        os.environ["REDIS_URL"] = url  # the processes share this Redis (the embedded one when REDIS_URL was unset)
+        click.echo(_("web app on http://{host}:{port} ({n} processes); QR links point at {public}").format(
+            host=host, port=port, n=workers, public=settings.public_url), err=True)
+        uvicorn.run("web.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="warning",
+                    access_log=False)
+
+
+@cli.group()
+def groups() -> None:
+    """The event's group pool (活码): list the groups, add one to a running event."""
+
+
+@groups.command("add")
+@click.argument("event")
+@click.option("--qr", "qr_file", required=True, type=click.Path(exists=True, dir_okay=False), help="The group's QR code picture (PNG or JPEG).")
+@click.option("--expires", required=True, help="When the code stops working, ISO 8601 in the event's timezone (a WeChat group code: 7 days after it was saved).")
+@click.option("--name", help="Group name (default: the playbook's pattern with the next number).")
+@click.option("--capacity", type=int, help="Members the group holds (default: the playbook's).")
+@click.option("--margin", type=int, help="Move on to the next group at this many (default: the playbook's).")
+def groups_add(event: str, qr_file: str, expires: str, name: str | None, capacity: int | None, margin: int | None) -> None:
+    """Add a WeChat group code to the end of EVENT's pool; scans reach it when the groups before it are full."""
+    from orchestrator.pool import Pool, add_group, groups_of
+    from orchestrator.scheduling import get_event, loaded_event
+
+    with _services() as (_settings, engine, url):
+        ev = get_event(engine, event)
+        join = loaded_event(engine, ev, members=False).playbook.path.join
+        moment = _start_option(expires)
+        assert moment is not None
+        expires_at = localize(moment, ZoneInfo(ev.timezone)) if moment.tzinfo is None else moment
+        number = len(groups_of(engine, event)) + 1
+        number = add_group(engine, event, name or join.group_name.replace("{n}", str(number)), Path(qr_file).read_bytes(),
+                           capacity=capacity or join.capacity, margin=margin or join.margin, expires_at=expires_at, where=qr_file)
+
+        async def load(redis: Any) -> int:
+            return await Pool(redis, engine).load(event)
+
+        asyncio.run(_with_redis(url, load))
+    click.echo(_("group {n} added to {event}").format(n=number, event=event))
+
+
+@groups.command("list")
+@click.argument("event")
+@click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
+def groups_list(event: str, as_json: bool) -> None:
+    """Show EVENT's groups in order: places taken of the margin, capacity, code expiry."""
+    from orchestrator.pool import Pool, groups_of
+    from orchestrator.scheduling import get_event
+
+    with _services() as (_settings, engine, url):
+        ev = get_event(engine, event)
+        rows = groups_of(engine, event)
+
+        async def counts(redis: Any) -> dict[int, int]:
+            return await Pool(redis, engine).counts(event)
+
+        taken = asyncio.run(_with_redis(url, counts))
+    tz = ZoneInfo(ev.timezone)
+    data = [{"number": g.number, "name": g.name, "kind": g.kind, "taken": taken.get(g.number, 0), "margin": g.margin,
+             "capacity": g.capacity, "expires": g.expires_at.astimezone(tz).isoformat() if g.expires_at else None} for g in rows]
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        return
+    if not data:
+        click.echo(_("{event} has no groups yet").format(event=event))
+        return
+    for d in data:
+        click.echo(_("{number}. {name}: {taken}/{margin} places taken (holds {capacity}), code expires {expires}").format(
+            **{**d, "expires": d["expires"] or "—"}))
+
+
+async def _with_redis(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(url)
+    try:
+        return await work(redis)
+    finally:
+        await redis.aclose()
 
 
 @cli.command()

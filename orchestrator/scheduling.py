@@ -8,6 +8,7 @@ the same files for the same start again changes nothing.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,17 +25,20 @@ from orchestrator import eventlog, jobs, ledger
 from orchestrator.bundle import Bundle, freeze, thaw
 from orchestrator.channels.registry import missing_routes
 from orchestrator.clock import Clock
-from orchestrator.errors import EventConflict, PlaybookError, UnknownEvent
+from orchestrator.errors import EventConflict, OrchestratorError, PlaybookError, UnknownEvent
 from orchestrator.load import LoadedPlaybook
 from orchestrator.plan import Plan, localize, plan
+from orchestrator.pool import BadGroup, group_values
 from orchestrator.playbook import PER_MEMBER_CHANNELS
 from orchestrator.reach import is_excluded
 from orchestrator.settings import Settings
-from orchestrator.store import Consent, Event, FrozenPlaybook, Guide, Member, Step, utc_now
+from orchestrator.store import ChatGroup, Consent, Event, FrozenPlaybook, Guide, Member, ScanCode, Step, utc_now
 from orchestrator.validate import check, validate
 
 MEMBER = Member.__table__  # type: ignore[attr-defined]
 GUIDE = Guide.__table__  # type: ignore[attr-defined]
+SCANCODE = ScanCode.__table__  # type: ignore[attr-defined]
+GROUP = ChatGroup.__table__  # type: ignore[attr-defined]
 CONSENT = Consent.__table__  # type: ignore[attr-defined]
 STEP = Step.__table__  # type: ignore[attr-defined]
 EVENT = Event.__table__  # type: ignore[attr-defined]
@@ -163,6 +167,13 @@ def _store_event(engine: Engine, eid: str, loaded: LoadedPlaybook, bundle: Bundl
     wecom = {e.wecom_external_userid for e in ex if e.wecom_external_userid}
     roles = {e.id: e.role for e in ex}
     now = utc_now()
+    join = pb.path.join
+    try:  # checked before anything is stored
+        groups = [group_values(code.name, (loaded.base / code.image).read_bytes(), capacity=join.capacity, margin=join.margin,
+                               expires_at=localize(code.expires, pb.tz), where=code.image)
+                  for code in (join.codes if join.kind == "wechat_group_codes" else [])]
+    except BadGroup as e:
+        raise OrchestratorError(f"{loaded.file}: path.join.codes: {e}") from e
     with engine.begin() as conn:
         conn.execute(insert(EVENT).values(
             id=eid, playbook_id=pb.id, title=pb.title, entry=bundle.entry, playbook_hash=digest,
@@ -188,8 +199,17 @@ def _store_event(engine: Engine, eid: str, loaded: LoadedPlaybook, bundle: Bundl
         if loaded.guides:
             conn.execute(insert(GUIDE), [{"event_id": eid, "guide_id": g.id, "name": g.name, "channel_code": g.channel_code,
                                           "wecom_userid": g.wecom_userid, "contact_code": g.contact_code} for g in loaded.guides])
+            conn.execute(insert(SCANCODE), [{"code": new_scan_code(), "event_id": eid, "guide_id": g.id, "variant": v.id}
+                                            for g in loaded.guides for v in pb.path.poster.variants])
+        if groups:
+            conn.execute(insert(GROUP), [{"event_id": eid, "number": i, **g} for i, g in enumerate(groups, 1)])
     _import_consent(engine, loaded, now)
     return len(rows)
+
+
+def new_scan_code() -> str:
+    """A poster's scan code: 10 unguessable characters, easy to read out and to type."""
+    return secrets.token_hex(5)
 
 
 def _import_consent(engine: Engine, loaded: LoadedPlaybook, now: datetime) -> None:

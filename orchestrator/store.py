@@ -117,6 +117,34 @@ class Guide(SQLModel, table=True):
     contact_code: str | None = None
 
 
+class ScanCode(SQLModel, table=True):
+    """The code a poster's QR carries (`/s/<code>`): which event, guide and poster variant a scan counts for."""
+
+    __table_args__ = (UniqueConstraint("event_id", "guide_id", "variant", name="uq_scancode_once"),)
+    code: str = Field(primary_key=True, max_length=32)
+    event_id: str = Field(foreign_key="event.id", max_length=64)
+    guide_id: str = Field(max_length=64)
+    variant: str = Field(max_length=64)
+
+
+class ChatGroup(SQLModel, table=True):
+    """A group of the event's pool (活码), in order; the pool fills them one after another.
+
+    Places are taken in Redis (`orchestrator.pool`); this row is the group's definition and QR.
+    """
+
+    event_id: str = Field(primary_key=True, foreign_key="event.id", max_length=64)
+    number: int = Field(primary_key=True)
+    name: str
+    kind: str = Field(max_length=24)  # wechat_group_code | wecom_join_way
+    capacity: int
+    margin: int
+    qr: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    qr_type: str | None = Field(default=None, max_length=16)  # image/png | image/jpeg
+    expires_at: datetime | None = _ts(default=None)
+    added_at: datetime = _ts(default_factory=utc_now)
+
+
 class Consent(SQLModel, table=True):
     """A person's consent per channel, global across events; the newest statement wins."""
 

@@ -1,14 +1,27 @@
-"""`create_app(settings)`: the one place the Starlette application is assembled."""
+"""`create_app(settings)`: the one place the Starlette application is assembled.
+
+Every web process opens its own store engine and Redis client in the lifespan; nothing the
+processes share lives in process memory (the scan-code cache only remembers store rows for a few
+seconds). The store must be migrated before (`orchestrator web` does it once, before its workers).
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
+from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from orchestrator.embedded_redis import redis_url
+from orchestrator.pool import Pool
+from orchestrator.scans import Resolver
 from orchestrator.settings import Settings
-
+from orchestrator.store import make_engine
+from web.scan import group_image, scan
 
 async def healthz(request: Request) -> JSONResponse:
     """Liveness: the process is up and serving."""
@@ -16,10 +29,34 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 def create_app(settings: Settings) -> Starlette:
-    """Build the app; routes for scans, ingestion and the board join this list in later work."""
+    """Build the app: health, the scan route and group QR images; ingestion and the board join later."""
     from importlib.metadata import version
 
-    app = Starlette(routes=[Route("/healthz", healthz)])
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        with redis_url(settings.redis_url, settings.data_path) as url:
+            redis = Redis.from_url(url)
+            app.state.engine = engine
+            app.state.redis = redis
+            app.state.pool = Pool(redis, engine)
+            app.state.resolve = Resolver(engine)
+            try:
+                yield
+            finally:
+                await redis.aclose()
+                engine.dispose()
+
+    app = Starlette(routes=[
+        Route("/healthz", healthz),
+        Route("/s/{code}", scan),
+        Route("/g/{event}/{number:int}", group_image),
+    ], lifespan=lifespan)
     app.state.settings = settings
     app.state.version = version("live-orchestrator")
     return app
+
+
+def app_from_env() -> Starlette:
+    """The app with settings from the environment (uvicorn's factory in `orchestrator web`)."""
+    return create_app(Settings.from_env())

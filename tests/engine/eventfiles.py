@@ -30,13 +30,16 @@ class EventFiles:
     live_start: str = LIVE_START
     live_end: str = LIVE_END
     poster_at: str = "T-3h"
+    join: str = 'join: {kind: wechat_group_codes, capacity: 200, margin: 190, group_name: "测试群{n}"}'
+    guides: str = "id,name,channel_code\ng1,小李,G01\n"
+    variants: str = "[{id: A, hook: 进群抽奖}]"
 
     def write(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         rows = ["id,name,phone,email,consent_sms,consent_email"]
         rows += [f"{p.id},{p.name},{p.phone},{p.email},{int(p.sms)},{int(p.mail)}" for p in self.people + self.staff]
         (folder / "members.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-        (folder / "guides.csv").write_text("id,name,channel_code\ng1,小李,G01\n", encoding="utf-8")
+        (folder / "guides.csv").write_text(self.guides, encoding="utf-8")
         staff = "\n".join(f"      - {{id: {p.id}, name: {p.name}, role: staff}}" for p in self.staff) or "      []"
         staff_block = f"    accounts:\n{staff}" if self.staff else "    accounts: []"
         preview = (f"""  preview:
@@ -82,8 +85,8 @@ path:
   poster:
     at: {self.poster_at}
     guides: guides.csv
-    variants: [{{id: A, hook: 进群抽奖}}]
-  join: {{kind: wechat_group_codes, capacity: 200, margin: 190, group_name: "测试群{{n}}"}}
+    variants: {self.variants}
+  {self.join}
 {preview}  reminders:
 {reminders}  live:
     start: {self.live_start}

@@ -1,0 +1,180 @@
+"""The group pool (活码): one code that sends each scanner to the first group with room.
+
+Groups are filled strictly in order. A scanner takes a place in the current group; when its count
+reaches the group's margin (190 of 200, say) the pool moves on, before the group is full. Taking a
+place is one Redis script, so any number of concurrent scans in any number of web processes can
+never put more than `margin` people into a group, and a person who scans again is sent to the same
+group without taking a second place. Groups whose code has expired are passed over.
+
+The store keeps each group's definition and QR (`ChatGroup`); Redis keeps the places taken. The
+pool is copied into Redis the first time it is needed (and again if Redis lost it), by a script
+that writes only what is missing, so two processes loading it at once cannot disagree. Like arq's
+jobs, the places live in Redis: run it with persistence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+
+from redis.asyncio import Redis
+from sqlalchemy import Engine, func, insert, select
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.store import ChatGroup, utc_now
+
+GROUP = ChatGroup.__table__  # type: ignore[attr-defined]
+
+# KEYS: pool hash, who hash. ARGV: visitor, now (epoch seconds).
+# Returns {group, new (1) or again (0), count} or {0, 0, 0} when every group is full or expired,
+# or {-1, 0, 0} when the pool is not in Redis yet.
+ASSIGN = """
+local g = redis.call('HGET', KEYS[2], ARGV[1])
+if g then
+  return {tonumber(g), 0, tonumber(redis.call('HGET', KEYS[1], 'count:' .. g) or '0')}
+end
+local n = redis.call('HGET', KEYS[1], 'n')
+if not n then return {-1, 0, 0} end
+n = tonumber(n)
+local now = tonumber(ARGV[2])
+local cur = tonumber(redis.call('HGET', KEYS[1], 'current') or '1')
+while cur <= n do
+  local margin = tonumber(redis.call('HGET', KEYS[1], 'margin:' .. cur) or '0')
+  local count = tonumber(redis.call('HGET', KEYS[1], 'count:' .. cur) or '0')
+  local expires = tonumber(redis.call('HGET', KEYS[1], 'expires:' .. cur) or '0')
+  if count < margin and (expires == 0 or expires > now) then
+    count = redis.call('HINCRBY', KEYS[1], 'count:' .. cur, 1)
+    redis.call('HSET', KEYS[2], ARGV[1], cur)
+    if count >= margin then redis.call('HSET', KEYS[1], 'current', cur + 1) end
+    return {cur, 1, count}
+  end
+  cur = cur + 1
+  redis.call('HSET', KEYS[1], 'current', cur)
+end
+return {0, 0, 0}
+"""
+
+# KEYS: pool hash. ARGV: number, margin, expires, [number, margin, expires, ...].
+# Adds groups the pool does not have yet (fields only written where missing) and raises `n`.
+LOAD = """
+for i = 1, #ARGV, 3 do
+  local num = ARGV[i]
+  redis.call('HSETNX', KEYS[1], 'margin:' .. num, ARGV[i + 1])
+  redis.call('HSETNX', KEYS[1], 'expires:' .. num, ARGV[i + 2])
+  redis.call('HSETNX', KEYS[1], 'count:' .. num, 0)
+  local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
+  if tonumber(num) > n then redis.call('HSET', KEYS[1], 'n', num) end
+end
+redis.call('HSETNX', KEYS[1], 'current', 1)
+return tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
+"""
+
+PNG = b"\x89PNG\r\n\x1a\n"
+JPEG = b"\xff\xd8\xff"
+
+
+class BadGroup(OrchestratorError):
+    """A group that cannot join the pool (not an image, margin above capacity, ...)."""
+
+
+def image_type(data: bytes) -> str | None:
+    """The MIME type of a PNG or JPEG image, from its first bytes; None for anything else."""
+    if data.startswith(PNG):
+        return "image/png"
+    if data.startswith(JPEG):
+        return "image/jpeg"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where the pool sent a scanner: `group` 0 means every group is full (or its code expired)."""
+
+    group: int
+    new: bool  # False: this person had a place already (scanned before)
+    count: int  # places taken in that group, this one included
+
+
+def _keys(event_id: str) -> list[str]:
+    return [f"orch:pool:{event_id}", f"orch:pool:{event_id}:who"]
+
+
+class Pool:
+    """The pool of every event, in Redis, loaded from the store when needed."""
+
+    def __init__(self, redis: Redis, engine: Engine) -> None:
+        self.redis = redis
+        self.engine = engine
+        self._assign = redis.register_script(ASSIGN)
+        self._load = redis.register_script(LOAD)
+
+    async def assign(self, event_id: str, visitor: str, now: datetime | None = None) -> Place:
+        """A place for `visitor` in the event's pool (the same one if they have one)."""
+        at = int((now or utc_now()).timestamp())
+        for _attempt in range(2):
+            group, new, count = await self._assign(keys=_keys(event_id), args=[visitor, at])
+            if group != -1:
+                return Place(int(group), bool(new), int(count))
+            await self.load(event_id)
+        return Place(0, False, 0)  # the event has no groups at all
+
+    async def load(self, event_id: str) -> int:
+        """Copy the event's groups into Redis where they are missing; returns how many groups it has."""
+        groups = await asyncio.to_thread(groups_of, self.engine, event_id)
+        if not groups:
+            return 0
+        args: list[int] = []
+        for g in groups:
+            args += [g.number, g.margin, int(g.expires_at.timestamp()) if g.expires_at else 0]
+        return int(await self._load(keys=_keys(event_id)[:1], args=args))
+
+    async def counts(self, event_id: str) -> dict[int, int]:
+        """Places taken per group number."""
+        fields = await self.redis.hgetall(_keys(event_id)[0])  # type: ignore[misc]
+        out: dict[int, int] = {}
+        for k, v in fields.items():
+            key = k.decode() if isinstance(k, bytes) else k
+            if key.startswith("count:"):
+                out[int(key[6:])] = int(v)
+        return dict(sorted(out.items()))
+
+
+def groups_of(engine: Engine, event_id: str) -> list[ChatGroup]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(GROUP).where(GROUP.c.event_id == event_id).order_by(GROUP.c.number)).all()
+    return [ChatGroup(**{k: v for k, v in r._mapping.items() if k != "qr"}) for r in rows]
+
+
+def group_qr(engine: Engine, event_id: str, number: int) -> tuple[bytes, str] | None:
+    with engine.connect() as conn:
+        row = conn.execute(select(GROUP.c.qr, GROUP.c.qr_type).where(GROUP.c.event_id == event_id, GROUP.c.number == number)).first()
+    return (row.qr, row.qr_type) if row is not None and row.qr else None
+
+
+def group_values(name: str, qr: bytes | None, *, capacity: int, margin: int, expires_at: datetime | None,
+                 kind: str = "wechat_group_code", where: str = "the QR") -> dict[str, object]:
+    """A group's row, checked (BadGroup says what is wrong); the caller adds event_id and number."""
+    if margin > capacity:
+        raise BadGroup(f"margin {margin} is above the capacity {capacity}: the pool must move on before a group is full")
+    if margin < 1:
+        raise BadGroup(f"margin {margin}: at least one person must fit")
+    qr_type = None
+    if qr is not None:
+        qr_type = image_type(qr)
+        if qr_type is None:
+            raise BadGroup(f"{where} is not a PNG or JPEG image (it starts with {qr[:8]!r}); upload the group's QR code picture")
+    if expires_at is not None and expires_at.tzinfo is None:
+        raise BadGroup("the expiry needs a timezone")
+    return {"name": name, "kind": kind, "capacity": capacity, "margin": margin, "qr": qr, "qr_type": qr_type,
+            "expires_at": expires_at, "added_at": utc_now()}
+
+
+def add_group(engine: Engine, event_id: str, name: str, qr: bytes | None, *, capacity: int, margin: int,
+              expires_at: datetime | None, kind: str = "wechat_group_code", where: str = "the QR") -> int:
+    """Append a group to the event's pool in the store; returns its number. Redis picks it up with `Pool.load`."""
+    values = group_values(name, qr, capacity=capacity, margin=margin, expires_at=expires_at, kind=kind, where=where)
+    with engine.begin() as conn:
+        number = int(conn.execute(select(func.coalesce(func.max(GROUP.c.number), 0)).where(GROUP.c.event_id == event_id)).scalar_one()) + 1
+        conn.execute(insert(GROUP).values(event_id=event_id, number=number, **values))
+    return number

@@ -1,0 +1,102 @@
+"""Scans of a poster's QR code: which event, guide and variant a code stands for, and the counts.
+
+A code (`/s/<code>`) is made per guide x poster variant when the event is scheduled. A scan is
+counted in Redis per event, guide, variant and guide x variant, with unique people counted by a
+first-party cookie's random id (HyperLogLog: no list of people is kept, nor any personal data).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from redis.asyncio import Redis
+from sqlalchemy import Engine, select
+
+from orchestrator.store import Event, Guide, ScanCode
+
+SCANCODE = ScanCode.__table__  # type: ignore[attr-defined]
+EVENT = Event.__table__  # type: ignore[attr-defined]
+GUIDE = Guide.__table__  # type: ignore[attr-defined]
+WEEKDAYS_ZH = "一二三四五六日"
+
+
+@dataclass(frozen=True, slots=True)
+class Scanned:
+    """What a scan code stands for, with what the join page shows."""
+
+    code: str
+    event_id: str
+    event_state: str
+    title: str
+    live_start: datetime  # event timezone
+    guide_id: str
+    guide_name: str
+    guide_contact: str | None
+    variant: str
+
+    @property
+    def start_text(self) -> str:
+        s = self.live_start
+        return f"{s.month}月{s.day}日（周{WEEKDAYS_ZH[s.weekday()]}）{s:%H:%M}"
+
+
+def resolve(engine: Engine, code: str) -> Scanned | None:
+    """The event, guide and variant of `code`; None when no event has it."""
+    stmt = (select(SCANCODE.c.code, SCANCODE.c.event_id, EVENT.c.state, EVENT.c.title, EVENT.c.live_start, EVENT.c.timezone,
+                   SCANCODE.c.guide_id, GUIDE.c.name, GUIDE.c.contact_code, SCANCODE.c.variant)
+            .join(EVENT, EVENT.c.id == SCANCODE.c.event_id)
+            .outerjoin(GUIDE, (GUIDE.c.event_id == SCANCODE.c.event_id) & (GUIDE.c.guide_id == SCANCODE.c.guide_id))
+            .where(SCANCODE.c.code == code))
+    with engine.connect() as conn:
+        row = conn.execute(stmt).first()
+    if row is None:
+        return None
+    code_, event_id, state, title, start, tz, guide_id, guide_name, contact, variant = row
+    return Scanned(code_, event_id, state, title, start.astimezone(ZoneInfo(tz)), guide_id, guide_name or guide_id, contact, variant)
+
+
+class Resolver:
+    """`resolve` with a few seconds' memory per process: a code never changes, an event's state
+    (cancelled, closed) is seen within `ttl` seconds. Nothing in it is shared between processes."""
+
+    def __init__(self, engine: Engine, ttl: float = 5.0, size: int = 10_000) -> None:
+        self.engine = engine
+        self.ttl = ttl
+        self.size = size
+        self._seen: dict[str, tuple[float, Scanned | None]] = {}
+
+    def __call__(self, code: str) -> Scanned | None:
+        now = time.monotonic()
+        hit = self._seen.get(code)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        found = resolve(self.engine, code)
+        if len(self._seen) >= self.size:
+            self._seen.clear()
+        self._seen[code] = (now + self.ttl, found)
+        return found
+
+
+async def count_scan(redis: Redis, scanned: Scanned, visitor: str) -> None:
+    """Count one scan of `scanned` by `visitor` (a random id from a first-party cookie)."""
+    e, g, v = scanned.event_id, scanned.guide_id, scanned.variant
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hincrby(f"orch:scans:{e}", "total", 1)
+        pipe.hincrby(f"orch:scans:{e}", f"g:{g}", 1)
+        pipe.hincrby(f"orch:scans:{e}", f"v:{v}", 1)
+        pipe.hincrby(f"orch:scans:{e}", f"gv:{g}:{v}", 1)
+        pipe.pfadd(f"orch:scanners:{e}", visitor)
+        pipe.pfadd(f"orch:scanners:{e}:g:{g}", visitor)
+        pipe.pfadd(f"orch:scanners:{e}:v:{v}", visitor)
+        await pipe.execute()
+
+
+async def scan_counts(redis: Redis, event_id: str) -> dict[str, int]:
+    """Scans of the event: 'total', 'g:<guide>', 'v:<variant>', 'gv:<guide>:<variant>', and 'people' (unique)."""
+    raw = await redis.hgetall(f"orch:scans:{event_id}")  # type: ignore[misc]
+    out = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+    out["people"] = int(await redis.pfcount(f"orch:scanners:{event_id}"))
+    return out

@@ -1,0 +1,255 @@
+"""The path from a poster scan to a group: scan codes, the pool (活码) and the join page.
+
+Real store, real Redis; the concurrency test runs two uvicorn processes of the web app and 200
+clients at once over loopback HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from click.testing import CliRunner
+from redis.asyncio import Redis
+from sqlalchemy import Engine, select
+from starlette.testclient import TestClient
+
+from orchestrator import scheduling
+from orchestrator.cli import cli
+from orchestrator.errors import OrchestratorError, UnknownEvent
+from orchestrator.pool import Pool, add_group, groups_of
+from orchestrator.scans import scan_counts
+from orchestrator.settings import Settings
+from orchestrator.store import ScanCode
+from tests.engine.conftest import arq_pool
+from tests.engine.eventfiles import EventFiles, crowd
+from web.app import create_app
+
+pytestmark = pytest.mark.db
+SCANCODE = ScanCode.__table__  # type: ignore[attr-defined]
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32  # what the pool checks: the picture's signature
+GUIDES = "id,name,channel_code,contact_code\ng1,小李,G01,wx_xiaoli\ng2,小王,G02,wx_xiaowang\n"
+CST = timezone(timedelta(hours=8))
+
+
+def pool_event(folder: Path, groups: int = 5, capacity: int = 50, margin: int = 45, expires: str = "2027-06-15 00:00") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    codes = []
+    for n in range(1, groups + 1):
+        (folder / f"g{n}.png").write_bytes(PNG + bytes([n]))
+        codes.append(f"{{name: 测试群{n}, image: g{n}.png, expires: {expires}}}")
+    join = (f'join: {{kind: wechat_group_codes, capacity: {capacity}, margin: {margin}, group_name: "测试群{{n}}", '
+            f'codes: [{", ".join(codes)}]}}')
+    files = EventFiles(people=crowd(3), guides=GUIDES, variants="[{id: A, hook: 进群抽奖}, {id: B, hook: 满减}]", join=join)
+    return files.write(folder)
+
+
+def schedule(engine: Engine, settings: Settings, redis_url: str, path: Path) -> str:
+    async def go() -> str:
+        async with arq_pool(redis_url) as pool:
+            return (await scheduling.schedule(engine, pool, settings, path)).event_id
+    return asyncio.run(go())
+
+
+def quiet(make_settings: Callable[..., Settings]) -> Settings:
+    """Settings whose reminders go to the console: these tests are about the path, not the channels."""
+    return make_settings(ORCH_ROUTES="sms=console,email=console")
+
+
+def codes_of(engine: Engine, event_id: str) -> dict[tuple[str, str], str]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(SCANCODE.c.guide_id, SCANCODE.c.variant, SCANCODE.c.code).where(SCANCODE.c.event_id == event_id))
+        return {(g, v): c for g, v, c in rows}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class WebProcess:
+    """`uvicorn web.app:app_from_env` in its own process, as `orchestrator web` runs it."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "web.app:app_from_env", "--factory", "--port", str(self.port),
+                                      "--log-level", "warning"], env={**os.environ, **env})
+
+    def wait(self, timeout: float = 30.0) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"web process exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)  # not listening yet: nothing to await but the port
+        raise RuntimeError("web process did not answer /healthz")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def web_env(database_url: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
+    return {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "ORCH_DATA_DIR": str(tmp_path / "data")}
+
+
+@pytest.fixture
+def client(make_settings: Callable[..., Settings], redis_url: str) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(REDIS_URL=redis_url))) as c:
+        yield c
+
+
+def group_shown(html: str) -> int:
+    found = re.search(r'src="/g/[^/]+/(\d+)"', html)
+    return int(found.group(1)) if found else 0
+
+
+def test_concurrent_scans_across_two_web_processes_fill_groups_in_order_never_past_the_margin(
+        tmp_path: Path, engine: Engine, redis_url: str, make_settings: Callable[..., Settings], web_env: dict[str, str]) -> None:
+    event_id = schedule(engine, quiet(make_settings), redis_url, pool_event(tmp_path / "event"))
+    codes = list(codes_of(engine, event_id).values())
+    assert len(codes) == 4, "one code per guide x variant"
+    servers = [WebProcess(web_env), WebProcess(web_env)]
+    try:
+        for s in servers:
+            s.wait()
+
+        async def scan_all(n: int) -> list[tuple[int, int, str]]:
+            async def one(i: int) -> tuple[int, int, str]:
+                async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:  # a person: their own cookie (unsafe: an IP host)
+                    async with session.get(f"{servers[i % 2].url}/s/{codes[i % 4]}") as resp:
+                        html = await resp.text()
+                        again = await (await session.get(f"{servers[(i + 1) % 2].url}/s/{codes[i % 4]}")).text()
+                        return resp.status, group_shown(html), again
+
+            return await asyncio.gather(*(one(i) for i in range(n)))
+
+        results = asyncio.run(scan_all(200))
+    finally:
+        for s in servers:
+            s.stop()
+    assert {status for status, _g, _a in results} == {200}
+    shown = Counter(g for _s, g, _a in results)
+    assert shown == {1: 45, 2: 45, 3: 45, 4: 45, 5: 20}, "strictly in order, never beyond the margin"
+    assert all(group_shown(again) == g for _s, g, again in results), "a second scan sends a person to the same group"
+
+    async def redis_side() -> tuple[dict[int, int], dict[str, int]]:
+        redis = Redis.from_url(redis_url)
+        try:
+            return await Pool(redis, engine).counts(event_id), await scan_counts(redis, event_id)
+        finally:
+            await redis.aclose()
+
+    taken, scans = asyncio.run(redis_side())
+    assert taken == {1: 45, 2: 45, 3: 45, 4: 45, 5: 20}, "totals match exactly"
+    assert scans["total"] == 400 and scans["g:g1"] + scans["g:g2"] == 400 and scans["v:A"] + scans["v:B"] == 400
+    assert abs(scans["people"] - 200) <= 4, "unique people by cookie (HyperLogLog, within 2%)"
+
+
+def test_a_full_pool_shows_the_guides_contact_and_a_group_added_later_takes_the_next_scans(
+        tmp_path: Path, engine: Engine, redis_url: str, make_settings: Callable[..., Settings], client: TestClient) -> None:
+    event_id = schedule(engine, quiet(make_settings), redis_url, pool_event(tmp_path / "event", groups=1, capacity=3, margin=2))
+    code = codes_of(engine, event_id)[("g2", "B")]
+    pages = []
+    for _ in range(3):
+        client.cookies.clear()
+        pages.append(client.get(f"/s/{code}").text)
+    assert [group_shown(p) for p in pages] == [1, 1, 0]
+    assert "所有群都已满员" in pages[2] and "wx_xiaowang" in pages[2] and "小王" in pages[2]
+    image = client.get(f"/g/{event_id}/1")
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png" and image.content.startswith(PNG)
+
+    (tmp_path / "new.png").write_bytes(PNG)
+    result = CliRunner().invoke(cli, ["groups", "add", event_id, "--qr", str(tmp_path / "new.png"), "--expires", "2027-06-16T00:00"],
+                                env={**make_settings_env(make_settings()), "REDIS_URL": redis_url})
+    assert result.exit_code == 0, result.output
+    assert "group 2 added" in result.output
+    client.cookies.clear()
+    assert group_shown(client.get(f"/s/{code}").text) == 2
+    listed = CliRunner().invoke(cli, ["groups", "list", event_id], env={**make_settings_env(make_settings()), "REDIS_URL": redis_url})
+    assert "1. 测试群1: 2/2 places taken (holds 3)" in listed.output and "2. 测试群2: 1/2 places taken" in listed.output
+
+
+def make_settings_env(settings: Settings) -> dict[str, str]:
+    return {"DATABASE_URL": settings.database_url, "ORCH_DATA_DIR": settings.data_dir}
+
+
+def test_expired_codes_are_passed_over(tmp_path: Path, engine: Engine, redis_url: str, make_settings: Callable[..., Settings]) -> None:
+    event_id = schedule(engine, quiet(make_settings), redis_url, pool_event(tmp_path / "event", groups=2))
+    add_group(engine, event_id, "过期群", PNG, capacity=50, margin=45, expires_at=datetime(2027, 6, 1, tzinfo=CST))
+
+    async def places() -> list[int]:
+        redis = Redis.from_url(redis_url)
+        try:
+            pool = Pool(redis, engine)
+            before = (await pool.assign(event_id, "a" * 32, datetime(2027, 6, 14, 23, tzinfo=CST))).group
+            after = (await pool.assign(event_id, "b" * 32, datetime(2027, 6, 15, 1, tzinfo=CST))).group
+            return [before, after]
+        finally:
+            await redis.aclose()
+
+    assert asyncio.run(places()) == [1, 0], "every code expired on 2027-06-15 00:00 (group 3 expired even earlier)"
+
+
+def test_unknown_codes_and_cancelled_events_get_a_clear_page(
+        tmp_path: Path, engine: Engine, redis_url: str, make_settings: Callable[..., Settings], client: TestClient) -> None:
+    unknown = client.get("/s/nosuchcode")
+    assert unknown.status_code == 404 and "二维码无效" in unknown.text and "nosuchcode" in unknown.text
+    assert client.get("/g/no-event/1").status_code == 404
+    event_id = schedule(engine, quiet(make_settings), redis_url, pool_event(tmp_path / "event"))
+    code = codes_of(engine, event_id)[("g1", "A")]
+
+    async def cancel() -> None:
+        async with arq_pool(redis_url) as pool:
+            await scheduling.cancel(engine, pool, event_id)
+
+    asyncio.run(cancel())
+    gone = client.get(f"/s/{code}")
+    assert gone.status_code == 410 and "已取消" in gone.text
+
+
+def test_a_group_code_that_is_not_a_picture_is_refused_and_nothing_is_stored(
+        tmp_path: Path, engine: Engine, redis_url: str, make_settings: Callable[..., Settings]) -> None:
+    path = pool_event(tmp_path / "event", groups=2)
+    (path.parent / "g2.png").write_text("not a picture", encoding="utf-8")
+    with pytest.raises(OrchestratorError, match=r"g2.png is not a PNG or JPEG image"):
+        schedule(engine, quiet(make_settings), redis_url, path)
+    with pytest.raises(UnknownEvent):
+        scheduling.get_event(engine, "engine-test")
+
+    (path.parent / "g2.png").write_bytes(PNG)
+    event_id = schedule(engine, quiet(make_settings), redis_url, path)
+    (tmp_path / "text.png").write_text("hello", encoding="utf-8")
+    env = {**make_settings_env(make_settings()), "REDIS_URL": redis_url}
+    result = CliRunner().invoke(cli, ["groups", "add", event_id, "--qr", str(tmp_path / "text.png"), "--expires", "2027-06-16T00:00"], env=env)
+    assert result.exit_code != 0 and "is not a PNG or JPEG image" in _output(result)
+    assert [g.number for g in groups_of(engine, event_id)] == [1, 2], "nothing stored"
+    bad_margin = CliRunner().invoke(cli, ["groups", "add", event_id, "--qr", str(path.parent / "g1.png"),
+                                          "--expires", "2027-06-16T00:00", "--capacity", "10", "--margin", "12"], env=env)
+    assert bad_margin.exit_code != 0 and "margin 12 is above the capacity 10" in _output(bad_margin)
+    assert [g.number for g in groups_of(engine, event_id)] == [1, 2]
+
+
+def _output(result: Any) -> str:
+    return str(result.output) + str(result.exception or "")
