@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Connection, Engine, insert, select
 
 from orchestrator.store import LogEntry, utc_now
 
@@ -16,8 +16,14 @@ LOG = LogEntry.__table__  # type: ignore[attr-defined]
 def record(engine: Engine, event_id: str, kind: str, message: str, *, step_id: str | None = None,
            event_time: datetime | None = None, data: dict[str, Any] | None = None) -> None:
     with engine.begin() as conn:
-        conn.execute(insert(LOG).values(event_id=event_id, at=utc_now(), event_time=event_time, kind=kind, step_id=step_id,
-                                        message=message, data=None if data is None else json.dumps(data, ensure_ascii=False, default=str)))
+        record_in(conn, event_id, kind, message, step_id=step_id, event_time=event_time, data=data)
+
+
+def record_in(conn: Connection, event_id: str, kind: str, message: str, *, step_id: str | None = None,
+              event_time: datetime | None = None, data: dict[str, Any] | None = None) -> None:
+    """`record` inside the caller's transaction (the entry exists exactly when the rest of it does)."""
+    conn.execute(insert(LOG).values(event_id=event_id, at=utc_now(), event_time=event_time, kind=kind, step_id=step_id,
+                                    message=message, data=None if data is None else json.dumps(data, ensure_ascii=False, default=str)))
 
 
 def entries(engine: Engine, event_id: str, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:

@@ -233,6 +233,15 @@ def open_rows(engine: Engine, event_id: str, step_id: str) -> tuple[int, int, da
     return int(planned), int(sending), earliest
 
 
+def sendable(engine: Engine, event_id: str, horizon: datetime) -> int:
+    """Rows of the event being sent now, or planned to go by `horizon` (retries included)."""
+    with engine.connect() as conn:
+        return int(conn.execute(
+            select(func.count()).where(SEND.c.event_id == event_id,
+                                       (SEND.c.state == "sending") | ((SEND.c.state == "planned") & (SEND.c.not_before.is_(None) | (SEND.c.not_before <= horizon))))
+        ).scalar_one())
+
+
 def unknown_rows(engine: Engine, event_id: str, limit: int = 1000) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         rows = conn.execute(

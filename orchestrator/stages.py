@@ -7,7 +7,9 @@ later work (posters, the group pool, draws) record the step and say so in the lo
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -34,6 +36,7 @@ ALWAYS_RUN = {"live_start", "live_end", "draw_screenshot", "draw_deposit", "clos
 MISSED_GRACE = timedelta(minutes=1)
 REAL_GRACE = 1.0  # real seconds of job pick-up latency never counted as lateness (see `lateness`)
 REHEARSAL_GRACE = 10.0
+CLOSE_WAIT = 30.0  # real seconds close waits for sends still going (JOB_TIMEOUT is 45)
 RETAKE_AFTER = timedelta(seconds=90)  # a step left `running` this long (its worker died) may be taken again
 LATER = {
     "poster": "posters per guide arrive with the path work (issue: the path); recorded only",
@@ -158,21 +161,36 @@ async def _live(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, cloc
 async def _close(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, clock: Clock) -> str:
     from orchestrator.report import write_report
 
+    await _let_sends_finish(rt, ev.id)
     left = await rt.db(ledger.skip_open, rt.engine, ev.id, "the event closed before it went out")
     if left:
         await rt.db(eventlog.record, rt.engine, ev.id, "close", f"{left} sends still planned at close are skipped", step_id=step.step_id)
     await rt.db(_close_open_steps, rt, ev.id)
     paths = await rt.db(write_report, rt.engine, ev.id, rt.settings.data_path / "reports", "closed")
-    await rt.db(_closed, rt, ev.id, step.step_id, f"report: {paths[0]}")  # one transaction: closed means the report is there
-    await rt.db(eventlog.record, rt.engine, ev.id, "closed", f"event closed; report {paths[0]} and {paths[1]}",
-                step_id=step.step_id, event_time=clock.now(), data={"html": str(paths[0]), "csv": str(paths[1])})
+    # one transaction: closed means the report is there and the log says so; nothing runs after it
+    await rt.db(_closed, rt, ev.id, step.step_id, f"report: {paths[0]}", clock.now(), {"html": str(paths[0]), "csv": str(paths[1])})
     return "closed"
 
 
-def _closed(rt: Runtime, event_id: str, step_id: str, note: str) -> None:
+async def _let_sends_finish(rt: Runtime, event_id: str) -> None:
+    """Before closing, give sends in flight, and retries due within the wait, up to CLOSE_WAIT real seconds.
+
+    On a real clock close comes well after the last reminder; on a fast rehearsal clock a fan-out
+    may still be going when close is due, and it should not be cut short by compressed time.
+    """
+    deadline = time.monotonic() + CLOSE_WAIT
+    while (left := deadline - time.monotonic()) > 0:
+        if not await rt.db(ledger.sendable, rt.engine, event_id, utc_now() + timedelta(seconds=left)):
+            return
+        await asyncio.sleep(min(0.5, left))
+
+
+def _closed(rt: Runtime, event_id: str, step_id: str, note: str, event_time: datetime, paths: dict[str, str]) -> None:
     with rt.engine.begin() as conn:
         conn.execute(update(STEP).where(STEP.c.event_id == event_id, STEP.c.step_id == step_id).values(state="done", finished_at=utc_now(), note=note))
         conn.execute(update(EVENT).where(EVENT.c.id == event_id, EVENT.c.state != "cancelled").values(state="closed", updated_at=utc_now()))
+        eventlog.record_in(conn, event_id, "closed", f"event closed; report {paths['html']} and {paths['csv']}", step_id=step_id,
+                           event_time=event_time, data=paths)
 
 
 def _close_open_steps(rt: Runtime, event_id: str) -> None:

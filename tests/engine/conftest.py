@@ -90,6 +90,9 @@ async def running_worker(settings: Settings, redis_url: str, engine: Engine, max
     try:
         yield worker
     finally:
+        running = [t for t in worker.tasks.values() if not t.done()]
+        if running:  # let jobs in flight end (a drain that sees the event closed): arq's close cancels them
+            await asyncio.wait(running, timeout=30)
         await worker.close()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -227,3 +227,13 @@ def test_workers_render_copy_from_the_stored_audience_exactly_as_the_playbook_do
         assert body == render_step(loaded, "reminder:vip", member_id, ev.live_start).text
     assert got["m000002"].split("|")[1:4] == ["all", "老客、高净值", "小李"]
     assert got["m000005"].split("|")[1:4] == ["all", "", "无导购"]
+
+
+def test_close_lets_a_fan_out_in_flight_finish_on_a_fast_clock(tmp_path: Path, engine: Engine, redis_url: str, receiver: Receiver,
+                                                                 make_settings: Callable[..., Settings]) -> None:
+    """At speed 3,600 close comes 2.3 real seconds after the T-10m reminder, which a rate of 50/s needs 5 s to send."""
+    files = EventFiles(people=crowd(300), preview=None, reminders=[("soon", "T-10m", "[sms]")], policy="rate_limits: {sms: 50}")
+    event_id = asyncio.run(run_event(engine, make_settings(receiver), redis_url, files.write(tmp_path / "event"), speed=3600,
+                                     clock_from=datetime(2027, 6, 10, 18, 49, 30)))
+    assert Counter(r.state for r in sends(engine, event_id)) == {"sent": 300}
+    assert len(receiver.delivered()) == 300
