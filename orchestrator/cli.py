@@ -420,7 +420,7 @@ def groups_add(event: str, qr_file: str, expires: str, name: str | None, capacit
                            capacity=capacity or join.capacity, margin=margin or join.margin, expires_at=expires_at, where=qr_file)
 
         async def load(redis: Any) -> int:
-            return await Pool(redis, engine).load(event)
+            return await Pool(redis, engine).refresh(event)
 
         asyncio.run(_with_redis(url, load))
     click.echo(_("group {n} added to {event}").format(n=number, event=event))

@@ -108,6 +108,7 @@ class Pool:
         self.engine = engine
         self._assign = redis.register_script(ASSIGN)
         self._load = redis.register_script(LOAD)
+        self._loading: dict[str, asyncio.Lock] = {}
 
     async def assign(self, event_id: str, visitor: str, now: datetime | None = None) -> Place:
         """A place for `visitor` in the event's pool (the same one if they have one)."""
@@ -121,13 +122,25 @@ class Pool:
 
     async def load(self, event_id: str) -> int:
         """Copy the event's groups into Redis where they are missing; returns how many groups it has."""
-        groups = await asyncio.to_thread(groups_of, self.engine, event_id)
-        if not groups:
-            return 0
+        lock = self._loading.setdefault(event_id, asyncio.Lock())
+        async with lock:  # the first scans of a burst all find the pool missing: one of them loads it
+            if await self.redis.hexists(_keys(event_id)[0], "n"):  # type: ignore[misc]
+                return int(await self.redis.hget(_keys(event_id)[0], "n"))  # type: ignore[misc]
+            groups = await asyncio.to_thread(_pool_rows, self.engine, event_id)
+            if not groups:
+                return 0
+            args: list[int] = []
+            for number, margin, expires_at in groups:
+                args += [number, margin, int(expires_at.timestamp()) if expires_at else 0]
+            return int(await self._load(keys=_keys(event_id)[:1], args=args))
+
+    async def refresh(self, event_id: str) -> int:
+        """Copy groups added to the store since the pool was loaded (`groups add`)."""
+        groups = await asyncio.to_thread(_pool_rows, self.engine, event_id)
         args: list[int] = []
-        for g in groups:
-            args += [g.number, g.margin, int(g.expires_at.timestamp()) if g.expires_at else 0]
-        return int(await self._load(keys=_keys(event_id)[:1], args=args))
+        for number, margin, expires_at in groups:
+            args += [number, margin, int(expires_at.timestamp()) if expires_at else 0]
+        return int(await self._load(keys=_keys(event_id)[:1], args=args)) if args else 0
 
     async def counts(self, event_id: str) -> dict[int, int]:
         """Places taken per group number."""
@@ -138,6 +151,12 @@ class Pool:
             if key.startswith("count:"):
                 out[int(key[6:])] = int(v)
         return dict(sorted(out.items()))
+
+
+def _pool_rows(engine: Engine, event_id: str) -> list[tuple[int, int, datetime | None]]:
+    with engine.connect() as conn:
+        return [(n, m, e) for n, m, e in conn.execute(select(GROUP.c.number, GROUP.c.margin, GROUP.c.expires_at)
+                                                      .where(GROUP.c.event_id == event_id).order_by(GROUP.c.number))]
 
 
 def groups_of(engine: Engine, event_id: str) -> list[ChatGroup]:

@@ -68,6 +68,13 @@ class Resolver:
         self.size = size
         self._seen: dict[str, tuple[float, Scanned | None]] = {}
 
+    def cached(self, code: str) -> tuple[bool, Scanned | None]:
+        """(known, what) from memory alone: a scan need not leave the event loop for a code seen just now."""
+        hit = self._seen.get(code)
+        if hit is not None and hit[0] > time.monotonic():
+            return True, hit[1]
+        return False, None
+
     def __call__(self, code: str) -> Scanned | None:
         now = time.monotonic()
         hit = self._seen.get(code)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -75,21 +77,40 @@ def _tail(err: bytes) -> str:
     return err.decode("utf-8", "replace")[-2000:].strip()
 
 
-def dump_dom(page: Path, *, timeout_s: float = TIMEOUT_S) -> str:
+def _target(page: Path | str) -> str:
+    """A file to open, or an http(s) URL as it is."""
+    return page if isinstance(page, str) else page.resolve().as_uri()
+
+
+def dump_dom(page: Path | str, *, timeout_s: float = TIMEOUT_S) -> str:
     """The page's DOM as chromium serialises it after loading (`--dump-dom`)."""
-    return _run(["--dump-dom", page.resolve().as_uri()], timeout_s).decode("utf-8")
+    return _run(["--dump-dom", _target(page)], timeout_s).decode("utf-8")
 
 
-def screenshot(page: Path, out: Path, *, width: int = 1400, height: int = 1000, scale: float = 1.0,
+def screenshot(page: Path | str, out: Path, *, width: int = 1400, height: int = 1000, scale: float = 1.0,
                timeout_s: float = TIMEOUT_S) -> Path:
     """A PNG of the page's first `width` x `height` CSS pixels (times `scale` device pixels)."""
     out = out.resolve()
     out.unlink(missing_ok=True)
     _run([f"--screenshot={out}", f"--window-size={width},{height}", f"--force-device-scale-factor={scale:g}",
-          page.resolve().as_uri()], timeout_s)
+          _target(page)], timeout_s)
     if not out.is_file():
         raise BrowserError(f"chromium exited normally but wrote no screenshot at {out}")
     return out
+
+
+def png_facts(path: Path) -> tuple[int, int, int]:
+    """(width, height, distinct byte values in the decompressed image data) of a PNG."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    idat, pos = b"", 8
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"IDAT":
+            idat += data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+    return width, height, len(set(zlib.decompress(idat)))
 
 
 def main(argv: list[str]) -> int:

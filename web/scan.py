@@ -32,7 +32,9 @@ def _visitor(request: Request) -> tuple[str, bool]:
 async def scan(request: Request) -> Response:
     state = request.app.state
     code = request.path_params["code"]
-    scanned = await asyncio.to_thread(state.resolve, code)
+    known, scanned = state.resolve.cached(code)
+    if not known:
+        scanned = await asyncio.to_thread(state.resolve, code)
     if scanned is None:
         return page(request, "gone.html", {"title": "二维码无效", "message": "这个二维码不属于任何活动，请向导购索取新的海报。",
                                                  "detail": f"code {code}"}, status_code=404)
@@ -40,8 +42,7 @@ async def scan(request: Request) -> Response:
         message = "这场活动已取消。" if scanned.event_state == "cancelled" else "这场活动已经结束，感谢关注！"
         return page(request, "gone.html", {"title": scanned.title, "message": message, "detail": ""}, status_code=410)
     visitor, new = _visitor(request)
-    await count_scan(state.redis, scanned, visitor)
-    place = await state.pool.assign(scanned.event_id, visitor)
+    _, place = await asyncio.gather(count_scan(state.redis, scanned, visitor), state.pool.assign(scanned.event_id, visitor))
     response = page(request, "join.html", {"s": scanned, "group": place.group})
     response.headers["Cache-Control"] = "no-store"
     if new:

@@ -253,3 +253,25 @@ def test_a_group_code_that_is_not_a_picture_is_refused_and_nothing_is_stored(
 
 def _output(result: Any) -> str:
     return str(result.output) + str(result.exception or "")
+
+
+@pytest.mark.browser
+def test_the_join_page_in_a_real_browser(tmp_path: Path, engine: Engine, redis_url: str, make_settings: Callable[..., Settings],
+                                         web_env: dict[str, str]) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/browser.py
+    from browser import dump_dom, png_facts, require_chromium, screenshot
+
+    require_chromium()
+    event_id = schedule(engine, quiet(make_settings), redis_url, pool_event(tmp_path / "event"))
+    code = codes_of(engine, event_id)[("g1", "A")]
+    server = WebProcess(web_env)
+    try:
+        server.wait()
+        dom = dump_dom(f"{server.url}/s/{code}")
+        png = screenshot(f"{server.url}/s/{code}", tmp_path / "join.png", width=390, height=700)
+    finally:
+        server.stop()
+    assert "引擎测试直播" in dom and "直播时间：6月10日（周四）19:00" in dom
+    assert f'src="/g/{event_id}/1"' in dom and "长按识别二维码" in dom
+    width, height, values = png_facts(png)
+    assert (width, height) == (390, 700) and values > 20

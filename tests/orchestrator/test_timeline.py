@@ -5,9 +5,7 @@ from __future__ import annotations
 import html
 import re
 import shutil
-import struct
 import sys
-import zlib
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,7 @@ from orchestrator.timeline import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/browser.py
-from browser import dump_dom, screenshot  # noqa: E402
+from browser import dump_dom, png_facts, screenshot  # noqa: E402
 
 TESTS = Path(__file__).resolve().parents[1]
 MINIMAL = TESTS / "fixtures" / "minimal" / "playbook.yaml"
@@ -280,20 +278,6 @@ def test_write_timeline_returns_the_path(tmp_path: Path) -> None:
 
 
 # --- in a browser ----------------------------------------------------------------------------
-
-
-def png_facts(path: Path) -> tuple[int, int, int]:
-    """(width, height, distinct byte values in the decompressed image data) of a PNG."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", data[16:24])
-    idat, pos = b"", 8
-    while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        if kind == b"IDAT":
-            idat += data[pos + 8:pos + 8 + length]
-        pos += 12 + length
-    return width, height, len(set(zlib.decompress(idat)))
 
 
 @pytest.mark.browser
