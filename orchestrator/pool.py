@@ -15,10 +15,13 @@ jobs, the places live in Redis: run it with persistence.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
 from sqlalchemy import Engine, func, insert, select
 
 from orchestrator.errors import OrchestratorError
@@ -110,14 +113,31 @@ class Pool:
         self._load = redis.register_script(LOAD)
         self._loading: dict[str, asyncio.Lock] = {}
 
-    async def assign(self, event_id: str, visitor: str, now: datetime | None = None) -> Place:
-        """A place for `visitor` in the event's pool (the same one if they have one)."""
+    async def assign(self, event_id: str, visitor: str, now: datetime | None = None,
+                     also: Callable[[Pipeline], object] | None = None) -> Place:
+        """A place for `visitor` in the event's pool (the same one if they have one).
+
+        `also` may add other commands (a scan's counters) to the same round trip to Redis; they
+        run once whatever happens to the script.
+        """
         at = int((now or utc_now()).timestamp())
+        keys = _keys(event_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if also is not None:
+                also(pipe)
+            pipe.evalsha(self._assign.sha, len(keys), *keys, visitor, str(at))
+            answers = await pipe.execute(raise_on_error=False)
+        answer = answers[-1]
         for _attempt in range(2):
-            group, new, count = await self._assign(keys=_keys(event_id), args=[visitor, at])
+            if isinstance(answer, NoScriptError):  # Redis restarted or flushed its scripts: load it
+                answer = await self._assign(keys=keys, args=[visitor, at])
+            elif isinstance(answer, Exception):
+                raise answer
+            group, new, count = answer
             if group != -1:
                 return Place(int(group), bool(new), int(count))
             await self.load(event_id)
+            answer = await self._assign(keys=keys, args=[visitor, at])
         return Place(0, False, 0)  # the event has no groups at all
 
     async def load(self, event_id: str) -> int:

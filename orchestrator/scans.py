@@ -13,6 +13,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from sqlalchemy import Engine, select
 
 from orchestrator.store import Event, Guide, ScanCode
@@ -87,18 +88,16 @@ class Resolver:
         return found
 
 
-async def count_scan(redis: Redis, scanned: Scanned, visitor: str) -> None:
-    """Count one scan of `scanned` by `visitor` (a random id from a first-party cookie)."""
+def count_scan(pipe: Pipeline, scanned: Scanned, visitor: str) -> None:
+    """Add the counters of one scan of `scanned` by `visitor` (a random id from a first-party cookie) to `pipe`."""
     e, g, v = scanned.event_id, scanned.guide_id, scanned.variant
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hincrby(f"orch:scans:{e}", "total", 1)
-        pipe.hincrby(f"orch:scans:{e}", f"g:{g}", 1)
-        pipe.hincrby(f"orch:scans:{e}", f"v:{v}", 1)
-        pipe.hincrby(f"orch:scans:{e}", f"gv:{g}:{v}", 1)
-        pipe.pfadd(f"orch:scanners:{e}", visitor)
-        pipe.pfadd(f"orch:scanners:{e}:g:{g}", visitor)
-        pipe.pfadd(f"orch:scanners:{e}:v:{v}", visitor)
-        await pipe.execute()
+    pipe.hincrby(f"orch:scans:{e}", "total", 1)
+    pipe.hincrby(f"orch:scans:{e}", f"g:{g}", 1)
+    pipe.hincrby(f"orch:scans:{e}", f"v:{v}", 1)
+    pipe.hincrby(f"orch:scans:{e}", f"gv:{g}:{v}", 1)
+    pipe.pfadd(f"orch:scanners:{e}", visitor)
+    pipe.pfadd(f"orch:scanners:{e}:g:{g}", visitor)
+    pipe.pfadd(f"orch:scanners:{e}:v:{v}", visitor)
 
 
 async def scan_counts(redis: Redis, event_id: str) -> dict[str, int]:

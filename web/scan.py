@@ -42,7 +42,8 @@ async def scan(request: Request) -> Response:
         message = "这场活动已取消。" if scanned.event_state == "cancelled" else "这场活动已经结束，感谢关注！"
         return page(request, "gone.html", {"title": scanned.title, "message": message, "detail": ""}, status_code=410)
     visitor, new = _visitor(request)
-    _, place = await asyncio.gather(count_scan(state.redis, scanned, visitor), state.pool.assign(scanned.event_id, visitor))
+    found = scanned  # counted and placed in one round trip to Redis
+    place = await state.pool.assign(scanned.event_id, visitor, also=lambda pipe: count_scan(pipe, found, visitor))
     response = page(request, "join.html", {"s": scanned, "group": place.group})
     response.headers["Cache-Control"] = "no-store"
     if new:

@@ -275,3 +275,28 @@ def test_the_join_page_in_a_real_browser(tmp_path: Path, engine: Engine, redis_u
     assert f'src="/g/{event_id}/1"' in dom and "长按识别二维码" in dom
     width, height, values = png_facts(png)
     assert (width, height) == (390, 700) and values > 20
+
+
+def test_a_scan_after_redis_forgot_its_scripts_is_placed_and_counted_once(
+        tmp_path: Path, engine: Engine, redis_url: str, make_settings: Callable[..., Settings]) -> None:
+    from orchestrator.scans import count_scan, resolve
+
+    event_id = schedule(engine, quiet(make_settings), redis_url, pool_event(tmp_path / "event"))
+    scanned = resolve(engine, codes_of(engine, event_id)[("g1", "A")])
+    assert scanned is not None
+
+    async def go() -> tuple[list[int], dict[str, int]]:
+        redis = Redis.from_url(redis_url)
+        try:
+            pool = Pool(redis, engine)
+            groups = []
+            for visitor in ("a" * 32, "b" * 32):
+                await redis.script_flush()  # a restarted Redis knows no scripts
+                place = await pool.assign(event_id, visitor, also=lambda pipe, v=visitor: count_scan(pipe, scanned, v))
+                groups.append(place.count)
+            return groups, await scan_counts(redis, event_id)
+        finally:
+            await redis.aclose()
+
+    counts, scans = asyncio.run(go())
+    assert counts == [1, 2] and scans["total"] == 2 and scans["g:g1"] == 2
