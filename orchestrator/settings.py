@@ -33,6 +33,7 @@ SETTINGS = (
     Setting("ORCH_WEBHOOK_IDEMPOTENCY", "on", "'on': send an Idempotency-Key and resend after a crash; 'off': never resend, mark unknown"),
     Setting("ORCH_ROUTES", None, "which transport delivers each channel, e.g. 'sms=webhook,email=console'; rehearsals default every channel to console"),
     Setting("ORCH_SEND_CONCURRENCY", "50", "sends in flight per worker"),
+    Setting("ORCH_API_TOKEN", None, "bearer token of the web API (joins reported by platforms without callbacks); unset, the API is off"),
 )
 
 
@@ -48,6 +49,7 @@ class Settings:
     webhook_idempotency: str
     routes: str | None
     send_concurrency: str
+    api_token: str | None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, env_file: str | Path | None = ".env") -> Settings:

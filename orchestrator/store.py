@@ -145,6 +145,17 @@ class ChatGroup(SQLModel, table=True):
     added_at: datetime = _ts(default_factory=utc_now)
 
 
+class Join(SQLModel, table=True):
+    """A person joined one of the event's groups: once per event, whoever reports it again."""
+
+    event_id: str = Field(primary_key=True, foreign_key="event.id", max_length=64)
+    person: str = Field(primary_key=True, max_length=64)  # member id, WeCom external user id, or platform user id
+    group_number: int | None = None
+    guide_id: str | None = Field(default=None, max_length=64)
+    source: str = Field(max_length=16)  # api | wecom
+    at: datetime = _ts(default_factory=utc_now)
+
+
 class Consent(SQLModel, table=True):
     """A person's consent per channel, global across events; the newest statement wins."""
 

@@ -21,6 +21,7 @@ from orchestrator.pool import Pool
 from orchestrator.scans import Resolver
 from orchestrator.settings import Settings
 from orchestrator.store import make_engine
+from web.api import post_joins
 from web.scan import group_image, scan
 
 async def healthz(request: Request) -> JSONResponse:
@@ -51,6 +52,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", healthz),
         Route("/s/{code}", scan),
         Route("/g/{event}/{number:int}", group_image),
+        Route("/api/events/{event}/joins", post_joins, methods=["POST"]),
     ], lifespan=lifespan)
     app.state.settings = settings
     app.state.version = version("live-orchestrator")

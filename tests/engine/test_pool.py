@@ -300,3 +300,38 @@ def test_a_scan_after_redis_forgot_its_scripts_is_placed_and_counted_once(
 
     counts, scans = asyncio.run(go())
     assert counts == [1, 2] and scans["total"] == 2 and scans["g:g1"] == 2
+
+
+def test_joins_reported_through_the_api_count_each_person_once(
+        tmp_path: Path, engine: Engine, redis_url: str, make_settings: Callable[..., Settings]) -> None:
+    from orchestrator.joins import joined
+
+    event_id = schedule(engine, quiet(make_settings), redis_url, pool_event(tmp_path / "event", groups=2))
+    auth = {"Authorization": "Bearer s3cret-token"}
+    with TestClient(create_app(make_settings(REDIS_URL=redis_url, ORCH_API_TOKEN="s3cret-token"))) as api:
+        url = f"/api/events/{event_id}/joins"
+        first = api.post(url, json={"joins": [{"person": "m000001", "group": 1, "guide": "g1"}, {"person": "m000002", "group": 2},
+                                              {"person": "m000001", "group": 1}]}, headers=auth)
+        assert first.status_code == 200 and first.json() == {"recorded": 2, "already": 1}
+        again = api.post(url, json={"person": "m000002", "group": 2}, headers=auth)
+        assert again.json() == {"recorded": 0, "already": 1}, "a retried report changes nothing"
+        assert joined(engine, event_id) == {"m000001": 1, "m000002": 2}
+
+        bad = [
+            ({"joins": [{"person": "m000003", "group": 1}, {"person": "m000004", "group": 9}]}, 422, "group 9 is not in the event's pool (groups: 1, 2)", "joins[1].group"),
+            ({"joins": [{"person": ""}]}, 422, "'person' must be a non-empty string", "joins[0].person"),
+            ({"person": "m000005", "grup": 1}, 422, "unknown field 'grup'", "body"),
+            ({"joins": []}, 422, "at least one", None),
+        ]
+        for body, status, message, at in bad:
+            response = api.post(url, json=body, headers=auth)
+            assert response.status_code == status and message in response.json()["error"], body
+            assert response.json().get("at") == at
+        assert api.post(url, content=b"{not json", headers=auth).status_code == 400
+        assert api.post(url, json={"person": "m000006"}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert api.post(url, json={"person": "m000006"}).status_code == 401
+        assert api.post("/api/events/no-such-event/joins", json={"person": "m000006"}, headers=auth).status_code == 404
+        assert joined(engine, event_id) == {"m000001": 1, "m000002": 2}, "bad requests store nothing"
+    with TestClient(create_app(make_settings(REDIS_URL=redis_url))) as off:
+        response = off.post(f"/api/events/{event_id}/joins", json={"person": "m000006"}, headers=auth)
+        assert response.status_code == 503 and "ORCH_API_TOKEN" in response.json()["error"]

@@ -1,4 +1,4 @@
-"""the path: scan codes (poster QR -> event, guide, variant) and the group pool's groups
+"""the path: scan codes (poster QR -> event, guide, variant), the group pool's groups, joins
 
 Revision ID: 0003
 Revises: 0002
@@ -39,8 +39,19 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['event_id'], ['event.id'], ),
     sa.PrimaryKeyConstraint('event_id', 'number')
     )
+    op.create_table('join',
+    sa.Column('event_id', sa.String(length=64), nullable=False),
+    sa.Column('person', sa.String(length=64), nullable=False),
+    sa.Column('group_number', sa.Integer(), nullable=True),
+    sa.Column('guide_id', sa.String(length=64), nullable=True),
+    sa.Column('source', sa.String(length=16), nullable=False),
+    sa.Column('at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['event_id'], ['event.id'], ),
+    sa.PrimaryKeyConstraint('event_id', 'person')
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('join')
     op.drop_table('chatgroup')
     op.drop_table('scancode')

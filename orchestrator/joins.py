@@ -1,0 +1,44 @@
+"""Joins: a person entered one of the event's groups, counted once per event.
+
+Platforms that call back (WeCom `change_external_chat`) and those that report through the web API
+both end here. A person reported again (a retried callback, a second report) changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from orchestrator.store import Join, utc_now
+
+JOIN = Join.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    person: str
+    group: int | None = None
+    guide: str | None = None
+    at: datetime | None = None
+
+
+def record(engine: Engine, event_id: str, joins: list[Joined], source: str) -> tuple[int, int]:
+    """Record joins; (new, already known). One statement: all of them or, on error, none."""
+    if not joins:
+        return 0, 0
+    insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+    rows = [{"event_id": event_id, "person": j.person, "group_number": j.group, "guide_id": j.guide, "source": source,
+             "at": j.at or utc_now()} for j in joins]
+    with engine.begin() as conn:
+        new = len(conn.execute(insert(JOIN).on_conflict_do_nothing().returning(JOIN.c.person), rows).all())
+    return new, len(joins) - new
+
+
+def joined(engine: Engine, event_id: str) -> dict[str, int | None]:
+    """person -> group number of everyone who joined the event."""
+    with engine.connect() as conn:
+        return {p: g for p, g in conn.execute(select(JOIN.c.person, JOIN.c.group_number).where(JOIN.c.event_id == event_id))}

@@ -1,0 +1,87 @@
+"""The web API for platforms without callbacks: `POST /api/events/<event>/joins`.
+
+Authenticated with `Authorization: Bearer <ORCH_API_TOKEN>`. The body is one join or
+`{"joins": [...]}`; each join is `{"person": "<member or platform user id>", "group": <number>,
+"guide": "<guide id>"}` (group and guide optional). The whole batch is checked first: one bad
+item is a 422 naming it, and nothing is stored. A person already known is counted once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from orchestrator import joins
+from orchestrator.errors import UnknownEvent
+from orchestrator.pool import groups_of
+from orchestrator.scheduling import get_event
+
+MAX_BATCH = 1000
+
+
+def _error(status: int, message: str, at: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, **({"at": at} if at else {})}, status_code=status)
+
+
+def _authorised(request: Request) -> JSONResponse | None:
+    token = request.app.state.settings.api_token
+    if not token:
+        return _error(503, "the API is off: set ORCH_API_TOKEN on the web processes")
+    given = request.headers.get("authorization", "")
+    if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].encode(), token.encode()):
+        return _error(401, "missing or wrong bearer token")
+    return None
+
+
+def _parse(body: Any, groups: set[int]) -> tuple[list[joins.Joined], JSONResponse | None]:
+    items = body.get("joins") if isinstance(body, dict) and "joins" in body else [body]
+    if not isinstance(items, list) or not items:
+        return [], _error(422, "expected a join object or {\"joins\": [...]} with at least one")
+    if len(items) > MAX_BATCH:
+        return [], _error(422, f"at most {MAX_BATCH} joins per request, got {len(items)}")
+    out = []
+    for i, item in enumerate(items):
+        at = f"joins[{i}]" if len(items) > 1 or (isinstance(body, dict) and "joins" in body) else "body"
+        if not isinstance(item, dict):
+            return [], _error(422, "a join is an object with 'person'", at)
+        unknown = set(item) - {"person", "group", "guide"}
+        if unknown:
+            return [], _error(422, f"unknown field {sorted(unknown)[0]!r}; a join has person, group, guide", at)
+        person, group, guide = item.get("person"), item.get("group"), item.get("guide")
+        if not isinstance(person, str) or not person.strip() or len(person) > 64:
+            return [], _error(422, "'person' must be a non-empty string of at most 64 characters", f"{at}.person")
+        if group is not None and (not isinstance(group, int) or isinstance(group, bool) or group not in groups):
+            known = ", ".join(str(g) for g in sorted(groups)) or "none yet"
+            return [], _error(422, f"group {group!r} is not in the event's pool (groups: {known})", f"{at}.group")
+        if guide is not None and (not isinstance(guide, str) or len(guide) > 64):
+            return [], _error(422, "'guide' must be a guide id (a string)", f"{at}.guide")
+        out.append(joins.Joined(person.strip(), group, guide))
+    return out, None
+
+
+async def post_joins(request: Request) -> JSONResponse:
+    denied = _authorised(request)
+    if denied is not None:
+        return denied
+    engine = request.app.state.engine
+    event_id = request.path_params["event"]
+    try:
+        ev = await asyncio.to_thread(get_event, engine, event_id)
+    except UnknownEvent as e:
+        return _error(404, str(e))
+    if ev.state == "cancelled":
+        return _error(409, f"event {event_id} is cancelled")
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "the body is not JSON")
+    groups = {g.number for g in await asyncio.to_thread(groups_of, engine, event_id)}
+    items, problem = _parse(body, groups)
+    if problem is not None:
+        return problem
+    new, known = await asyncio.to_thread(joins.record, engine, event_id, items, "api")
+    return JSONResponse({"recorded": new, "already": known})
