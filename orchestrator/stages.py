@@ -24,6 +24,7 @@ from orchestrator.eligibility import select as select_recipients
 from orchestrator.errors import UnknownEvent
 from orchestrator.load import LoadedPlaybook
 from orchestrator.plan import localize
+from orchestrator.pool import Pool, groups_of
 from orchestrator.playbook import Channel, Message
 from orchestrator.runtime import Runtime
 from orchestrator.scheduling import EVENT, STEP, event_clock, get_event, loaded_event
@@ -40,7 +41,6 @@ CLOSE_WAIT = 30.0  # real seconds close waits for sends still going (JOB_TIMEOUT
 RETAKE_AFTER = timedelta(seconds=90)  # a step left `running` this long (its worker died) may be taken again
 LATER = {
     "poster": "posters per guide arrive with the path work (issue: the path); recorded only",
-    "join_open": "the group pool arrives with the path work; recorded only",
     "draw_screenshot": "the draw is run by the lottery work (issue: draws); recorded only",
     "draw_deposit": "the deposit draw is run by the lottery work (issue: draws); recorded only",
 }
@@ -155,6 +155,22 @@ async def _live(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, cloc
     note = (f"live starts on {live.platform}: {live.room_url}" if step.stage == "live_start" else "live ends")
     await rt.db(_finish_step, rt, ev.id, step.step_id, "done", note)
     await rt.db(eventlog.record, rt.engine, ev.id, step.stage, note, step_id=step.step_id, event_time=clock.now())
+    return note
+
+
+async def _join_open(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, clock: Clock) -> str:
+    """The pool opens: its groups are put into Redis (scans before this also find it) and summed up."""
+    join = loaded.playbook.path.join
+    count = await Pool(rt.pool, rt.engine).refresh(ev.id)
+    groups = await rt.db(groups_of, rt.engine, ev.id)
+    if groups:
+        note = f"group pool open: {count} groups, {sum(g.margin for g in groups):,} places before it runs out"
+    elif join.kind == "wecom_join_way":
+        note = "group pool open without groups: WeCom join ways arrive with the WeCom work; scans show the guide's contact until then"
+    else:
+        note = "group pool open without groups: add one with `orchestrator groups add`; scans show the guide's contact until then"
+    await rt.db(_finish_step, rt, ev.id, step.step_id, "done", note)
+    await rt.db(eventlog.record, rt.engine, ev.id, step.stage, f"{step.step_id}: {note}", step_id=step.step_id, event_time=clock.now())
     return note
 
 
@@ -286,5 +302,6 @@ HANDLERS: dict[str, Handler] = {
     "reminder": _message,
     "live_start": _live,
     "live_end": _live,
+    "join_open": _join_open,
     "close": _close,
 }

@@ -335,3 +335,21 @@ def test_joins_reported_through_the_api_count_each_person_once(
     with TestClient(create_app(make_settings(REDIS_URL=redis_url))) as off:
         response = off.post(f"/api/events/{event_id}/joins", json={"person": "m000006"}, headers=auth)
         assert response.status_code == 503 and "ORCH_API_TOKEN" in response.json()["error"]
+
+
+def test_the_join_open_step_opens_the_pool(tmp_path: Path, engine: Engine, redis_url: str, receiver: Any,
+                                          make_settings: Callable[..., Settings]) -> None:
+    from tests.engine.test_event_run import run_event, step_states
+
+    settings = make_settings(receiver)
+    event_id = asyncio.run(run_event(engine, settings, redis_url, pool_event(tmp_path / "event", groups=2)))
+    assert step_states(engine, event_id)["join:open"].note == "group pool open: 2 groups, 90 places before it runs out"
+
+    async def counts() -> dict[int, int]:
+        redis = Redis.from_url(redis_url)
+        try:
+            return await Pool(redis, engine).counts(event_id)
+        finally:
+            await redis.aclose()
+
+    assert asyncio.run(counts()) == {1: 0, 2: 0}, "in Redis before anyone scans"
