@@ -348,7 +348,8 @@ class Alerts(Model):
 
     draw_soon: str | None = Field(None, description="copy of the 'draw coming' alert")
     draw_soon_before: Duration = timedelta(minutes=5)
-    pool_low: str | None = None
+    pool_low: str | None = Field(None, description="copy of the 'pool running low' alert")
+    pool_low_below: int = Field(50, ge=1, description="alert when fewer places than this are left in the group pool")
     tasks_unconfirmed: str | None = None
 
 

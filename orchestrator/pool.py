@@ -99,6 +99,15 @@ class Place:
     count: int  # places taken in that group, this one included
 
 
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What the pool has left: places before it runs out, groups whose code expires soon, the current group."""
+
+    places_left: int
+    expiring: list[int]
+    current: int
+
+
 def _keys(event_id: str) -> list[str]:
     return [f"orch:pool:{event_id}", f"orch:pool:{event_id}:who"]
 
@@ -161,6 +170,23 @@ class Pool:
         for number, margin, expires_at in groups:
             args += [number, margin, int(expires_at.timestamp()) if expires_at else 0]
         return int(await self._load(keys=_keys(event_id)[:1], args=args)) if args else 0
+
+    async def health(self, event_id: str, now: datetime, soon: float = 86400.0) -> Health | None:
+        """Places left and codes expiring within `soon` seconds; None while the pool is not in Redis."""
+        fields = await self.redis.hgetall(_keys(event_id)[0])  # type: ignore[misc]
+        pool = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in fields.items()}
+        if "n" not in pool:
+            return None
+        at = now.timestamp()
+        left, expiring, current = 0, [], pool.get("current", 1)
+        for number in range(1, pool["n"] + 1):
+            margin, count, expires = pool.get(f"margin:{number}", 0), pool.get(f"count:{number}", 0), pool.get(f"expires:{number}", 0)
+            usable = expires == 0 or expires > at
+            if number >= current and usable:
+                left += max(0, margin - count)
+                if expires and expires - at <= soon and count < margin:
+                    expiring.append(number)
+        return Health(left, expiring, min(current, pool["n"]))
 
     async def counts(self, event_id: str) -> dict[int, int]:
         """Places taken per group number."""

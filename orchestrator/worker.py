@@ -20,7 +20,7 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import Worker
 from sqlalchemy import Engine, func as sqlfunc, select
 
-from orchestrator import eventlog, jobs, ledger
+from orchestrator import eventlog, jobs, ledger, poolwatch
 from orchestrator.fanout import drain
 from orchestrator.runtime import HEARTBEAT, Runtime
 from orchestrator.scheduling import EVENT, STEP, event_clock, get_event
@@ -97,6 +97,7 @@ async def upkeep(rt: Runtime) -> None:
         await _restart_drain(rt, event_id, step_id, "recovery")
     for event_id, step_id in await rt.db(_stalled_steps, rt.engine):
         await _restart_drain(rt, event_id, step_id, "stalled")
+    await poolwatch.check(rt)
     for event_id, step_id, revision, at in await rt.db(_overdue_steps, rt.engine):
         ev = await rt.db(get_event, rt.engine, event_id)
         clock = event_clock(ev)

@@ -353,3 +353,40 @@ def test_the_join_open_step_opens_the_pool(tmp_path: Path, engine: Engine, redis
             await redis.aclose()
 
     assert asyncio.run(counts()) == {1: 0, 2: 0}, "in Redis before anyone scans"
+
+
+def test_a_pool_running_low_or_a_code_about_to_expire_alerts_the_staff_once(
+        tmp_path: Path, engine: Engine, redis_url: str, make_settings: Callable[..., Settings]) -> None:
+    import json
+
+    from sqlalchemy import update
+
+    from orchestrator import eventlog, poolwatch
+    from orchestrator.runtime import Runtime
+    from orchestrator.scheduling import EVENT
+    from orchestrator.store import utc_now
+
+    path = pool_event(tmp_path / "event", groups=2)  # 2 x 45 places
+    path.write_text(path.read_text(encoding="utf-8").replace("policy:\n", "support:\n  alerts: {pool_low: '{{ event.title }}：只剩{{ pool.remaining }}个名额（{{ pool.group }}）', pool_low_below: 200}\npolicy:\n"),
+                    encoding="utf-8")
+    settings = quiet(make_settings)
+    event_id = schedule(engine, settings, redis_url, path)
+    add_group(engine, event_id, "快过期群", PNG, capacity=50, margin=45, expires_at=utc_now() + timedelta(hours=3))
+    with engine.begin() as conn:
+        conn.execute(update(EVENT).where(EVENT.c.id == event_id).values(state="running"))
+
+    async def watch() -> None:
+        async with arq_pool(redis_url) as pool:
+            rt = Runtime(settings, engine, pool)
+            await poolwatch.check(rt)  # the pool is not in Redis yet: nothing to say
+            await Pool(pool, engine).refresh(event_id)
+            await poolwatch.check(rt)
+            await poolwatch.check(rt)  # said once, not again
+            await rt.close()
+
+    asyncio.run(watch())
+    log = [e for e in eventlog.entries(engine, event_id) if e["kind"].startswith("pool-")]
+    assert [(e["kind"], e["data"]) for e in log] == [("pool-low", {"places_left": 135}), ("pool-expiring", {"group": 3})]
+    assert log[0]["message"] == "引擎测试直播：只剩135个名额（测试群1）"
+    lines = [json.loads(line) for line in (Path(settings.data_dir) / "console" / f"{event_id}.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [line["channel"] for line in lines] == ["staff_alert", "staff_alert"] and lines[0]["text"] == log[0]["message"]
