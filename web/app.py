@@ -22,6 +22,7 @@ from orchestrator.scans import Resolver
 from orchestrator.settings import Settings
 from orchestrator.store import make_engine
 from web.api import post_joins
+from web.pages import Rendered
 from web.scan import group_image, scan
 
 async def healthz(request: Request) -> JSONResponse:
@@ -42,6 +43,7 @@ def create_app(settings: Settings) -> Starlette:
             app.state.redis = redis
             app.state.pool = Pool(redis, engine)
             app.state.resolve = Resolver(engine)
+            app.state.pages = Rendered()
             try:
                 yield
             finally:

@@ -11,7 +11,7 @@ import asyncio
 import secrets
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 
 from orchestrator.pool import group_qr
 from orchestrator.scans import count_scan
@@ -44,8 +44,8 @@ async def scan(request: Request) -> Response:
     visitor, new = _visitor(request)
     found = scanned  # counted and placed in one round trip to Redis
     place = await state.pool.assign(scanned.event_id, visitor, also=lambda pipe: count_scan(pipe, found, visitor))
-    response = page(request, "join.html", {"s": scanned, "group": place.group})
-    response.headers["Cache-Control"] = "no-store"
+    html = state.pages.get((code, place.group, scanned.event_state), "join.html", {"s": scanned, "group": place.group})
+    response = HTMLResponse(html, headers={"Cache-Control": "no-store"})
     if new:
         response.set_cookie(VISITOR_COOKIE, visitor, max_age=YEAR, httponly=True, samesite="lax",
                             secure=request.url.scheme == "https")
