@@ -165,12 +165,17 @@ def render_copy(source: str, context: Mapping[str, Any], *, html: bool = False) 
         raise  # not reached: handle_exception re-raises with the template's traceback
 
 
+def date_text(start: datetime) -> str:
+    """`12月5日（周六）`: how copy and pages write a live's day."""
+    return f"{start.month}月{start.day}日（周{WEEKDAYS_ZH[start.weekday()]}）"
+
+
 def event_view(pb_id: str, title: str, start: datetime, end: datetime, room_url: str, platform: str) -> dict[str, Any]:
     """The `event` object copy sees; times are already in the event timezone."""
-    date_text = f"{start.month}月{start.day}日（周{WEEKDAYS_ZH[start.weekday()]}）"
+    day = date_text(start)
     return {
         "id": pb_id, "title": title, "start": start, "end": end,
-        "date_text": date_text, "time_text": f"{start:%H:%M}",
-        "start_text": f"{date_text}{start:%H:%M}", "end_text": f"{end:%H:%M}",
+        "date_text": day, "time_text": f"{start:%H:%M}",
+        "start_text": f"{day}{start:%H:%M}", "end_text": f"{end:%H:%M}",
         "room_url": room_url, "platform": platform,
     }

@@ -155,20 +155,12 @@ class Pool:
         async with lock:  # the first scans of a burst all find the pool missing: one of them loads it
             if await self.redis.hexists(_keys(event_id)[0], "n"):  # type: ignore[misc]
                 return int(await self.redis.hget(_keys(event_id)[0], "n"))  # type: ignore[misc]
-            groups = await asyncio.to_thread(_pool_rows, self.engine, event_id)
-            if not groups:
-                return 0
-            args: list[int] = []
-            for number, margin, expires_at in groups:
-                args += [number, margin, int(expires_at.timestamp()) if expires_at else 0]
-            return int(await self._load(keys=_keys(event_id)[:1], args=args))
+            return await self.refresh(event_id)
 
     async def refresh(self, event_id: str) -> int:
         """Copy groups added to the store since the pool was loaded (`groups add`)."""
         groups = await asyncio.to_thread(_pool_rows, self.engine, event_id)
-        args: list[int] = []
-        for number, margin, expires_at in groups:
-            args += [number, margin, int(expires_at.timestamp()) if expires_at else 0]
+        args = [v for number, margin, expires_at in groups for v in (number, margin, int(expires_at.timestamp()) if expires_at else 0)]
         return int(await self._load(keys=_keys(event_id)[:1], args=args)) if args else 0
 
     async def health(self, event_id: str, now: datetime, soon: float = 86400.0) -> Health | None:

@@ -16,12 +16,12 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from sqlalchemy import Engine, select
 
+from orchestrator.copytext import date_text
 from orchestrator.store import Event, Guide, ScanCode
 
 SCANCODE = ScanCode.__table__  # type: ignore[attr-defined]
 EVENT = Event.__table__  # type: ignore[attr-defined]
 GUIDE = Guide.__table__  # type: ignore[attr-defined]
-WEEKDAYS_ZH = "一二三四五六日"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +40,7 @@ class Scanned:
 
     @property
     def start_text(self) -> str:
-        s = self.live_start
-        return f"{s.month}月{s.day}日（周{WEEKDAYS_ZH[s.weekday()]}）{s:%H:%M}"
+        return f"{date_text(self.live_start)}{self.live_start:%H:%M}"
 
 
 def resolve(engine: Engine, code: str) -> Scanned | None:
@@ -77,10 +76,10 @@ class Resolver:
         return False, None
 
     def __call__(self, code: str) -> Scanned | None:
+        known, found = self.cached(code)
+        if known:
+            return found
         now = time.monotonic()
-        hit = self._seen.get(code)
-        if hit is not None and hit[0] > now:
-            return hit[1]
         found = resolve(self.engine, code)
         if len(self._seen) >= self.size:
             self._seen.clear()
