@@ -50,6 +50,16 @@ def _check(file: str, start: datetime | None) -> tuple[LoadedPlaybook | None, li
     return check(file, start)
 
 
+def _checked_or_exit(file: str, start: datetime | None) -> LoadedPlaybook:
+    """The loaded playbook; its findings printed; exit 1 when it has errors."""
+    loaded, diags = _check(file, start)
+    errors, _warnings = _report(file, diags, _console(err=True))
+    if loaded is None or errors:
+        click.echo(_summary(file, errors, len(diags) - errors), err=True)
+        sys.exit(1)
+    return loaded
+
+
 def _localized(loaded: LoadedPlaybook, start: datetime | None) -> datetime | None:
     return None if start is None else localize(start, loaded.playbook.tz)
 
@@ -117,11 +127,7 @@ def validate(files: tuple[str, ...], strict: bool, as_json: bool, start: str | N
 def plan_command(file: str, start: str | None, as_json: bool, html_out: str | None) -> None:
     """Show the exact timeline the engine will run."""
     moment = _start_option(start)
-    loaded, diags = _check(file, moment)
-    errors, _warnings = _report(file, diags, _console(err=True))
-    if loaded is None or errors:
-        click.echo(_summary(file, errors, len(diags) - errors), err=True)
-        sys.exit(1)
+    loaded = _checked_or_exit(file, moment)
     p = plan(loaded, _localized(loaded, moment))
     if html_out:
         from orchestrator.timeline import write_timeline
@@ -134,6 +140,43 @@ def plan_command(file: str, start: str | None, as_json: bool, html_out: str | No
         from orchestrator.table import print_plan
 
         print_plan(p, _console())
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs and an index.html to look at them.")
+@click.option("--start", help="Print this live start instead of the playbook's (ISO 8601).")
+def posters(file: str, out: str, start: str | None) -> None:
+    """Render the posters, one per guide x hook variant, for review (nothing is scheduled).
+
+    Their QR codes carry draft links (/s/draft-<channel code>-<variant>); the posters the
+    engine delivers to guides carry each guide's real scan code."""
+    from rich.progress import Progress
+
+    from orchestrator import poster
+
+    moment = _start_option(start)
+    loaded = _checked_or_exit(file, moment)
+    settings = Settings.from_env()
+    font = settings.font_path
+    for what, chars in poster.coverage(loaded, font).items():
+        click.echo(_("warning: the poster font has no glyph for {chars} ({what}); they print as boxes. Set ORCH_POSTER_FONT to a font that has them").format(
+            chars=" ".join(chars), what=what), err=True)
+    links = {(g.id, v.id): poster.scan_link(settings.public_url, poster.draft_code(g, v.id))
+             for g in loaded.guides for v in loaded.playbook.path.poster.variants}
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    made: list[poster.Made] = []
+    specs = list(poster.specs(loaded, _localized(loaded, moment), links))
+    with Progress(console=_console(err=True), transient=True) as progress:
+        task = progress.add_task(_("posters"), total=len(specs))
+        for guide, variant, spec in specs:
+            m = poster.Made(guide, variant, spec.link, poster.render(spec, font))
+            (folder / m.filename).write_bytes(m.png)
+            made.append(m)
+            progress.advance(task)
+    poster.write_index(folder / "index.html", loaded.playbook.title, made)
+    click.echo(_("{count} posters in {folder} (open index.html to see them side by side)").format(count=len(made), folder=folder))
 
 
 @cli.command()
@@ -199,7 +242,8 @@ def render(file: str, step: str, member_id: str | None, start: str | None) -> No
               help="Playbook to rehearse (default: playbooks/spring-reactivation.yaml if present, else the spring template written to --dir).")
 @click.option("--dir", "directory", default="demo-event", show_default=True, type=click.Path(file_okay=False), help="Where to write the template when no example is at hand.")
 @click.option("--seconds", default=90.0, show_default=True, help="About how long, in real seconds, the whole timeline takes.")
-def demo(playbook_file: str | None, directory: str, seconds: float) -> None:
+@click.option("--port", default=8000, show_default=True, help="Port of the web app started beside the worker (posters, scans, join pages); 0: none.")
+def demo(playbook_file: str | None, directory: str, seconds: float, port: int) -> None:
     """Rehearse a whole event on this machine: plan it, run it on a fast clock, show it live, write the report."""
     from orchestrator.demo import run_demo
     from orchestrator.table import print_plan
@@ -230,7 +274,7 @@ def demo(playbook_file: str | None, directory: str, seconds: float) -> None:
         settings.data_path.mkdir(parents=True, exist_ok=True)
         write_timeline(p, loaded, page)
         out.print(_("the timeline is drawn in {path}").format(path=page.resolve().as_uri()))
-        result = asyncio.run(run_demo(settings, engine, url, Path(playbook_file), seconds=seconds, console=out))
+        result = asyncio.run(run_demo(settings, engine, url, Path(playbook_file), seconds=seconds, console=out, web_port=port or None))
     out.print(_("event {event} closed after {seconds:.0f} s").format(event=result.event_id, seconds=result.seconds))
     if result.report is not None:
         out.print(_("report: {path}").format(path=result.report.resolve().as_uri()))

@@ -1,14 +1,19 @@
 """`orchestrator demo`: a whole event rehearsed on one machine, shown as it happens.
 
 Schedules a playbook (the spring example) as a rehearsal on an accelerated clock, runs a worker
-in this process on the embedded defaults, and prints the event log stage by stage with a
-progress bar per fan-out, until the event closes and its report is written.
+in this process and the web app in another (posters, scans, join pages) on the embedded defaults,
+and prints the event log stage by stage with a progress bar per fan-out, until the event closes
+and its report is written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,7 +48,60 @@ def speed_for(first: datetime, last: datetime, seconds: float) -> float:
     return max(1.0, (last - first).total_seconds() / seconds)
 
 
-async def run_demo(settings: Settings, engine: Engine, redis_url: str, playbook: Path, *, seconds: float, console: Console) -> DemoResult:
+class WebApp:
+    """`orchestrator web`'s app in a process of its own, on the demo's store and Redis."""
+
+    def __init__(self, settings: Settings, redis_url: str, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": redis_url, "ORCH_DATA_DIR": settings.data_dir,
+               "ORCH_PUBLIC_URL": settings.public_url}
+        self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "web.app:app_from_env", "--factory", "--host", "127.0.0.1",
+                                      "--port", str(port), "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL)
+
+    async def ready(self, timeout: float = 20.0) -> bool:
+        import aiohttp
+
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with session.get(self.url + "/healthz", timeout=aiohttp.ClientTimeout(total=1)) as r:
+                        if r.status == 200:
+                            return True
+                await asyncio.sleep(0.2)  # the process is still binding its port: nothing to await but that
+        return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+async def run_demo(settings: Settings, engine: Engine, redis_url: str, playbook: Path, *, seconds: float, console: Console,
+                   web_port: int | None = 8000) -> DemoResult:
+    web = None
+    if web_port:
+        if not os.environ.get("ORCH_PUBLIC_URL"):  # posters' QR codes lead to this demo's own web app
+            settings = dataclasses.replace(settings, public_url=f"http://127.0.0.1:{web_port}")
+        web = WebApp(settings, redis_url, web_port)
+        if await web.ready():
+            console.print(f"web: [bold]{web.url}[/] (posters, scans and join pages of this event; it stops with the demo)")
+        else:
+            console.print(f"[yellow]the web app did not start on port {web_port} (in use? choose another with --port); "
+                          f"the demo runs without it[/]")
+            web.stop()
+            web = None
+    try:
+        return await _run(settings, engine, redis_url, playbook, seconds=seconds, console=console)
+    finally:
+        if web is not None:
+            web.stop()
+
+
+async def _run(settings: Settings, engine: Engine, redis_url: str, playbook: Path, *, seconds: float, console: Console) -> DemoResult:
     from orchestrator.plan import plan
     from orchestrator.validate import check
 

@@ -6,7 +6,8 @@
      ├── UnknownStep          `render` was asked for a step or member the playbook does not have
      ├── CopyFailed           message copy cannot be rendered for a member
      ├── UnknownEvent         no scheduled event has that id
-     └── EventConflict        the request contradicts the event's state (scheduled with other content, cancelled, closed)
+     ├── EventConflict        the request contradicts the event's state (scheduled with other content, cancelled, closed)
+     └── PosterError          a poster cannot be made (unreadable background image or font)
 """
 
 from __future__ import annotations
@@ -48,3 +49,7 @@ class UnknownEvent(OrchestratorError):
 
 class EventConflict(OrchestratorError):
     """Scheduling, rescheduling or cancelling cannot be done in the event's present state."""
+
+
+class PosterError(OrchestratorError):
+    """A poster cannot be made: an unreadable background image or font."""

@@ -152,7 +152,7 @@ async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: dateti
                     await rt.limiter.acquire(channel_name, len(chunk), float(rate))
                 outcomes = await transport.send_batch([m for _c, m in chunk])
                 for (c, _m), outcome in zip(chunk, outcomes, strict=True):
-                    results.append(_result(c, outcome))
+                    results.append(result_of(c, outcome))
                     if outcome.state == "sent":
                         sent_members.append(c.member_id)
     sent_ids = {r.id for r in results if r.state == "sent"}
@@ -197,7 +197,7 @@ def _by_channel(items: list[tuple[Claimed, Outgoing]]) -> dict[str, list[tuple[C
     return out
 
 
-def _result(c: Claimed, outcome: Outcome) -> Result:
+def result_of(c: Claimed, outcome: Outcome) -> Result:
     if outcome.state == "sent":
         return Result(c.id, "sent", provider_id=outcome.provider_id)
     if outcome.state == "retry" and c.attempts < MAX_ATTEMPTS:

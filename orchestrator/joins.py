@@ -26,16 +26,17 @@ class Joined:
     at: datetime | None = None
 
 
-def record(engine: Engine, event_id: str, joins: list[Joined], source: str) -> tuple[int, int]:
-    """Record joins; (new, already known). One statement: all of them or, on error, none."""
+def record(engine: Engine, event_id: str, joins: list[Joined], source: str) -> tuple[list[Joined], int]:
+    """Record joins; (the new ones, how many were known). One statement: all of them or, on error, none."""
     if not joins:
-        return 0, 0
+        return [], 0
     insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
     rows = [{"event_id": event_id, "person": j.person, "group_number": j.group, "guide_id": j.guide, "source": source,
              "at": j.at or utc_now()} for j in joins]
     with engine.begin() as conn:
-        new = len(conn.execute(insert(JOIN).on_conflict_do_nothing().returning(JOIN.c.person), rows).all())
-    return new, len(joins) - new
+        added = {r[0] for r in conn.execute(insert(JOIN).on_conflict_do_nothing().returning(JOIN.c.person), rows).all()}
+    new = list({j.person: j for j in reversed(joins) if j.person in added}.values())[::-1]  # a person twice in one batch: the first
+    return new, len(joins) - len(new)
 
 
 def joined(engine: Engine, event_id: str) -> dict[str, int | None]:

@@ -239,6 +239,8 @@ class PosterLayout(Model):
     title: str | None = Field(None, description="headline; default: the event title")
     subtitle: str | None = None
     text_colour: str = Field("#FFFFFF", pattern=COLOUR, description="#RRGGBB")
+    accent_colour: str = Field("#FFD166", pattern=COLOUR, description="the label, the hook's band and the bullets, #RRGGBB")
+    incentives: list[Slug] | None = Field(None, description="ids of the lever's incentives printed under the hook (default: all; [] for none)")
 
 
 class Poster(Model):
@@ -268,8 +270,11 @@ class Join(Model):
     group_name: str = Field(description="name pattern; {n} is the group number, e.g. 春季焕活{n}群")
     welcome: str | None = Field(None, description="welcome copy sent once to each member who joins")
     welcome_file: str | None = None
+    welcome_channels: list[Channel] = Field(default_factory=lambda: [Channel.WECOM_CUSTOMER], min_length=1,
+                                            description="how the welcome reaches a person who joined, in order of preference")
     groups_per_join_way: int = Field(5, ge=1, description="WeCom: groups behind one join way (at most 5)")
     state_prefix: str = Field("", description="WeCom: prefix of the join way 'state' (+ guide channel code, ≤30 chars)")
+    chat_ids: list[str] = Field(default_factory=list, description="WeCom: chat ids of the customer groups the join way starts with (made in the WeCom app)")
     codes: list[WeChatGroupCode] = Field(default_factory=list, description="uploaded WeChat group codes")
 
 

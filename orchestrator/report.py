@@ -54,12 +54,15 @@ def report_data(engine: Engine, event_id: str, state: str | None = None) -> dict
     counts = ledger.step_counts(engine, event_id)
     with engine.connect() as conn:
         steps = conn.execute(select(STEP).where(STEP.c.event_id == event_id).order_by(STEP.c.at, STEP.c.step_id)).all()
-        reminded = conn.execute(select(func.count(func.distinct(SEND.c.member_id))).where(SEND.c.event_id == event_id, SEND.c.state == "sent")).scalar_one()
+        reminded = conn.execute(select(func.count(func.distinct(SEND.c.member_id))).where(
+            SEND.c.event_id == event_id, SEND.c.state == "sent", SEND.c.step_id.notin_(("poster", "welcome")))).scalar_one()
     rows = []
     for s in steps:
         for channel, states in sorted(counts.get(s.step_id, {}).items()):
             rows.append({"step": s.step_id, "stage": s.stage, "at": s.at.isoformat(), "channel": channel,
                          **{state: states.get(state, 0) for state in STATES}})
+    for channel, states in sorted(counts.get("welcome", {}).items()):  # welcomes follow joins, not a step of the timeline
+        rows.append({"step": "welcome", "stage": "join", "at": "", "channel": channel, **{state: states.get(state, 0) for state in STATES}})
     per_step: dict[str, dict[str, int]] = {}
     for r in rows:
         agg = per_step.setdefault(r["step"], {})

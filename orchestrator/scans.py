@@ -17,11 +17,12 @@ from redis.asyncio.client import Pipeline
 from sqlalchemy import Engine, select
 
 from orchestrator.copytext import date_text
-from orchestrator.store import Event, Guide, ScanCode
+from orchestrator.store import Event, Guide, JoinWay, ScanCode
 
 SCANCODE = ScanCode.__table__  # type: ignore[attr-defined]
 EVENT = Event.__table__  # type: ignore[attr-defined]
 GUIDE = Guide.__table__  # type: ignore[attr-defined]
+JOINWAY = JoinWay.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,7 @@ class Scanned:
     guide_name: str
     guide_contact: str | None
     variant: str
+    join_way_qr: str | None = None  # WeCom: the guide's group live code (its picture's URL); None: the pool's groups
 
     @property
     def start_text(self) -> str:
@@ -46,16 +48,18 @@ class Scanned:
 def resolve(engine: Engine, code: str) -> Scanned | None:
     """The event, guide and variant of `code`; None when no event has it."""
     stmt = (select(SCANCODE.c.code, SCANCODE.c.event_id, EVENT.c.state, EVENT.c.title, EVENT.c.live_start, EVENT.c.timezone,
-                   SCANCODE.c.guide_id, GUIDE.c.name, GUIDE.c.contact_code, SCANCODE.c.variant)
+                   SCANCODE.c.guide_id, GUIDE.c.name, GUIDE.c.contact_code, SCANCODE.c.variant, JOINWAY.c.qr_url)
             .join(EVENT, EVENT.c.id == SCANCODE.c.event_id)
             .outerjoin(GUIDE, (GUIDE.c.event_id == SCANCODE.c.event_id) & (GUIDE.c.guide_id == SCANCODE.c.guide_id))
+            .outerjoin(JOINWAY, (JOINWAY.c.event_id == SCANCODE.c.event_id) & (JOINWAY.c.guide_id == SCANCODE.c.guide_id))
             .where(SCANCODE.c.code == code))
     with engine.connect() as conn:
         row = conn.execute(stmt).first()
     if row is None:
         return None
-    code_, event_id, state, title, start, tz, guide_id, guide_name, contact, variant = row
-    return Scanned(code_, event_id, state, title, start.astimezone(ZoneInfo(tz)), guide_id, guide_name or guide_id, contact, variant)
+    code_, event_id, state, title, start, tz, guide_id, guide_name, contact, variant, join_way_qr = row
+    return Scanned(code_, event_id, state, title, start.astimezone(ZoneInfo(tz)), guide_id, guide_name or guide_id, contact, variant,
+                   join_way_qr)
 
 
 class Resolver:

@@ -313,6 +313,7 @@ def status(engine: Engine, event_id: str) -> dict[str, Any]:
              "sends": _totals(counts.get(s.step_id, {})), "channels": counts.get(s.step_id, {})}
             for s in steps
         ],
+        "welcomes": _totals(counts.get("welcome", {})),
         "unknown": ledger.unknown_rows(engine, event_id),
     }
 

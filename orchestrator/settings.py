@@ -6,6 +6,7 @@ Built once per entry point (CLI, web app, worker) and passed down; never read at
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -34,6 +35,12 @@ SETTINGS = (
     Setting("ORCH_ROUTES", None, "which transport delivers each channel, e.g. 'sms=webhook,email=console'; rehearsals default every channel to console"),
     Setting("ORCH_SEND_CONCURRENCY", "50", "sends in flight per worker"),
     Setting("ORCH_API_TOKEN", None, "bearer token of the web API (joins reported by platforms without callbacks); unset, the API is off"),
+    Setting("ORCH_WECOM_API", "https://qyapi.weixin.qq.com/cgi-bin/", "base URL of the WeCom server API"),
+    Setting("ORCH_WECOM_CORP_ID", None, "WeCom corp id (企业ID); with the secret, join ways are made and joins looked up"),
+    Setting("ORCH_WECOM_SECRET", None, "secret of the WeCom app with customer contact rights (客户联系 Secret)"),
+    Setting("ORCH_WECOM_TOKEN", None, "the callback Token set in WeCom's admin console (回调 Token)"),
+    Setting("ORCH_WECOM_AES_KEY", None, "the callback EncodingAESKey, 43 characters (回调 EncodingAESKey)"),
+    Setting("ORCH_POSTER_FONT", None, "an OpenType/TrueType font for posters (default: the shipped Noto Sans CJK SC subset, GB 2312)"),
 )
 
 
@@ -50,6 +57,12 @@ class Settings:
     routes: str | None
     send_concurrency: str
     api_token: str | None
+    wecom_api: str
+    wecom_corp_id: str | None
+    wecom_secret: str | None
+    wecom_token: str | None
+    wecom_aes_key: str | None
+    poster_font: str | None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, env_file: str | Path | None = ".env") -> Settings:
@@ -70,6 +83,11 @@ class Settings:
             raise ConfigError(f"ORCH_WEBHOOK_IDEMPOTENCY has value {values['webhook_idempotency']!r}; use 'on' or 'off'")
         if not str(values["send_concurrency"]).isdigit() or int(str(values["send_concurrency"])) < 1:
             raise ConfigError(f"ORCH_SEND_CONCURRENCY has value {values['send_concurrency']!r}; use a whole number of at least 1")
+        if values["poster_font"] is not None and not Path(str(values["poster_font"])).is_file():
+            raise ConfigError(f"ORCH_POSTER_FONT has value {values['poster_font']!r}; no such font file")
+        aes = values["wecom_aes_key"]
+        if aes is not None and (len(str(aes)) != 43 or not re.fullmatch(r"[A-Za-z0-9+/]{43}", str(aes))):
+            raise ConfigError("ORCH_WECOM_AES_KEY must be the 43-character EncodingAESKey WeCom shows (letters and digits)")
         settings = cls(**values)  # type: ignore[arg-type]
         settings.route_map()  # refuse bad routes now, not at the first send
         return settings
@@ -77,6 +95,21 @@ class Settings:
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def wecom_api_on(self) -> bool:
+        """Join ways can be made and joins looked up."""
+        return bool(self.wecom_corp_id and self.wecom_secret)
+
+    @property
+    def wecom_callbacks_on(self) -> bool:
+        return bool(self.wecom_corp_id and self.wecom_token and self.wecom_aes_key)
+
+    @property
+    def font_path(self) -> Path:
+        from orchestrator.poster import FONT
+
+        return Path(self.poster_font) if self.poster_font else FONT
 
     @property
     def concurrency(self) -> int:

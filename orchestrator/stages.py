@@ -2,7 +2,7 @@
 
 A step job starts by taking the step (one conditional UPDATE, so a duplicate job does nothing),
 applies the playbook's policy for late steps, then hands over to its stage. Stages owned by
-later work (posters, the group pool, draws) record the step and say so in the log.
+later work (draws) record the step and say so in the log.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ REHEARSAL_GRACE = 10.0
 CLOSE_WAIT = 30.0  # real seconds close waits for sends still going (JOB_TIMEOUT is 45)
 RETAKE_AFTER = timedelta(seconds=90)  # a step left `running` this long (its worker died) may be taken again
 LATER = {
-    "poster": "posters per guide arrive with the path work (issue: the path); recorded only",
     "draw_screenshot": "the draw is run by the lottery work (issue: draws); recorded only",
     "draw_deposit": "the deposit draw is run by the lottery work (issue: draws); recorded only",
 }
@@ -158,6 +157,38 @@ async def _live(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, cloc
     return note
 
 
+async def _posters(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, clock: Clock) -> str:
+    """Render a poster per guide x variant, store them, and send each guide the links to theirs."""
+    from orchestrator import posters
+
+    pb = loaded.playbook
+    codes = await rt.db(posters.codes_of, rt.engine, ev.id)
+    start = ev.live_start.astimezone(pb.tz)
+    made = await rt.db(posters.make, loaded, start, codes, rt.settings.public_url, rt.settings.font_path)
+    key = await rt.db(posters.store, rt.engine, ev.id, made, codes)
+    page = posters.page_url(rt.settings.public_url, ev.id, key)
+    routes = rt.routes(ev.mode)
+    channel = next((c.value for c in pb.path.poster.channels if c.value in routes), None)
+    transport = rt.transports.get(routes[channel]) if channel else None
+    note = f"{len(made)} posters ({len(loaded.guides)} guides x {len(pb.path.poster.variants)} variants); page {page}"
+    if channel is None or transport is None:
+        note += "; not delivered: no transport for the poster channels on this worker"
+    else:
+        base = rt.settings.public_url.rstrip("/")
+        links: dict[str, list[tuple[str, str]]] = {}
+        for m in made:
+            links.setdefault(m.guide.id, []).append((m.variant, f"{base}/p/{codes[(m.guide.id, m.variant)]}.png"))
+        post_at = moment_of(clock, step.at).astimezone(pb.tz)
+        texts = {g.id: posters.guide_text(g, pb.title, start, links.get(g.id, []), post_at) for g in loaded.guides}
+        sent, failed = await posters.deliver(rt.engine, ev.id, rt.worker_id, loaded.guides, texts, channel, routes[channel], transport)
+        note += f"; sent to {sent} guides through {channel}" + (f", {failed} failed" if failed else "")
+    await rt.db(_finish_step, rt, ev.id, step.step_id, "done", note, len(loaded.guides))
+    await rt.db(eventlog.record, rt.engine, ev.id, step.stage, f"{step.step_id}: {note}", step_id=step.step_id, event_time=clock.now(),
+                data={"posters": len(made), "page": page})
+    log.info("%s %s: %s", ev.id, step.step_id, note)
+    return note
+
+
 async def _join_open(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, clock: Clock) -> str:
     """The pool opens: its groups are put into Redis (scans before this also find it) and summed up."""
     join = loaded.playbook.path.join
@@ -166,12 +197,34 @@ async def _join_open(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook,
     if groups:
         note = f"group pool open: {count} groups, {sum(g.margin for g in groups):,} places before it runs out"
     elif join.kind == "wecom_join_way":
-        note = "group pool open without groups: WeCom join ways arrive with the WeCom work; scans show the guide's contact until then"
+        note = await _wecom_join_ways(rt, ev, loaded)
     else:
         note = "group pool open without groups: add one with `orchestrator groups add`; scans show the guide's contact until then"
     await rt.db(_finish_step, rt, ev.id, step.step_id, "done", note)
     await rt.db(eventlog.record, rt.engine, ev.id, step.stage, f"{step.step_id}: {note}", step_id=step.step_id, event_time=clock.now())
     return note
+
+
+async def _wecom_join_ways(rt: Runtime, ev: Event, loaded: LoadedPlaybook) -> str:
+    """A WeCom join way per guide; what happened, for the step's note."""
+    import aiohttp
+
+    from orchestrator.wecom import WeComClient, WeComError
+    from orchestrator.wecomjoins import open_join_ways
+
+    s = rt.settings
+    if not s.wecom_api_on:
+        return "WeCom is not configured (ORCH_WECOM_CORP_ID, ORCH_WECOM_SECRET): no join ways; scans show the guide's contact"
+    if not loaded.playbook.path.join.chat_ids:
+        return "no WeCom chat ids in path.join.chat_ids: no join ways; scans show the guide's contact"
+    async with aiohttp.ClientSession() as session:
+        client = WeComClient(session, rt.pool, str(s.wecom_corp_id), str(s.wecom_secret), base_url=s.wecom_api)
+        try:
+            made, before = await open_join_ways(client, rt.engine, ev.id, loaded)
+        except WeComError as e:
+            log.log(logging.ERROR, "%s: join ways not made: %s", ev.id, e)
+            return f"WeCom join ways failed: {e}; scans show the guide's contact for guides without one"
+    return f"WeCom join ways: {made} made now, {before} before ({len(loaded.guides)} guides); WeCom opens the next group when one is full"
 
 
 async def _close(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, clock: Clock) -> str:
@@ -303,5 +356,6 @@ HANDLERS: dict[str, Handler] = {
     "live_start": _live,
     "live_end": _live,
     "join_open": _join_open,
+    "poster": _posters,
     "close": _close,
 }

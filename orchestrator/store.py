@@ -64,6 +64,7 @@ class Event(SQLModel, table=True):
     real_origin: float = 0.0
     virtual_origin: float = 0.0
     audience: int = 0
+    poster_key: str | None = Field(default=None, max_length=32)  # the poster page's secret part, made at the poster step
     created_at: datetime = _ts(default_factory=utc_now)
     updated_at: datetime = _ts(default_factory=utc_now)
 
@@ -125,6 +126,8 @@ class ScanCode(SQLModel, table=True):
     event_id: str = Field(foreign_key="event.id", max_length=64)
     guide_id: str = Field(max_length=64)
     variant: str = Field(max_length=64)
+    poster: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))  # PNG, made at the poster step
+    poster_at: datetime | None = _ts(default=None)
 
 
 class ChatGroup(SQLModel, table=True):
@@ -143,6 +146,18 @@ class ChatGroup(SQLModel, table=True):
     qr_type: str | None = Field(default=None, max_length=16)  # image/png | image/jpeg
     expires_at: datetime | None = _ts(default=None)
     added_at: datetime = _ts(default_factory=utc_now)
+
+
+class JoinWay(SQLModel, table=True):
+    """A WeCom group live code (加入群聊 config) made for one guide of an event; its `state` tells
+    which guide a join came through."""
+
+    event_id: str = Field(primary_key=True, foreign_key="event.id", max_length=64)
+    guide_id: str = Field(primary_key=True, max_length=64)
+    state: str = Field(max_length=30, index=True)
+    config_id: str = Field(max_length=64)
+    qr_url: str
+    made_at: datetime = _ts(default_factory=utc_now)
 
 
 class Join(SQLModel, table=True):

@@ -128,6 +128,11 @@ def print_status(data: dict[str, Any], console: Console) -> None:
             *(str(sends.get(k, "")) if sends.get(k) else "" for k in ("sent", "failed", "unknown", "skipped")),
             str(open_rows) if open_rows else "", s["note"] or "",
         )
+    welcomes = data.get("welcomes") or {}
+    if welcomes:  # they follow joins, not the timeline
+        open_rows = welcomes.get("planned", 0) + welcomes.get("sending", 0)
+        table.add_row("", "welcome", "", *(str(welcomes.get(k, "")) if welcomes.get(k) else "" for k in ("sent", "failed", "unknown", "skipped")),
+                      str(open_rows) if open_rows else "", _("one to each person who joined"))
     console.print(table)
     unknown = data["unknown"]
     if unknown:

@@ -226,10 +226,18 @@ def _join(f: _Findings, pb: Playbook, loaded: LoadedPlaybook) -> None:
         if len(join.state_prefix) + len(longest) > JOIN_WAY_STATE:
             f.error(w + ("state_prefix",), "join-state-too-long", _("join way state '{state}' would be {n} characters; WeCom allows 30").format(
                 state=join.state_prefix + longest, n=len(join.state_prefix) + len(longest)))
+        if len(join.chat_ids) > join.groups_per_join_way:
+            f.error(w + ("chat_ids",), "join-way-groups", _("{n} chat ids, but a join way here holds {limit} groups (groups_per_join_way)").format(
+                n=len(join.chat_ids), limit=join.groups_per_join_way))
+        elif not join.chat_ids:
+            f.warn(w + ("kind",), "join-no-chats", _("no WeCom group chat ids yet: a join way starts from groups made in the WeCom app; list them under path.join.chat_ids"))
         if join.codes:
             f.error(w + ("codes",), "join-codes-kind", _("'codes' are uploaded WeChat group codes; they need kind: wechat_group_codes"), key=True)
-    elif not join.codes:
-        f.warn(w + ("kind",), "join-no-codes", _("no group codes yet: add them under path.join.codes before the join opens"))
+    else:
+        if join.chat_ids:
+            f.error(w + ("chat_ids",), "join-codes-kind", _("'chat_ids' are WeCom groups; they need kind: wecom_join_way"), key=True)
+        if not join.codes:
+            f.warn(w + ("kind",), "join-no-codes", _("no group codes yet: add them under path.join.codes before the join opens"))
     if join.welcome is not None and join.welcome_file is not None:
         f.error(w + ("welcome_file",), "one-copy", _("give the welcome copy once: 'welcome' or 'welcome_file', not both"), key=True)
 
@@ -239,6 +247,11 @@ def _poster(f: _Findings, pb: Playbook) -> None:
     where: Path_ = ("path", "poster", "layout")
     if layout.background.startswith("#") and not COLOUR.match(layout.background):
         f.error(where + ("background",), "colour", _("'{value}' is not a colour; write #RRGGBB, e.g. #C8102E").format(value=layout.background))
+    incentives = [i.id for i in pb.lever.incentives]
+    for j, ref in enumerate(layout.incentives or []):
+        if ref not in incentives:
+            f.error(where + ("incentives", j), "unknown-incentive", _("incentive '{id}' is not in lever.incentives").format(
+                id=ref) + (did_you_mean(ref, incentives) or " " + _("(known: {known})").format(known=", ".join(incentives))))
     if pb.path.poster.channels and Channel.WECOM_GROUP in pb.path.poster.channels:
         f.error(("path", "poster", "channels"), "poster-channel", _("posters go to guides, not into customer groups: use wecom_customer, email, sms, webhook or console"))
 

@@ -20,13 +20,14 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import Worker
 from sqlalchemy import Engine, func as sqlfunc, select
 
-from orchestrator import eventlog, jobs, ledger, poolwatch
+from orchestrator import eventlog, jobs, ledger, poolwatch, welcome
 from orchestrator.fanout import drain
+from orchestrator.load import LoadedPlaybook
 from orchestrator.runtime import HEARTBEAT, Runtime
-from orchestrator.scheduling import EVENT, STEP, event_clock, get_event
+from orchestrator.scheduling import EVENT, STEP, event_clock, get_event, loaded_event
 from orchestrator.settings import Settings
 from orchestrator.stages import run_step
-from orchestrator.store import Send, open_store, utc_now
+from orchestrator.store import Event, Send, open_store, utc_now
 
 log = logging.getLogger("orchestrator.worker")
 SEND = Send.__table__  # type: ignore[attr-defined]
@@ -98,6 +99,7 @@ async def upkeep(rt: Runtime) -> None:
     for event_id, step_id in await rt.db(_stalled_steps, rt.engine):
         await _restart_drain(rt, event_id, step_id, "stalled")
     await poolwatch.check(rt)
+    await welcome.send_due(rt, lambda event_id: _loaded(rt, event_id))
     for event_id, step_id, revision, at in await rt.db(_overdue_steps, rt.engine):
         ev = await rt.db(get_event, rt.engine, event_id)
         clock = event_clock(ev)
@@ -106,6 +108,11 @@ async def upkeep(rt: Runtime) -> None:
         if not await jobs.job_known(rt.pool, jobs.step_job_id(event_id, step_id, revision)):
             if await jobs.enqueue_step(rt.pool, clock, event_id, step_id, revision, at, suffix=":late"):
                 log.warning("%s %s: its job was lost (Redis restarted?); enqueued again", event_id, step_id)
+
+
+async def _loaded(rt: Runtime, event_id: str) -> tuple[Event, LoadedPlaybook]:
+    ev = await rt.db(get_event, rt.engine, event_id)
+    return ev, await rt.db(loaded_event, rt.engine, ev, members=False)
 
 
 async def _restart_drain(rt: Runtime, event_id: str, step_id: str, why: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from orchestrator import joins
+from orchestrator import joins, welcome
 from orchestrator.errors import UnknownEvent
 from orchestrator.pool import groups_of
 from orchestrator.scheduling import get_event
@@ -84,4 +84,5 @@ async def post_joins(request: Request) -> JSONResponse:
     if problem is not None:
         return problem
     new, known = await asyncio.to_thread(joins.record, engine, event_id, items, "api")
-    return JSONResponse({"recorded": new, "already": known})
+    await asyncio.to_thread(welcome.plan_for, engine, request.app.state.settings, event_id, new, "api")
+    return JSONResponse({"recorded": len(new), "already": known})

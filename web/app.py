@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+import aiohttp
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -21,9 +22,13 @@ from orchestrator.pool import Pool
 from orchestrator.scans import Resolver
 from orchestrator.settings import Settings
 from orchestrator.store import make_engine
+from orchestrator.wecom import WeComClient
+from orchestrator.wecom_crypto import WeComCrypto
 from web.api import post_joins
 from web.pages import Rendered
+from web.posterpages import poster_image, poster_page
 from web.scan import group_image, scan
+from web.wecom import callback as wecom_callback
 
 async def healthz(request: Request) -> JSONResponse:
     """Liveness: the process is up and serving."""
@@ -31,7 +36,7 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 def create_app(settings: Settings) -> Starlette:
-    """Build the app: health, the scan route and group QR images; ingestion and the board join later."""
+    """Build the app: health, the scan route, group QR images, posters; ingestion and the board join later."""
     from importlib.metadata import version
 
     @contextlib.asynccontextmanager
@@ -44,17 +49,27 @@ def create_app(settings: Settings) -> Starlette:
             app.state.pool = Pool(redis, engine)
             app.state.resolve = Resolver(engine)
             app.state.pages = Rendered()
-            try:
-                yield
-            finally:
-                await redis.aclose()
-                engine.dispose()
+            async with contextlib.AsyncExitStack() as stack:
+                if settings.wecom_callbacks_on:
+                    app.state.wecom_crypto = WeComCrypto(str(settings.wecom_token), str(settings.wecom_aes_key), str(settings.wecom_corp_id))
+                if settings.wecom_api_on:
+                    session = await stack.enter_async_context(aiohttp.ClientSession())
+                    app.state.wecom = WeComClient(session, redis, str(settings.wecom_corp_id), str(settings.wecom_secret),
+                                                  base_url=settings.wecom_api)
+                try:
+                    yield
+                finally:
+                    await redis.aclose()
+                    engine.dispose()
 
     app = Starlette(routes=[
         Route("/healthz", healthz),
         Route("/s/{code}", scan),
         Route("/g/{event}/{number:int}", group_image),
+        Route("/p/{code}.png", poster_image),
+        Route("/posters/{event}/{key}", poster_page),
         Route("/api/events/{event}/joins", post_joins, methods=["POST"]),
+        Route("/wecom/callback", wecom_callback, methods=["GET", "POST"]),
     ], lifespan=lifespan)
     app.state.settings = settings
     app.state.version = version("live-orchestrator")

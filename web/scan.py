@@ -42,9 +42,15 @@ async def scan(request: Request) -> Response:
         message = "这场活动已取消。" if scanned.event_state == "cancelled" else "这场活动已经结束，感谢关注！"
         return page(request, "gone.html", {"title": scanned.title, "message": message, "detail": ""}, status_code=410)
     visitor, new = _visitor(request)
-    found = scanned  # counted and placed in one round trip to Redis
-    place = await state.pool.assign(scanned.event_id, visitor, also=lambda pipe: count_scan(pipe, found, visitor))
-    html = state.pages.get((code, place.group, scanned.event_state), "join.html", {"s": scanned, "group": place.group})
+    found = scanned
+    if scanned.join_way_qr:  # WeCom: the guide's join way routes to a group with room itself
+        async with state.redis.pipeline(transaction=False) as pipe:
+            count_scan(pipe, found, visitor)
+            await pipe.execute()
+        html = state.pages.get((code, "join-way", scanned.event_state), "join.html", {"s": scanned, "group": None})
+    else:  # counted and placed in one round trip to Redis
+        place = await state.pool.assign(scanned.event_id, visitor, also=lambda pipe: count_scan(pipe, found, visitor))
+        html = state.pages.get((code, place.group, scanned.event_state), "join.html", {"s": scanned, "group": place.group})
     response = HTMLResponse(html, headers={"Cache-Control": "no-store"})
     if new:
         response.set_cookie(VISITOR_COOKIE, visitor, max_age=YEAR, httponly=True, samesite="lax",

@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,9 +103,12 @@ class Receiver:
         return out
 
 
-class RunningReceiver:
-    def __init__(self, receiver: Receiver) -> None:
-        self.receiver = receiver
+class RunningApp:
+    """An aiohttp.web application on loopback, on its own thread and event loop, for a `with` block."""
+
+    def __init__(self, add_routes: Callable[[web.Application], None]) -> None:
+        self.add_routes = add_routes
+        self.base = ""
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -113,22 +117,22 @@ class RunningReceiver:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         app = web.Application()
-        app.router.add_post("/hook", self.receiver.handle)
+        self.add_routes(app)
         self.runner = web.AppRunner(app, access_log=None)
         self.loop.run_until_complete(self.runner.setup())
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         self.loop.run_until_complete(site.start())
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.receiver.url = f"http://127.0.0.1:{port}/hook"
+        self.base = f"http://127.0.0.1:{port}"
         self.ready.set()
         self.loop.run_forever()
 
-    def __enter__(self) -> Receiver:
+    def start(self) -> str:
         self.thread.start()
         self.ready.wait(10)
-        return self.receiver
+        return self.base
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         async def stop() -> None:
             if self.runner is not None:
                 await self.runner.cleanup()
@@ -136,3 +140,16 @@ class RunningReceiver:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+class RunningReceiver:
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+        self.app = RunningApp(lambda app: app.router.add_post("/hook", receiver.handle))
+
+    def __enter__(self) -> Receiver:
+        self.receiver.url = self.app.start() + "/hook"
+        return self.receiver
+
+    def __exit__(self, *exc: object) -> None:
+        self.app.stop()

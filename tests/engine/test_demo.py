@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
+
+from tests.engine.test_pool import free_port
 
 
 def test_the_demo_runs_an_event_to_its_report_on_embedded_defaults(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "ORCH_DATA_DIR", "ORCH_ROUTES", "ORCH_WEBHOOK_URL")}
     env |= {"ORCH_LANG": "en", "COLUMNS": "160"}
-    done = subprocess.run([sys.executable, "-c", "from orchestrator.cli import main; main()", "demo", "--seconds", "12"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = done.stdout
+    port = free_port()
+    lines, fetched = [], {}
+    with subprocess.Popen([sys.executable, "-c", "from orchestrator.cli import main; main()", "demo", "--seconds", "12", "--port", str(port)],
+                          cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the web app runs beside the worker while the demo does: look at it then
+            lines.append(line)
+            found = re.search(r"(http://127\.0\.0\.1:\d+/posters/\S+/[\w-]+)", line)
+            if found and "posters" not in fetched:
+                with urllib.request.urlopen(found.group(1).rstrip(";"), timeout=10) as r:
+                    fetched["posters"] = r.read().decode()
+        assert proc.wait(300) == 0, "".join(lines)[-2000:]
+    out = "".join(lines)
+    assert f"web: http://127.0.0.1:{port}" in out
+    guides = len((tmp_path / "demo-event" / "guides.csv").read_text(encoding="utf-8-sig").strip().splitlines()) - 1
+    assert fetched["posters"].count("<img ") == guides * 2 >= 4  # each guide x 2 hook variants, served by the demo's web app
     for seen in ("reminder:day-before", "reminder:hour", "live starts", "host cue:", "event closed", "report: file://"):
         assert seen in out, f"{seen!r} missing from the demo's output"
     assert (tmp_path / "orchestrator.db").exists() and (tmp_path / "demo-event" / "playbook.yaml").exists()

@@ -44,14 +44,15 @@ GUIDES = "id,name,channel_code,contact_code\ng1,小李,G01,wx_xiaoli\ng2,小王,
 CST = timezone(timedelta(hours=8))
 
 
-def pool_event(folder: Path, groups: int = 5, capacity: int = 50, margin: int = 45, expires: str = "2027-06-15 00:00") -> Path:
+def pool_event(folder: Path, groups: int = 5, capacity: int = 50, margin: int = 45, expires: str = "2027-06-15 00:00",
+               join_extra: str = "") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     codes = []
     for n in range(1, groups + 1):
         (folder / f"g{n}.png").write_bytes(PNG + bytes([n]))
         codes.append(f"{{name: 测试群{n}, image: g{n}.png, expires: {expires}}}")
     join = (f'join: {{kind: wechat_group_codes, capacity: {capacity}, margin: {margin}, group_name: "测试群{{n}}", '
-            f'codes: [{", ".join(codes)}]}}')
+            f'{join_extra}codes: [{", ".join(codes)}]}}')
     files = EventFiles(people=crowd(3), guides=GUIDES, variants="[{id: A, hook: 进群抽奖}, {id: B, hook: 满减}]", join=join)
     return files.write(folder)
 
@@ -390,3 +391,37 @@ def test_a_pool_running_low_or_a_code_about_to_expire_alerts_the_staff_once(
     assert log[0]["message"] == "引擎测试直播：只剩135个名额（测试群1）"
     lines = [json.loads(line) for line in (Path(settings.data_dir) / "console" / f"{event_id}.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [line["channel"] for line in lines] == ["staff_alert", "staff_alert"] and lines[0]["text"] == log[0]["message"]
+
+
+def test_each_person_who_joins_is_welcomed_once_through_the_ledger(
+        tmp_path: Path, engine: Engine, redis_url: str, receiver: Any, make_settings: Callable[..., Settings]) -> None:
+    from orchestrator.store import Send
+    from tests.engine.conftest import running_worker, until
+
+    send = Send.__table__  # type: ignore[attr-defined]
+    welcome = 'welcome: "欢迎{{ member.name }}加入{{ group.name }}！{% if guide %}导购{{ guide.name }}{% endif %}", welcome_channels: [webhook], '
+    settings = make_settings(receiver, ORCH_ROUTES="sms=webhook,email=webhook,webhook=webhook", ORCH_API_TOKEN="tok", REDIS_URL=redis_url)
+    event_id = schedule(engine, settings, redis_url, pool_event(tmp_path / "event", groups=2, join_extra=welcome))
+    auth = {"Authorization": "Bearer tok"}
+    with TestClient(create_app(settings)) as api:
+        url = f"/api/events/{event_id}/joins"
+        assert api.post(url, json={"joins": [{"person": "m000001", "group": 2, "guide": "g1"}, {"person": "stranger", "group": 1}]},
+                        headers=auth).json() == {"recorded": 2, "already": 0}
+        assert api.post(url, json={"person": "m000001", "group": 2}, headers=auth).json() == {"recorded": 0, "already": 1}
+
+    def welcomes() -> list[Any]:
+        with engine.connect() as conn:
+            return list(conn.execute(select(send).where(send.c.event_id == event_id, send.c.step_id == "welcome")).all())
+
+    rows = welcomes()
+    assert [(r.member_id, r.channel, r.state) for r in rows] == [("m000001", "webhook", "planned"), ("stranger", "webhook", "planned")]
+
+    async def work() -> None:
+        async with running_worker(settings, redis_url, engine):
+            await until(lambda: all(r.state == "sent" for r in welcomes()), 30, "the welcomes to go out")
+    asyncio.run(work())
+    got = [r for r in receiver.requests if r.body["step"] == "welcome"]
+    assert sorted(r.body["member"]["id"] for r in got) == ["m000001", "stranger"]  # once each
+    text = {r.body["member"]["id"]: r.body["text"] for r in got}
+    assert text["m000001"] == "欢迎顾客1加入测试群2！导购小李"
+    assert text["stranger"] == "欢迎加入测试群1！"

@@ -1,0 +1,68 @@
+"""The poster step of a running event: posters made per guide x variant, stored, served, delivered once."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zxingcpp
+from PIL import Image
+from sqlalchemy import Engine, select
+from starlette.testclient import TestClient
+
+from orchestrator import posters
+from orchestrator.channels.console import ConsoleTransport
+from orchestrator.playbook import Guide
+from orchestrator.settings import Settings
+from orchestrator.store import Event
+from tests.engine.test_event_run import run_event, step_states
+from tests.engine.test_pool import codes_of, pool_event, quiet
+from web.app import create_app
+
+pytestmark = pytest.mark.db
+EVENT = Event.__table__  # type: ignore[attr-defined]
+
+
+def test_the_poster_step_makes_stores_serves_and_delivers_each_guides_posters_once(
+        tmp_path: Path, engine: Engine, redis_url: str, receiver: Any, make_settings: Callable[..., Settings]) -> None:
+    settings = quiet(make_settings)
+    event_id = asyncio.run(run_event(engine, settings, redis_url, pool_event(tmp_path / "event", groups=1)))
+    note = step_states(engine, event_id)["poster"].note
+    assert note is not None and note.startswith("4 posters (2 guides x 2 variants)") and "sent to 2 guides through console" in note
+    codes = codes_of(engine, event_id)
+    base = settings.public_url.rstrip("/")
+
+    lines = [json.loads(line) for line in (Path(settings.data_dir) / "console" / f"{event_id}.jsonl").read_text(encoding="utf-8").splitlines()]
+    to_guides = {line["member"]: line["text"] for line in lines if line["step"] == "poster"}
+    assert set(to_guides) == {"guide:g1", "guide:g2"}
+    for (guide, variant), code in codes.items():
+        assert f"版本 {variant}：{base}/p/{code}.png" in to_guides[f"guide:{guide}"]
+
+    with TestClient(create_app(make_settings(REDIS_URL=redis_url))) as client:
+        for code in codes.values():
+            r = client.get(f"/p/{code}.png")
+            assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+            found = [x.text for x in zxingcpp.read_barcodes(Image.open(io.BytesIO(r.content)))]
+            assert found == [f"{base}/s/{code}"]
+        with engine.connect() as conn:
+            key = conn.execute(select(EVENT.c.poster_key).where(EVENT.c.id == event_id)).scalar_one()
+        assert f"; page {base}/posters/{event_id}/{key};" in note
+        page = client.get(f"/posters/{event_id}/{key}")
+        assert page.status_code == 200
+        assert sorted(re.findall(r'<img src="[^"]*/p/(\w+)\.png"', page.text)) == sorted(codes.values())
+        assert client.get(f"/posters/{event_id}/wrong-key").status_code == 404
+        assert client.get("/p/nosuchcode.png").status_code == 404
+
+    # the step again (a retried job): the ledger has each guide's message, nothing goes twice
+    guides = [Guide("g1", "小李", "G01"), Guide("g2", "小王", "G02")]
+    again = asyncio.run(posters.deliver(engine, event_id, "w-test", guides, {"g1": "x", "g2": "y"}, "console", "console",
+                                        ConsoleTransport(Path(settings.data_dir) / "console")))
+    assert again == (0, 0)
+    after = (Path(settings.data_dir) / "console" / f"{event_id}.jsonl").read_text(encoding="utf-8").splitlines()
+    assert sum(json.loads(line)["step"] == "poster" for line in after) == 2
