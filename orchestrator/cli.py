@@ -450,18 +450,16 @@ def groups() -> None:
 @click.option("--margin", type=int, help="Move on to the next group at this many (default: the playbook's).")
 def groups_add(event: str, qr_file: str, expires: str, name: str | None, capacity: int | None, margin: int | None) -> None:
     """Add a WeChat group code to the end of EVENT's pool; scans reach it when the groups before it are full."""
-    from orchestrator.pool import Pool, add_group, groups_of
-    from orchestrator.scheduling import get_event, loaded_event
+    from orchestrator.pool import Pool, add_to_event
+    from orchestrator.scheduling import get_event
 
     with _services() as (_settings, engine, url):
         ev = get_event(engine, event)
-        join = loaded_event(engine, ev, members=False).playbook.path.join
         moment = _start_option(expires)
         assert moment is not None
         expires_at = localize(moment, ZoneInfo(ev.timezone)) if moment.tzinfo is None else moment
-        number = len(groups_of(engine, event)) + 1
-        number = add_group(engine, event, name or join.group_name.replace("{n}", str(number)), Path(qr_file).read_bytes(),
-                           capacity=capacity or join.capacity, margin=margin or join.margin, expires_at=expires_at, where=qr_file)
+        number = add_to_event(engine, event, Path(qr_file).read_bytes(), expires_at, name=name, capacity=capacity, margin=margin,
+                              where=qr_file)
 
         async def load(redis: Any) -> int:
             return await Pool(redis, engine).refresh(event)

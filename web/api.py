@@ -1,4 +1,5 @@
-"""The web API for platforms without callbacks: `POST /api/events/<event>/joins`.
+"""The web API: `POST /api/events/<event>/joins` (joins on platforms without callbacks) and
+`POST /api/events/<event>/groups` (a group code added to a running event's pool).
 
 Authenticated with `Authorization: Bearer <ORCH_API_TOKEN>`. The body is one join or
 `{"joins": [...]}`; each join is `{"person": "<member or platform user id>", "group": <number>,
@@ -86,3 +87,57 @@ async def post_joins(request: Request) -> JSONResponse:
     new, known = await asyncio.to_thread(joins.record, engine, event_id, items, "api")
     await asyncio.to_thread(welcome.plan_for, engine, request.app.state.settings, event_id, new, "api")
     return JSONResponse({"recorded": len(new), "already": known})
+
+
+MAX_QR_BYTES = 2_000_000
+
+
+async def post_group(request: Request) -> JSONResponse:
+    """`POST /api/events/<event>/groups?expires=...[&name=&capacity=&margin=]`, the body the group's
+    QR picture (PNG or JPEG): appended to the event's pool, which scans reach when the groups
+    before it are full. 201 with its number; 422 naming what is wrong, and nothing is stored."""
+    from zoneinfo import ZoneInfo
+
+    from orchestrator.errors import EventConflict
+    from orchestrator.plan import localize
+    from orchestrator.pool import BadGroup, add_to_event
+    from orchestrator.timespec import parse_moment
+
+    denied = _authorised(request)
+    if denied is not None:
+        return denied
+    state = request.app.state
+    event_id = request.path_params["event"]
+    try:
+        ev = await asyncio.to_thread(get_event, state.engine, event_id)
+    except UnknownEvent as e:
+        return _error(404, str(e))
+    q = request.query_params
+    unknown = set(q) - {"expires", "name", "capacity", "margin"}
+    if unknown:
+        return _error(422, f"unknown parameter {sorted(unknown)[0]!r}; use expires, name, capacity, margin", "query")
+    moment = parse_moment(q.get("expires", ""))
+    if moment is None:
+        return _error(422, "'expires' must be when the code stops working, e.g. 2026-12-12T19:00 (event timezone) or with an offset",
+                      "query.expires")
+    numbers: dict[str, int] = {}
+    for key in ("capacity", "margin"):
+        if key in q:
+            if not q[key].isdigit() or int(q[key]) < 1:
+                return _error(422, f"'{key}' must be a whole number of at least 1", f"query.{key}")
+            numbers[key] = int(q[key])
+    body = await request.body()
+    if not body:
+        return _error(422, "the body must be the group's QR picture (PNG or JPEG)", "body")
+    if len(body) > MAX_QR_BYTES:
+        return _error(413, f"the picture has {len(body):,} bytes; a group QR needs far fewer (at most {MAX_QR_BYTES:,})", "body")
+    expires_at = localize(moment, ZoneInfo(ev.timezone)) if moment.tzinfo is None else moment
+    try:
+        number = await asyncio.to_thread(add_to_event, state.engine, event_id, body, expires_at, name=q.get("name") or None,
+                                         where="the uploaded picture", **numbers)
+    except BadGroup as e:
+        return _error(422, str(e), "body" if "picture" in str(e) else "query")
+    except EventConflict as e:
+        return _error(409, str(e))
+    await state.pool.refresh(event_id)
+    return JSONResponse({"number": number}, status_code=201)

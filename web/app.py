@@ -24,7 +24,8 @@ from orchestrator.settings import Settings
 from orchestrator.store import make_engine
 from orchestrator.wecom import WeComClient
 from orchestrator.wecom_crypto import WeComCrypto
-from web.api import post_joins
+from web.api import post_group, post_joins
+from web.metrics import metrics
 from web.pages import Rendered
 from web.posterpages import poster_image, poster_page
 from web.scan import group_image, scan
@@ -64,11 +65,13 @@ def create_app(settings: Settings) -> Starlette:
 
     app = Starlette(routes=[
         Route("/healthz", healthz),
+        Route("/metrics", metrics),
         Route("/s/{code}", scan),
         Route("/g/{event}/{number:int}", group_image),
         Route("/p/{code}.png", poster_image),
         Route("/posters/{event}/{key}", poster_page),
         Route("/api/events/{event}/joins", post_joins, methods=["POST"]),
+        Route("/api/events/{event}/groups", post_group, methods=["POST"]),
         Route("/wecom/callback", wecom_callback, methods=["GET", "POST"]),
     ], lifespan=lifespan)
     app.state.settings = settings

@@ -392,6 +392,13 @@ def test_a_pool_running_low_or_a_code_about_to_expire_alerts_the_staff_once(
     lines = [json.loads(line) for line in (Path(settings.data_dir) / "console" / f"{event_id}.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [line["channel"] for line in lines] == ["staff_alert", "staff_alert"] and lines[0]["text"] == log[0]["message"]
 
+    with TestClient(create_app(make_settings(REDIS_URL=redis_url))) as web:  # and the metrics say so
+        text = web.get("/metrics").text
+    assert f'orchestrator_pool_places_left{{event="{event_id}"}} 135.0' in text
+    assert f'orchestrator_pool_codes_expiring{{event="{event_id}"}} 1.0' in text
+    assert f'orchestrator_pool_alerts{{event="{event_id}",kind="pool-low"}} 1.0' in text
+    assert f'orchestrator_pool_alerts{{event="{event_id}",kind="pool-expiring"}} 1.0' in text
+
 
 def test_each_person_who_joins_is_welcomed_once_through_the_ledger(
         tmp_path: Path, engine: Engine, redis_url: str, receiver: Any, make_settings: Callable[..., Settings]) -> None:
@@ -425,3 +432,44 @@ def test_each_person_who_joins_is_welcomed_once_through_the_ledger(
     text = {r.body["member"]["id"]: r.body["text"] for r in got}
     assert text["m000001"] == "欢迎顾客1加入测试群2！导购小李"
     assert text["stranger"] == "欢迎加入测试群1！"
+
+
+def test_groups_added_through_the_api_join_the_pool_and_bad_uploads_store_nothing(
+        tmp_path: Path, engine: Engine, redis_url: str, make_settings: Callable[..., Settings]) -> None:
+    event_id = schedule(engine, quiet(make_settings), redis_url, pool_event(tmp_path / "event", groups=1, capacity=3, margin=1))
+    code = codes_of(engine, event_id)[("g1", "A")]
+    auth = {"Authorization": "Bearer tok"}
+    url = f"/api/events/{event_id}/groups"
+    with TestClient(create_app(make_settings(REDIS_URL=redis_url, ORCH_API_TOKEN="tok"))) as api:
+        assert group_shown(api.get(f"/s/{code}").text) == 1
+        api.cookies.clear()
+        assert group_shown(api.get(f"/s/{code}").text) == 0  # the only group reached its margin
+
+        bad = [
+            ("?expires=2027-06-16T00:00", b"GIF89a not a group code", 422, "the uploaded picture is not a PNG or JPEG image", "body"),
+            ("?expires=2027-06-16T00:00", b"", 422, "the body must be the group's QR picture", "body"),
+            ("?expires=2020-01-01T00:00", PNG, 422, "the code expired at 2020-01-01T00:00:00+08:00", "query"),
+            ("?expires=next-week", PNG, 422, "'expires' must be when the code stops working", "query.expires"),
+            ("?expires=2027-06-16T00:00&capacity=10&margin=12", PNG, 422, "margin 12 is above the capacity 10", "query"),
+            ("?expires=2027-06-16T00:00&margn=12", PNG, 422, "unknown parameter 'margn'", "query"),
+        ]
+        for query, body, status, message, at in bad:
+            r = api.post(url + query, content=body, headers=auth)
+            assert (r.status_code, r.json().get("at")) == (status, at) and message in r.json()["error"], (query, r.json())
+        assert api.post(url + "?expires=2027-06-16T00:00", content=PNG).status_code == 401
+        assert api.post("/api/events/nope/groups?expires=2027-06-16T00:00", content=PNG, headers=auth).status_code == 404
+        assert [g.number for g in groups_of(engine, event_id)] == [1], "bad uploads store nothing"
+
+        r = api.post(url + "?expires=2027-06-16T00:00&name=加开群", content=PNG + b"new", headers=auth)
+        assert r.status_code == 201 and r.json() == {"number": 2}
+        api.cookies.clear()
+        assert group_shown(api.get(f"/s/{code}").text) == 2  # the next scanner reaches the new group at once
+        assert [(g.number, g.name) for g in groups_of(engine, event_id)] == [(1, "测试群1"), (2, "加开群")]
+        asyncio.run(_cancel(engine, redis_url, event_id))
+        r = api.post(url + "?expires=2027-06-16T00:00", content=PNG, headers=auth)
+        assert r.status_code == 409 and "cancelled" in r.json()["error"]
+
+
+async def _cancel(engine: Engine, redis_url: str, event_id: str) -> None:
+    async with arq_pool(redis_url) as pool:
+        await scheduling.cancel(engine, pool, event_id)
