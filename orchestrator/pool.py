@@ -15,7 +15,6 @@ jobs, the places live in Redis: run it with persistence.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -29,10 +28,17 @@ from orchestrator.store import ChatGroup, utc_now
 
 GROUP = ChatGroup.__table__  # type: ignore[attr-defined]
 
-# KEYS: pool hash, who hash. ARGV: visitor, now (epoch seconds).
-# Returns {group, new (1) or again (0), count} or {0, 0, 0} when every group is full or expired,
-# or {-1, 0, 0} when the pool is not in Redis yet.
+# KEYS: pool hash, who hash, then the tally's keys. ARGV: visitor, now (epoch seconds), and the
+# tally in one argument (few arguments are cheaper to send): ops separated by \30, each op
+# "<h|p>\31<key index>\31<field>": 'h' HINCRBY key field 1, 'p' PFADD key field.
+# The tally is counted first, whatever the answer. Returns {group, new (1) or again (0), count} or
+# {0, 0, 0} when every group is full or expired, or {-1, 0, 0} when the pool is not in Redis yet.
 ASSIGN = """
+if ARGV[3] then
+  for op, k, field in string.gmatch(ARGV[3], '([hp])\\31(%d+)\\31([^\\30]*)') do
+    if op == 'h' then redis.call('HINCRBY', KEYS[tonumber(k)], field, 1) else redis.call('PFADD', KEYS[tonumber(k)], field) end
+  end
+end
 local g = redis.call('HGET', KEYS[2], ARGV[1])
 if g then
   return {tonumber(g), 0, tonumber(redis.call('HGET', KEYS[1], 'count:' .. g) or '0')}
@@ -91,6 +97,29 @@ def image_type(data: bytes) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class Tally:
+    """Counters to bump in the same script that takes a place (a scan's counts): one command to
+    Redis instead of one per counter. `ops` are (op, 1-based index into `keys`, field) triples,
+    flattened; op 'h' adds 1 to a hash field, 'p' adds a member to a HyperLogLog."""
+
+    keys: tuple[str, ...]
+    ops: tuple[str, ...]
+
+    def packed(self, first_key: int) -> str:
+        """The ops as the script's one argument, key indexes counted from `first_key` (1-based)."""
+        return "\x1e".join(f"{self.ops[i]}\x1f{int(self.ops[i + 1]) + first_key - 1}\x1f{self.ops[i + 2]}" for i in range(0, len(self.ops), 3))
+
+    def apply(self, pipe: Pipeline) -> None:
+        """The same counts as commands of a pipeline (when no place is taken)."""
+        for i in range(0, len(self.ops), 3):
+            op, key, field = self.ops[i], self.keys[int(self.ops[i + 1]) - 1], self.ops[i + 2]
+            if op == "h":
+                pipe.hincrby(key, field, 1)
+            else:
+                pipe.pfadd(key, field)
+
+
+@dataclass(frozen=True, slots=True)
 class Place:
     """Where the pool sent a scanner: `group` 0 means every group is full (or its code expired)."""
 
@@ -122,31 +151,24 @@ class Pool:
         self._load = redis.register_script(LOAD)
         self._loading: dict[str, asyncio.Lock] = {}
 
-    async def assign(self, event_id: str, visitor: str, now: datetime | None = None,
-                     also: Callable[[Pipeline], object] | None = None) -> Place:
+    async def assign(self, event_id: str, visitor: str, now: datetime | None = None, tally: Tally | None = None) -> Place:
         """A place for `visitor` in the event's pool (the same one if they have one).
 
-        `also` may add other commands (a scan's counters) to the same round trip to Redis; they
-        run once whatever happens to the script.
+        `tally` is counted by the same script, once, whatever the answer (one round trip to Redis).
         """
         at = int((now or utc_now()).timestamp())
         keys = _keys(event_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if also is not None:
-                also(pipe)
-            pipe.evalsha(self._assign.sha, len(keys), *keys, visitor, str(at))
-            answers = await pipe.execute(raise_on_error=False)
-        answer = answers[-1]
+        extra_keys, ops = (list(tally.keys), [tally.packed(len(keys) + 1)]) if tally is not None else ([], [])
+        try:
+            answer = await self.redis.evalsha(self._assign.sha, len(keys) + len(extra_keys), *keys, *extra_keys, visitor, str(at), *ops)  # type: ignore[misc]
+        except NoScriptError:  # Redis restarted or flushed its scripts: load it (the tally was not counted)
+            answer = await self._assign(keys=keys + extra_keys, args=[visitor, at, *ops])
         for _attempt in range(2):
-            if isinstance(answer, NoScriptError):  # Redis restarted or flushed its scripts: load it
-                answer = await self._assign(keys=keys, args=[visitor, at])
-            elif isinstance(answer, Exception):
-                raise answer
             group, new, count = answer
             if group != -1:
                 return Place(int(group), bool(new), int(count))
             await self.load(event_id)
-            answer = await self._assign(keys=keys, args=[visitor, at])
+            answer = await self._assign(keys=keys, args=[visitor, at])  # counted already
         return Place(0, False, 0)  # the event has no groups at all
 
     async def load(self, event_id: str) -> int:

@@ -13,10 +13,10 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from sqlalchemy import Engine, select
 
 from orchestrator.copytext import date_text
+from orchestrator.pool import Tally
 from orchestrator.store import Event, Guide, JoinWay, ScanCode
 
 SCANCODE = ScanCode.__table__  # type: ignore[attr-defined]
@@ -91,16 +91,14 @@ class Resolver:
         return found
 
 
-def count_scan(pipe: Pipeline, scanned: Scanned, visitor: str) -> None:
-    """Add the counters of one scan of `scanned` by `visitor` (a random id from a first-party cookie) to `pipe`."""
+def scan_tally(scanned: Scanned, visitor: str) -> Tally:
+    """The counts of one scan of `scanned` by `visitor` (a random id from a first-party cookie):
+    per event, guide, variant and guide x variant, and unique people (HyperLogLog)."""
     e, g, v = scanned.event_id, scanned.guide_id, scanned.variant
-    pipe.hincrby(f"orch:scans:{e}", "total", 1)
-    pipe.hincrby(f"orch:scans:{e}", f"g:{g}", 1)
-    pipe.hincrby(f"orch:scans:{e}", f"v:{v}", 1)
-    pipe.hincrby(f"orch:scans:{e}", f"gv:{g}:{v}", 1)
-    pipe.pfadd(f"orch:scanners:{e}", visitor)
-    pipe.pfadd(f"orch:scanners:{e}:g:{g}", visitor)
-    pipe.pfadd(f"orch:scanners:{e}:v:{v}", visitor)
+    keys = (f"orch:scans:{e}", f"orch:scanners:{e}", f"orch:scanners:{e}:g:{g}", f"orch:scanners:{e}:v:{v}")
+    ops = ("h", "1", "total", "h", "1", f"g:{g}", "h", "1", f"v:{v}", "h", "1", f"gv:{g}:{v}",
+           "p", "2", visitor, "p", "3", visitor, "p", "4", visitor)
+    return Tally(keys, ops)
 
 
 async def scan_counts(redis: Redis, event_id: str) -> dict[str, int]:

@@ -14,11 +14,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from orchestrator.pool import group_qr
-from orchestrator.scans import count_scan
+from orchestrator.scans import scan_tally
 from web.pages import page
 
 VISITOR_COOKIE = "ov"
 YEAR = 365 * 24 * 3600
+NO_STORE = {"Cache-Control": "no-store"}
 
 
 def _visitor(request: Request) -> tuple[str, bool]:
@@ -42,19 +43,19 @@ async def scan(request: Request) -> Response:
         message = "这场活动已取消。" if scanned.event_state == "cancelled" else "这场活动已经结束，感谢关注！"
         return page(request, "gone.html", {"title": scanned.title, "message": message, "detail": ""}, status_code=410)
     visitor, new = _visitor(request)
-    found = scanned
+    tally = scan_tally(scanned, visitor)
     if scanned.join_way_qr:  # WeCom: the guide's join way routes to a group with room itself
         async with state.redis.pipeline(transaction=False) as pipe:
-            count_scan(pipe, found, visitor)
+            tally.apply(pipe)
             await pipe.execute()
         html = state.pages.get((code, "join-way", scanned.event_state), "join.html", {"s": scanned, "group": None})
-    else:  # counted and placed in one round trip to Redis
-        place = await state.pool.assign(scanned.event_id, visitor, also=lambda pipe: count_scan(pipe, found, visitor))
+    else:  # counted and placed by one script: one round trip to Redis
+        place = await state.pool.assign(scanned.event_id, visitor, tally=tally)
         html = state.pages.get((code, place.group, scanned.event_state), "join.html", {"s": scanned, "group": place.group})
-    response = HTMLResponse(html, headers={"Cache-Control": "no-store"})
-    if new:
-        response.set_cookie(VISITOR_COOKIE, visitor, max_age=YEAR, httponly=True, samesite="lax",
-                            secure=request.url.scheme == "https")
+    response = HTMLResponse(html, headers=NO_STORE)
+    if new:  # the header written out: http.cookies would cost more than the rest of the answer
+        secure = "; Secure" if request.scope.get("scheme") == "https" else ""
+        response.raw_headers.append((b"set-cookie", f"{VISITOR_COOKIE}={visitor}; HttpOnly; Max-Age={YEAR}; Path=/; SameSite=lax{secure}".encode()))
     return response
 
 

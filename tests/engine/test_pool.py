@@ -280,7 +280,7 @@ def test_the_join_page_in_a_real_browser(tmp_path: Path, engine: Engine, redis_u
 
 def test_a_scan_after_redis_forgot_its_scripts_is_placed_and_counted_once(
         tmp_path: Path, engine: Engine, redis_url: str, make_settings: Callable[..., Settings]) -> None:
-    from orchestrator.scans import count_scan, resolve
+    from orchestrator.scans import resolve, scan_tally
 
     event_id = schedule(engine, quiet(make_settings), redis_url, pool_event(tmp_path / "event"))
     scanned = resolve(engine, codes_of(engine, event_id)[("g1", "A")])
@@ -293,7 +293,7 @@ def test_a_scan_after_redis_forgot_its_scripts_is_placed_and_counted_once(
             groups = []
             for visitor in ("a" * 32, "b" * 32):
                 await redis.script_flush()  # a restarted Redis knows no scripts
-                place = await pool.assign(event_id, visitor, also=lambda pipe, v=visitor: count_scan(pipe, scanned, v))
+                place = await pool.assign(event_id, visitor, tally=scan_tally(scanned, visitor))
                 groups.append(place.count)
             return groups, await scan_counts(redis, event_id)
         finally:
@@ -473,3 +473,26 @@ def test_groups_added_through_the_api_join_the_pool_and_bad_uploads_store_nothin
 async def _cancel(engine: Engine, redis_url: str, event_id: str) -> None:
     async with arq_pool(redis_url) as pool:
         await scheduling.cancel(engine, pool, event_id)
+
+
+def test_the_visitor_cookie_is_first_party_random_and_recognised_on_the_next_scan(
+        tmp_path: Path, engine: Engine, redis_url: str, make_settings: Callable[..., Settings], client: TestClient) -> None:
+    event_id = schedule(engine, quiet(make_settings), redis_url, pool_event(tmp_path / "event", groups=2, margin=45))
+    code = codes_of(engine, event_id)[("g1", "A")]
+    first = client.get(f"/s/{code}")
+    cookie = first.headers["set-cookie"]
+    assert re.fullmatch(r"ov=[0-9a-f]{32}; HttpOnly; Max-Age=31536000; Path=/; SameSite=lax", cookie), cookie
+    again = client.get(f"/s/{code}")  # the client sends the cookie back
+    assert "set-cookie" not in again.headers and group_shown(again.text) == group_shown(first.text) == 1
+    client.cookies.clear()
+    https = client.get(f"https://testserver/s/{code}")
+    assert https.headers["set-cookie"].endswith("; Secure")
+
+    async def counts() -> dict[str, int]:
+        redis = Redis.from_url(redis_url)
+        try:
+            return await scan_counts(redis, event_id)
+        finally:
+            await redis.aclose()
+    seen = asyncio.run(counts())
+    assert seen["total"] == 3 and seen["people"] == 2 and seen["g:g1"] == 3 and seen["gv:g1:A"] == 3
