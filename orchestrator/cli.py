@@ -443,16 +443,26 @@ def groups() -> None:
 
 @groups.command("add")
 @click.argument("event")
-@click.option("--qr", "qr_file", required=True, type=click.Path(exists=True, dir_okay=False), help="The group's QR code picture (PNG or JPEG).")
-@click.option("--expires", required=True, help="When the code stops working, ISO 8601 in the event's timezone (a WeChat group code: 7 days after it was saved).")
+@click.option("--qr", "qr_file", type=click.Path(exists=True, dir_okay=False), help="A WeChat group's QR code picture (PNG or JPEG).")
+@click.option("--expires", help="When the code stops working, ISO 8601 in the event's timezone (a WeChat group code: 7 days after it was saved).")
+@click.option("--wecom-chat", help="Instead: the chat id of a WeCom customer group to put behind the event's join ways.")
 @click.option("--name", help="Group name (default: the playbook's pattern with the next number).")
 @click.option("--capacity", type=int, help="Members the group holds (default: the playbook's).")
 @click.option("--margin", type=int, help="Move on to the next group at this many (default: the playbook's).")
-def groups_add(event: str, qr_file: str, expires: str, name: str | None, capacity: int | None, margin: int | None) -> None:
-    """Add a WeChat group code to the end of EVENT's pool; scans reach it when the groups before it are full."""
+def groups_add(event: str, qr_file: str | None, expires: str | None, wecom_chat: str | None, name: str | None, capacity: int | None,
+               margin: int | None) -> None:
+    """Add a group to EVENT's pool: a WeChat group code (--qr, --expires), reached when the groups
+    before it are full, or a WeCom customer group (--wecom-chat) behind its join ways."""
     from orchestrator.pool import Pool, add_to_event
     from orchestrator.scheduling import get_event
 
+    if wecom_chat is not None:
+        if qr_file or expires:
+            raise click.UsageError(_("--wecom-chat adds a WeCom group; --qr and --expires are for WeChat group codes"))
+        _add_wecom_chat(event, wecom_chat)
+        return
+    if not qr_file or not expires:
+        raise click.UsageError(_("give --qr and --expires (a WeChat group code), or --wecom-chat"))
     with _services() as (_settings, engine, url):
         ev = get_event(engine, event)
         moment = _start_option(expires)
@@ -466,6 +476,28 @@ def groups_add(event: str, qr_file: str, expires: str, name: str | None, capacit
 
         asyncio.run(_with_redis(url, load))
     click.echo(_("group {n} added to {event}").format(n=number, event=event))
+
+
+def _add_wecom_chat(event: str, chat_id: str) -> None:
+    import aiohttp
+
+    from orchestrator.errors import ConfigError
+    from orchestrator.scheduling import get_event, loaded_event
+    from orchestrator.wecom import WeComClient
+    from orchestrator.wecomjoins import add_chat
+
+    with _services() as (settings, engine, url):
+        if not settings.wecom_api_on:
+            raise ConfigError("set ORCH_WECOM_CORP_ID and ORCH_WECOM_SECRET to change WeCom join ways")
+        loaded = loaded_event(engine, get_event(engine, event), members=False)
+
+        async def update(redis: Any) -> int:
+            async with aiohttp.ClientSession() as session:
+                client = WeComClient(session, redis, str(settings.wecom_corp_id), str(settings.wecom_secret), base_url=settings.wecom_api)
+                return await add_chat(client, engine, event, loaded, chat_id)
+
+        updated = asyncio.run(_with_redis(url, update))
+    click.echo(_("WeCom group {chat} is behind {n} join ways of {event}").format(chat=chat_id, n=updated, event=event))
 
 
 @groups.command("list")

@@ -122,8 +122,12 @@ class WeComClient:
         return JoinWay(config_id, await self.join_way_qr(config_id), state)
 
     async def join_way_qr(self, config_id: str) -> str:
+        return str((await self.get_join_way(config_id))["qr_code"])
+
+    async def get_join_way(self, config_id: str) -> dict[str, Any]:
         answer = await self.call("externalcontact/groupchat/get_join_way", {"config_id": config_id})
-        return str(answer["join_way"]["qr_code"])
+        way: dict[str, Any] = answer["join_way"]
+        return way
 
     async def update_join_way(self, config_id: str, *, state: str, room_base_name: str, chat_ids: list[str], remark: str) -> None:
         await self.call("externalcontact/groupchat/update_join_way", {

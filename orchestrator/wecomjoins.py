@@ -60,6 +60,34 @@ async def open_join_ways(client: WeComClient, engine: Engine, event_id: str, loa
     return made, len(have)
 
 
+def _ways(engine: Engine, event_id: str) -> list[tuple[str, str]]:
+    with engine.connect() as conn:
+        return [(c, st) for c, st in conn.execute(select(JOINWAY.c.config_id, JOINWAY.c.state).where(JOINWAY.c.event_id == event_id))]
+
+
+async def add_chat(client: WeComClient, engine: Engine, event_id: str, loaded: LoadedPlaybook, chat_id: str) -> int:
+    """Put a customer group made in the WeCom app behind every join way of the event
+    (`update_join_way`); how many were updated. BadGroup when a join way is already full."""
+    from orchestrator.pool import BadGroup
+
+    join = loaded.playbook.path.join
+    ways = await asyncio.to_thread(_ways, engine, event_id)
+    if not ways:
+        raise BadGroup(f"event {event_id} has no WeCom join ways yet: they are made at its join step")
+    updated = 0
+    for config_id, state in ways:
+        chats = list((await client.get_join_way(config_id)).get("chat_id_list") or [])
+        if chat_id in chats:
+            continue
+        if len(chats) >= min(5, join.groups_per_join_way):
+            raise BadGroup(f"join way {config_id} already holds {len(chats)} groups (at most {min(5, join.groups_per_join_way)}); "
+                           f"WeCom opens new ones itself when they fill")
+        await client.update_join_way(config_id, state=state, room_base_name=join.group_name.replace("{n}", ""), chat_ids=chats + [chat_id],
+                                     remark=event_id[:30])
+        updated += 1
+    return updated
+
+
 def _event_of_state(engine: Engine, state: str) -> tuple[str, str] | None:
     """(event id, guide id) of the newest running or scheduled event whose join way has `state`."""
     stmt = (select(JOINWAY.c.event_id, JOINWAY.c.guide_id).join(EVENT, EVENT.c.id == JOINWAY.c.event_id)

@@ -113,9 +113,11 @@ async def post_group(request: Request) -> JSONResponse:
     except UnknownEvent as e:
         return _error(404, str(e))
     q = request.query_params
-    unknown = set(q) - {"expires", "name", "capacity", "margin"}
+    unknown = set(q) - {"expires", "name", "capacity", "margin", "wecom_chat"}
     if unknown:
-        return _error(422, f"unknown parameter {sorted(unknown)[0]!r}; use expires, name, capacity, margin", "query")
+        return _error(422, f"unknown parameter {sorted(unknown)[0]!r}; use expires, name, capacity, margin (or wecom_chat)", "query")
+    if "wecom_chat" in q:
+        return await _wecom_chat(request, ev, q["wecom_chat"])
     moment = parse_moment(q.get("expires", ""))
     if moment is None:
         return _error(422, "'expires' must be when the code stops working, e.g. 2026-12-12T19:00 (event timezone) or with an offset",
@@ -141,3 +143,28 @@ async def post_group(request: Request) -> JSONResponse:
         return _error(409, str(e))
     await state.pool.refresh(event_id)
     return JSONResponse({"number": number}, status_code=201)
+
+
+async def _wecom_chat(request: Request, ev: Any, chat_id: str) -> JSONResponse:
+    """`?wecom_chat=<chat id>`: a WeCom customer group made in the app, put behind the event's join ways."""
+    from orchestrator.pool import BadGroup
+    from orchestrator.scheduling import loaded_event
+    from orchestrator.wecom import WeComError
+    from orchestrator.wecomjoins import add_chat
+
+    state = request.app.state
+    wecom = getattr(state, "wecom", None)
+    if wecom is None:
+        return _error(503, "WeCom is not configured on the web processes (ORCH_WECOM_CORP_ID, ORCH_WECOM_SECRET)")
+    if ev.state in ("cancelled", "closed"):
+        return _error(409, f"event {ev.id} is {ev.state}: its pool takes no more groups")
+    if not chat_id.strip() or len(chat_id) > 64:
+        return _error(422, "'wecom_chat' must be a WeCom group chat id", "query.wecom_chat")
+    loaded = await asyncio.to_thread(loaded_event, state.engine, ev, members=False)
+    try:
+        updated = await add_chat(wecom, state.engine, ev.id, loaded, chat_id)
+    except BadGroup as e:
+        return _error(422, str(e), "query.wecom_chat")
+    except WeComError as e:
+        return _error(502, str(e))
+    return JSONResponse({"join_ways_updated": updated})

@@ -143,10 +143,11 @@ class FakeWeCom:
         return body, {"msg_signature": signature, "timestamp": ts, "nonce": nonce}
 
     @staticmethod
-    def post(url: str, body: bytes, params: dict[str, str]) -> tuple[int, str]:
-        """POST a callback like WeCom does; (status, answer)."""
-        req = urllib.request.Request(url + "?" + urllib.parse.urlencode(params), data=body, method="POST",
-                                     headers={"Content-Type": "text/xml"})
+    def post(url: str, body: bytes, params: dict[str, str], bearer: str | None = None) -> tuple[int, str]:
+        """POST a callback like WeCom does (or, with `bearer`, call our API); (status, answer)."""
+        headers = {"Content-Type": "text/xml"} | ({"Authorization": f"Bearer {bearer}"} if bearer else {})
+        query = ("&" if "?" in url else "?") + urllib.parse.urlencode(params) if params else ""
+        req = urllib.request.Request(url + query, data=body, method="POST", headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=10) as r:
                 return r.status, r.read().decode()

@@ -131,7 +131,7 @@ def test_concurrent_scans_across_two_web_processes_fill_groups_in_order_never_pa
     event_id = schedule(engine, quiet(make_settings), redis_url, pool_event(tmp_path / "event"))
     codes = list(codes_of(engine, event_id).values())
     assert len(codes) == 4, "one code per guide x variant"
-    servers = [WebProcess(web_env), WebProcess(web_env)]
+    servers = [WebProcess({**web_env, "ORCH_API_TOKEN": "tok"}), WebProcess({**web_env, "ORCH_API_TOKEN": "tok"})]
     try:
         for s in servers:
             s.wait()
@@ -142,7 +142,13 @@ def test_concurrent_scans_across_two_web_processes_fill_groups_in_order_never_pa
                     async with session.get(f"{servers[i % 2].url}/s/{codes[i % 4]}") as resp:
                         html = await resp.text()
                         again = await (await session.get(f"{servers[(i + 1) % 2].url}/s/{codes[i % 4]}")).text()
-                        return resp.status, group_shown(html), again
+                    # then they join the group shown, and the platform reports it (to either process, twice)
+                    join = {"person": f"p{i:03d}", "group": group_shown(html)}
+                    for server in (servers[(i + 1) % 2], servers[i % 2]):
+                        async with session.post(f"{server.url}/api/events/{event_id}/joins", json=join,
+                                                headers={"Authorization": "Bearer tok"}) as answer:
+                            assert answer.status == 200, await answer.text()
+                    return resp.status, group_shown(html), again
 
             return await asyncio.gather(*(one(i) for i in range(n)))
 
@@ -166,6 +172,10 @@ def test_concurrent_scans_across_two_web_processes_fill_groups_in_order_never_pa
     assert taken == {1: 45, 2: 45, 3: 45, 4: 45, 5: 20}, "totals match exactly"
     assert scans["total"] == 400 and scans["g:g1"] + scans["g:g2"] == 400 and scans["v:A"] + scans["v:B"] == 400
     assert abs(scans["people"] - 200) <= 4, "unique people by cookie (HyperLogLog, within 2%)"
+    from orchestrator.joins import joined
+
+    joins = joined(engine, event_id)
+    assert len(joins) == 200 and Counter(joins.values()) == taken, "each person's join counted once, in the group they were sent to"
 
 
 def test_a_full_pool_shows_the_guides_contact_and_a_group_added_later_takes_the_next_scans(

@@ -14,10 +14,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from click.testing import CliRunner
 from redis.asyncio import Redis
 from sqlalchemy import Engine, select
 from wechatpy.enterprise.crypto import WeChatCrypto
 
+from orchestrator.cli import cli
 from orchestrator.joins import joined
 from orchestrator.settings import Settings
 from orchestrator.store import Join, Send
@@ -33,7 +35,7 @@ pytestmark = pytest.mark.db
 JOIN = Join.__table__  # type: ignore[attr-defined]
 SEND = Send.__table__  # type: ignore[attr-defined]
 GUIDES = "id,name,channel_code,contact_code\ng1,小李,G01,wx_xiaoli\ng2,小王,G02,wx_xiaowang\n"
-WECOM_JOIN = ('join: {kind: wecom_join_way, capacity: 500, margin: 480, group_name: "测试群{n}", state_prefix: "t-", chat_ids: [chat-1], '
+WECOM_JOIN = ('join: {kind: wecom_join_way, capacity: 500, margin: 480, group_name: "测试群{n}", state_prefix: "t-", chat_ids: [chat-1], groups_per_join_way: 2, '
               'welcome: "欢迎加入{{ group.name }}{% if guide %}，导购{{ guide.name }}{% endif %}"}')
 ROUTES = "sms=console,email=console,wecom_customer=console"
 
@@ -160,8 +162,19 @@ def test_joins_arrive_through_callbacks_once_each_and_bad_callbacks_count_nowher
         await redis.aclose()
     asyncio.run(make_ways())
 
+    # a group made later in the WeCom app goes behind every guide's join way (update_join_way), once
+    env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "ORCH_DATA_DIR": str(tmp_path / "data"), **wecom.env()}
+    added = CliRunner().invoke(cli, ["groups", "add", event_id, "--wecom-chat", "chat-2"], env=env)
+    assert added.exit_code == 0, added.output
+    assert sorted(w["chat_id_list"] for w in wecom.join_ways.values()) == [["chat-1", "chat-2"]] * 2
+    again = CliRunner().invoke(cli, ["groups", "add", event_id, "--wecom-chat", "chat-2"], env=env)
+    assert again.exit_code == 0 and "behind 0 join ways" in again.output
+    full = CliRunner().invoke(cli, ["groups", "add", event_id, "--wecom-chat", "chat-3"], env=env)
+    assert full.exit_code == 1 and "already holds 2 groups" in full.output + str(full.exception or "")
+    assert len(wecom.bodies["externalcontact/groupchat/update_join_way"]) == 2
+
     web = WebProcess({"DATABASE_URL": database_url, "REDIS_URL": redis_url, "ORCH_DATA_DIR": str(tmp_path / "data"), "ORCH_ROUTES": ROUTES,
-                      **wecom.env()})
+                      "ORCH_API_TOKEN": "tok", **wecom.env()})
     try:
         web.wait()
         url = web.url + "/wecom/callback"
@@ -180,6 +193,12 @@ def test_joins_arrive_through_callbacks_once_each_and_bad_callbacks_count_nowher
             page = r.read().decode()
         config = next(c for c, w in wecom.join_ways.items() if w["state"] == "t-G01")
         assert wecom.join_ways[config]["qr_code"] in page
+
+        # or through the API: already there, nothing to update; a bad one is refused
+        api = f"{web.url}/api/events/{event_id}/groups?wecom_chat="
+        assert wecom.post(api + "chat-2", b"", {}, bearer="tok") == (200, '{"join_ways_updated":0}')
+        status, answer = wecom.post(api + "chat-9", b"", {}, bearer="tok")
+        assert status == 422 and "already holds 2 groups" in answer
 
         # a join through guide 1's code
         message = wecom.join("chat-1", "wmCustomer1", "t-G01")
