@@ -436,6 +436,66 @@ def web(host: str, port: int, workers: int) -> None:
                     access_log=False)
 
 
+@cli.command()
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+def verify(bundle: str) -> None:
+    """Recompute every draw of an audit bundle from its revealed seed: match or mismatch, and where."""
+    from orchestrator import drawproof
+
+    try:
+        data = json.loads(Path(bundle).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise click.ClickException(_("{file} is not an audit bundle (JSON): {reason}").format(file=bundle, reason=e)) from e
+    if not isinstance(data, dict) or "draws" not in data:
+        raise click.ClickException(_("{file} is not an audit bundle: it has no draws").format(file=bundle))
+    problems = drawproof.verify(data)
+    out = _console()
+    if not any(p.startswith(("seed:", "commitment:", "rules_hash:")) for p in problems):
+        out.print(_("commitment {hash}: match (seed and rules as published)").format(hash=str(data.get("commitment"))[:16] + "…"))
+    for i, d in enumerate(data.get("draws", [])):
+        mine = [p for p in problems if p.startswith(f"draws[{i}] ")]
+        state = _("void: {reason}").format(reason=d.get("reason")) if d.get("state") == "void" else ", ".join(map(str, d.get("winners", [])))
+        out.print(f"{d.get('id')}: " + (_("MISMATCH") if mine else _("match")) + f"  ({state})")
+    for p in problems:
+        out.print(f"[red]{p}[/]")
+    if problems:
+        sys.exit(1)
+
+
+@cli.command("export-audit")
+@click.argument("event")
+@click.option("--out", "folder", default=".", show_default=True, type=click.Path(file_okay=False), help="Folder to write <event>-audit.json into.")
+def export_audit(event: str, folder: str) -> None:
+    """Write EVENT's audit bundle: rules, commitment, every draw's entrants and winners, and the seed once it has closed."""
+    from orchestrator.draws import bundle as make_bundle
+    from orchestrator.draws import write_bundle
+    from orchestrator.store import open_store
+
+    engine = open_store(Settings.from_env().database_url)
+    path = write_bundle(engine, event, Path(folder))
+    if make_bundle(engine, event)["seed"] is None:
+        click.echo(_("note: {event} has not closed, so the seed is not in the bundle yet; verify needs it").format(event=event), err=True)
+    click.echo(_("wrote {path}").format(path=path))
+
+
+@cli.command()
+@click.argument("event")
+@click.argument("draw")
+@click.option("--disqualify", required=True, help="The winner (their id, as in the draw) who cannot take the prize.")
+@click.option("--why", required=True, help="The reason, kept in the audit bundle.")
+def redraw(event: str, draw: str, disqualify: str, why: str) -> None:
+    """Draw again for a disqualified winner of DRAW: a new draw linked to it, from the same seed (never a silent re-roll)."""
+    from orchestrator.draws import redraw as do_redraw
+    from orchestrator.store import open_store
+
+    engine = open_store(Settings.from_env().database_url)
+    made = do_redraw(engine, event, draw, disqualify, why)
+    if made.state == "void":
+        click.echo(_("{draw}: void ({reason})").format(draw=made.draw_id, reason=made.reason))
+    else:
+        click.echo(_("{draw}: {winner} wins in place of {who}").format(draw=made.draw_id, winner=", ".join(made.winners), who=disqualify))
+
+
 @cli.group()
 def groups() -> None:
     """The event's group pool (活码): list the groups, add one to a running event."""

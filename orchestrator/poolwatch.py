@@ -45,11 +45,11 @@ async def check(rt: Runtime) -> None:
         if health.places_left < alerts.pool_low_below and await _first(rt, f"orch:pool:{event_id}:warned:low"):
             default = f"【群池告警】{loaded.playbook.title}：群池只剩 {health.places_left} 个名额，请尽快添加新群（orchestrator groups add）"
             text = _text(loaded, alerts.pool_low, health.places_left, health.current, default)
-            await _alert(rt, event_id, "pool-low", text, {"places_left": health.places_left})
+            await staff_alert(rt, event_id, "pool-low", text, {"places_left": health.places_left})
         for number in health.expiring:
             if await _first(rt, f"orch:pool:{event_id}:warned:expiring:{number}"):
                 text = f"【群池告警】{loaded.playbook.title}：第 {number} 个群的二维码一天内过期，请更新群码或添加新群"
-                await _alert(rt, event_id, "pool-expiring", text, {"group": number})
+                await staff_alert(rt, event_id, "pool-expiring", text, {"group": number})
 
 
 async def _first(rt: Runtime, key: str) -> bool:
@@ -67,7 +67,8 @@ def _text(loaded: LoadedPlaybook, copy: str | None, left: int, current: int, def
         return f"{default}（告警文案出错：{e}）"
 
 
-async def _alert(rt: Runtime, event_id: str, kind: str, text: str, data: dict[str, int]) -> None:
+async def staff_alert(rt: Runtime, event_id: str, kind: str, text: str, data: dict[str, int]) -> None:
+    """Tell the staff: the log, the event log, and the console channel (the WeCom robot later)."""
     log.warning("%s: %s", event_id, text)
     await rt.db(eventlog.record, rt.engine, event_id, kind, text, data=data)
     console = rt.transports.get("console")

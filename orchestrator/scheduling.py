@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
-from orchestrator import eventlog, jobs, ledger
+from orchestrator import draws, eventlog, jobs, ledger
 from orchestrator.bundle import Bundle, freeze, thaw
 from orchestrator.channels.registry import missing_routes
 from orchestrator.clock import Clock
@@ -132,9 +132,15 @@ async def schedule(engine: Engine, pool: ArqRedis, settings: Settings, path: str
         with engine.begin() as conn:
             conn.execute(update(EVENT).where(EVENT.c.id == eid).values(real_origin=clock.real_origin))
     count = await _enqueue_open_steps(engine, pool, eid)
+    from orchestrator.notice import write_notice
+
+    notice = write_notice(engine, eid, settings.data_path / "notices")
+    promise = draws.commitment_of(engine, eid) or {}
     eventlog.record(engine, eid, "scheduled", f"scheduled {loaded.playbook.title!r} ({mode}), live {p.live_start:%Y-%m-%d %H:%M} {p.timezone}; "
-                    f"{len(p.steps)} steps, {members} people, playbook {digest[:12]}",
-                    data={"hash": digest, "speed": clock.speed, "mode": mode, "start": p.live_start.isoformat()})
+                    f"{len(p.steps)} steps, {members} people, playbook {digest[:12]}; draw commitment {promise.get('commitment', '')[:16]}…, "
+                    f"notice {notice}",
+                    data={"hash": digest, "speed": clock.speed, "mode": mode, "start": p.live_start.isoformat(),
+                          "commitment": promise.get("commitment"), "notice": str(notice)})
     return Scheduled(eid, True, len(p.steps), count, digest, clock, p.audience_total)
 
 
@@ -182,6 +188,7 @@ def _store_event(engine: Engine, eid: str, loaded: LoadedPlaybook, bundle: Bundl
             created_at=now, updated_at=now,
         ))
         conn.execute(insert(FROZEN).values(event_id=eid, playbook_hash=digest, bundle=bundle.to_bytes()))
+        draws.commit(conn, eid, pb)
         conn.execute(insert(STEP), [
             {"event_id": eid, "step_id": st.id, "stage": st.stage.value, "label": st.label, "at": st.at, "state": "scheduled",
              "revision": 1, "audience": st.audience, "note": None, "started_at": None, "finished_at": None}
@@ -314,6 +321,7 @@ def status(engine: Engine, event_id: str) -> dict[str, Any]:
             for s in steps
         ],
         "welcomes": _totals(counts.get("welcome", {})),
+        "draws": {**(draws.commitment_of(engine, event_id) or {}), "made": draws.summaries(engine, event_id)},
         "unknown": ledger.unknown_rows(engine, event_id),
     }
 

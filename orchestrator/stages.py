@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -39,10 +39,8 @@ REAL_GRACE = 1.0  # real seconds of job pick-up latency never counted as latenes
 REHEARSAL_GRACE = 10.0
 CLOSE_WAIT = 30.0  # real seconds close waits for sends still going (JOB_TIMEOUT is 45)
 RETAKE_AFTER = timedelta(seconds=90)  # a step left `running` this long (its worker died) may be taken again
-LATER = {
-    "draw_screenshot": "the draw is run by the lottery work (issue: draws); recorded only",
-    "draw_deposit": "the deposit draw is run by the lottery work (issue: draws); recorded only",
-}
+LATER: dict[str, str] = {}
+FREEZE_SLEEP = 20.0  # real seconds a draw job waits for its freeze moment itself; longer, it comes back then
 
 Handler = Callable[[Runtime, Event, Step, LoadedPlaybook, Clock], Awaitable[str]]
 
@@ -189,6 +187,73 @@ async def _posters(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, c
     return note
 
 
+def mask(name: str) -> str:
+    """张*明: a winner's name as shown in public (first and last character)."""
+    name = name.strip()
+    if len(name) <= 1:
+        return name or "*"
+    if len(name) == 2:
+        return name[0] + "*"
+    return name[0] + "*" * (len(name) - 2) + name[-1]
+
+
+async def _draw_screenshot(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, clock: Clock) -> str:
+    """Wait for the committed freeze moment inside the hour's first minute, freeze the screen, draw."""
+    from orchestrator import draws
+    from orchestrator.screen import write_screen
+
+    hour = step.at if step.at.tzinfo else step.at.replace(tzinfo=UTC)
+    freeze_at, _offset = await rt.db(draws.freeze_moment, rt.engine, ev.id, step.step_id, hour)
+    wait = clock.real_delay(freeze_at - clock.now())
+    if wait > FREEZE_SLEEP:  # come back at the moment (the step stays scheduled; its time does not show the moment)
+        await rt.db(_set_step_state, rt, ev.id, step.step_id, "scheduled")
+        await jobs.enqueue_step(rt.pool, clock, ev.id, step.step_id, step.revision, freeze_at, suffix=":freeze")
+        return "waiting for the freeze moment"
+    if wait > 0:
+        await asyncio.sleep(wait)  # the committed moment itself is what we wait for, not a guess
+    made = await rt.db(draws.screenshot_draw, rt.engine, ev.id, step.step_id, hour, loaded)
+    return await _after_draw(rt, ev, step, loaded, clock, [made], write_screen)
+
+
+async def _draw_deposit(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, clock: Clock) -> str:
+    from orchestrator import draws
+    from orchestrator.plan import plan
+
+    planned = next(s for s in plan(loaded, ev.live_start.astimezone(loaded.playbook.tz)).steps if s.id == step.step_id)
+    cutoff = datetime.fromisoformat(planned.detail["cutoff"]) if planned.detail and "cutoff" in planned.detail else planned.at
+    made = await rt.db(draws.deposit_draws, rt.engine, ev.id, loaded, cutoff)
+    return await _after_draw(rt, ev, step, loaded, clock, made, None)
+
+
+async def _after_draw(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, clock: Clock, made: list[Any], image: Any) -> str:
+    from orchestrator.poolwatch import staff_alert
+
+    notes = []
+    for m in made:
+        if m.state == "void":
+            notes.append(f"{m.draw_id}: void ({m.reason})")
+            continue
+        names = {c["user_id"]: c["name"] for c in m.screen}
+        shown = "、".join(mask(names.get(w, w)) for w in m.winners)
+        notes.append(f"{m.draw_id}: {len(m.winners)} winners of {m.entrants} entrants: {shown}")
+        if image is not None:
+            path = await rt.db(image, m, loaded, rt.settings.data_path / "draws", ev.id, rt.settings.font_path)
+            notes[-1] += f"; screen {path}"
+        await staff_alert(rt, ev.id, "draw", f"【开奖】{loaded.playbook.title} {step.label}：{shown}（共 {m.entrants} 人参与）",
+                          {"winners": len(m.winners)})
+    note = "; ".join(notes)
+    await rt.db(_finish_step, rt, ev.id, step.step_id, "done", note)
+    await rt.db(eventlog.record, rt.engine, ev.id, step.stage, f"{step.step_id}: {note}", step_id=step.step_id, event_time=clock.now(),
+                data={"draws": [m.draw_id for m in made]})
+    log.info("%s %s: %s", ev.id, step.step_id, note)
+    return note
+
+
+def _set_step_state(rt: Runtime, event_id: str, step_id: str, state: str) -> None:
+    with rt.engine.begin() as conn:
+        conn.execute(update(STEP).where(STEP.c.event_id == event_id, STEP.c.step_id == step_id).values(state=state))
+
+
 async def _join_open(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, clock: Clock) -> str:
     """The pool opens: its groups are put into Redis (scans before this also find it) and summed up."""
     join = loaded.playbook.path.join
@@ -238,6 +303,10 @@ async def _close(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, clo
     paths = await rt.db(write_report, rt.engine, ev.id, rt.settings.data_path / "reports", "closed")
     # one transaction: closed means the report is there and the log says so; nothing runs after it
     await rt.db(_closed, rt, ev.id, step.step_id, f"report: {paths[0]}", clock.now(), {"html": str(paths[0]), "csv": str(paths[1])})
+    from orchestrator.draws import write_bundle
+
+    audit = await rt.db(write_bundle, rt.engine, ev.id, rt.settings.data_path / "audit")  # closed: the seed is revealed in it
+    await rt.db(eventlog.record, rt.engine, ev.id, "audit", f"audit bundle with the revealed seed: {audit}", data={"bundle": str(audit)})
     return "closed"
 
 
@@ -357,5 +426,7 @@ HANDLERS: dict[str, Handler] = {
     "live_end": _live,
     "join_open": _join_open,
     "poster": _posters,
+    "draw_screenshot": _draw_screenshot,
+    "draw_deposit": _draw_deposit,
     "close": _close,
 }

@@ -171,6 +171,72 @@ class Join(SQLModel, table=True):
     at: datetime = _ts(default_factory=utc_now)
 
 
+class DrawSeed(SQLModel, table=True):
+    """The event's draw commitment: made at scheduling; the seed stays secret until the event closes."""
+
+    event_id: str = Field(primary_key=True, foreign_key="event.id", max_length=64)
+    seed: str = Field(max_length=64)
+    rules: str  # canonical JSON of the draw rules, frozen
+    rules_hash: str = Field(max_length=64)
+    commitment: str = Field(max_length=64)
+    beacon: str | None = Field(default=None, max_length=200)  # a public randomness value mixed in, when entered
+    created_at: datetime = _ts(default_factory=utc_now)
+
+
+class Comment(SQLModel, table=True):
+    """A live comment, stored before it is acknowledged; one per (source, message id)."""
+
+    __table_args__ = (UniqueConstraint("source", "message_id", name="uq_comment_once"), Index("ix_comment_event_at", "event_id", "at"))
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(foreign_key="event.id", max_length=64)
+    source: str = Field(max_length=32)  # api | bilibili | douyin | wxlivespy | csv
+    message_id: str = Field(max_length=128)
+    platform: str = Field(max_length=32)
+    room: str = Field(max_length=128)
+    user_id: str = Field(max_length=128)
+    name: str = Field(max_length=128)
+    text: str
+    at: datetime = _ts()  # when it was posted (event time)
+    received_at: datetime = _ts(default_factory=utc_now)
+
+
+class Payment(SQLModel, table=True):
+    """A deposit, order or refund reported by the shop, one per (source, payment id); amounts in fen."""
+
+    __table_args__ = (UniqueConstraint("source", "payment_id", name="uq_payment_once"), Index("ix_payment_event_person", "event_id", "person"))
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(foreign_key="event.id", max_length=64)
+    source: str = Field(max_length=32)
+    payment_id: str = Field(max_length=128)
+    kind: str = Field(max_length=16)  # deposit | refund | order
+    order_id: str = Field(max_length=128)
+    person: str = Field(max_length=128)
+    product: str | None = Field(default=None, max_length=64)
+    amount_fen: int
+    at: datetime = _ts()
+    received_at: datetime = _ts(default_factory=utc_now)
+
+
+class Draw(SQLModel, table=True):
+    """One draw and everything needed to check it: entrants, their hash, winners, the frozen screen."""
+
+    event_id: str = Field(primary_key=True, foreign_key="event.id", max_length=64)
+    draw_id: str = Field(primary_key=True, max_length=80)
+    kind: str = Field(max_length=16)  # screenshot | deposit
+    state: str = Field(max_length=8)  # done | void
+    reason: str | None = None
+    k: int
+    freeze_at: datetime | None = _ts(default=None)
+    freeze_offset_ms: int | None = None
+    entrants: str  # JSON list, sorted
+    entrant_hash: str = Field(max_length=64)
+    winners: str  # JSON list, in draw order
+    screen: str | None = None  # JSON: the frozen comments (screenshot draws)
+    beacon: str | None = Field(default=None, max_length=200)
+    redraw_of: str | None = Field(default=None, max_length=80)
+    made_at: datetime = _ts(default_factory=utc_now)
+
+
 class Consent(SQLModel, table=True):
     """A person's consent per channel, global across events; the newest statement wins."""
 

@@ -117,6 +117,9 @@ def print_status(data: dict[str, Any], console: Console) -> None:
     console.print(_("state: {state} · mode: {mode} · playbook {hash} · clock ×{speed:g}, now {now}").format(
         state=data["state"], mode=data["mode"], hash=data["playbook_hash"][:12], speed=data["clock"]["speed"],
         now=datetime.fromisoformat(data["clock"]["now"]).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")))
+    promise = data.get("draws") or {}
+    if promise.get("commitment"):
+        console.print(_("draw commitment (公示): {commitment} · rules {rules}").format(commitment=promise["commitment"], rules=promise["rules_hash"][:16]))
     table = Table(show_edge=False, header_style="bold")
     for title in (_("time"), _("step"), _("state"), _("sent"), _("failed"), _("unknown"), _("skipped"), _("open"), _("note")):
         table.add_column(title, no_wrap=title not in (_("note"),), justify="right" if title in (_("sent"), _("failed"), _("unknown"), _("skipped"), _("open")) else "left")

@@ -25,6 +25,7 @@ from orchestrator.store import make_engine
 from orchestrator.wecom import WeComClient
 from orchestrator.wecom_crypto import WeComCrypto
 from web.api import post_group, post_joins
+from web.ingestapi import post_comments, post_payments
 from web.metrics import metrics
 from web.pages import Rendered
 from web.posterpages import poster_image, poster_page
@@ -72,6 +73,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/posters/{event}/{key}", poster_page),
         Route("/api/events/{event}/joins", post_joins, methods=["POST"]),
         Route("/api/events/{event}/groups", post_group, methods=["POST"]),
+        Route("/api/events/{event}/comments", post_comments, methods=["POST"]),
+        Route("/api/events/{event}/payments", post_payments, methods=["POST"]),
         Route("/wecom/callback", wecom_callback, methods=["GET", "POST"]),
     ], lifespan=lifespan)
     app.state.settings = settings

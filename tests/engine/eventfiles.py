@@ -33,6 +33,8 @@ class EventFiles:
     join: str = 'join: {kind: wechat_group_codes, capacity: 200, margin: 190, group_name: "测试群{n}"}'
     guides: str = "id,name,channel_code\ng1,小李,G01\n"
     variants: str = "[{id: A, hook: 进群抽奖}]"
+    draws: str = "  screenshot_draw: {winners_per_draw: 1, screen_size: 10, prize: cup}"
+    accounts: str = ""  # extra exclusions.accounts items, YAML flow mappings one per line
 
     def write(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
@@ -40,8 +42,9 @@ class EventFiles:
         rows += [f"{p.id},{p.name},{p.phone},{p.email},{int(p.sms)},{int(p.mail)}" for p in self.people + self.staff]
         (folder / "members.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
         (folder / "guides.csv").write_text(self.guides, encoding="utf-8")
-        staff = "\n".join(f"      - {{id: {p.id}, name: {p.name}, role: staff}}" for p in self.staff) or "      []"
-        staff_block = f"    accounts:\n{staff}" if self.staff else "    accounts: []"
+        staff = "\n".join([f"      - {{id: {p.id}, name: {p.name}, role: staff}}" for p in self.staff]
+                          + [f"      - {a}" for a in self.accounts.splitlines() if a.strip()])
+        staff_block = f"    accounts:\n{staff}" if staff else "    accounts: []"
         preview = (f"""  preview:
     id: preview
     at: {self.preview}
@@ -75,7 +78,7 @@ lever:
 mechanism:
   prizes:
     - {{id: cup, name: 保温杯, value_cny: 199}}
-  screenshot_draw: {{winners_per_draw: 1, screen_size: 10, prize: cup}}
+{self.draws}
   notice:
     eligibility: 所有观众
     method: 整点随机截屏

@@ -1,0 +1,143 @@
+"""What comes in from outside for the draws: live comments and payments (deposits, refunds, orders).
+
+Every item is checked first; a batch with one bad item is refused whole (`BadInput` names the
+item and field) and nothing is stored. Items are stored in one transaction before anyone answers
+(durable before acknowledged) and are idempotent on (source, id): a redelivered item is counted
+once. Times are ISO 8601 (an offset, or the event's timezone) or Unix epoch milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.store import Comment, Payment, utc_now
+
+COMMENT = Comment.__table__  # type: ignore[attr-defined]
+PAYMENT = Payment.__table__  # type: ignore[attr-defined]
+MAX_BATCH = 1000
+PLATFORMS = {"wechat_channels", "douyin", "bilibili", "taobao", "kuaishou", "other"}
+KINDS = {"deposit", "refund", "order"}
+
+
+class BadInput(OrchestratorError):
+    def __init__(self, message: str, at: str) -> None:
+        super().__init__(message)
+        self.at = at
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    stored: int
+    duplicates: int
+
+
+def moment(value: Any, tz: ZoneInfo, at: str) -> datetime:
+    """A time from ISO 8601 (naive: the event's timezone) or Unix epoch milliseconds, in UTC."""
+    if isinstance(value, bool):
+        raise BadInput("'time' must be ISO 8601 or Unix milliseconds", at)
+    if isinstance(value, int | float):
+        if not 1e12 <= value < 1e14:
+            raise BadInput(f"'time' {value} is not Unix milliseconds (13 digits)", at)
+        return datetime.fromtimestamp(value / 1000, timezone.utc)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise BadInput(f"'time' {value[:40]!r} is not ISO 8601 (2026-12-05T20:00:03+08:00)", at) from None
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)).astimezone(timezone.utc)
+    raise BadInput("'time' is missing: ISO 8601 or Unix milliseconds", at)
+
+
+def _text(item: dict[str, Any], key: str, at: str, *, limit: int, required: bool = True, empty: bool = False) -> str | None:
+    value = item.get(key)
+    if value is None and not required:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or (not empty and not value.strip()):
+        raise BadInput(f"'{key}' must be a {'non-empty ' if not empty else ''}string", f"{at}.{key}")
+    if len(value) > limit:
+        raise BadInput(f"'{key}' has {len(value)} characters; at most {limit}", f"{at}.{key}")
+    return value
+
+
+def _items(body: Any, key: str, fields: set[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(where, item) of a request of one item or {key: [...]}; every item an object with known fields."""
+    batch = isinstance(body, dict) and key in body
+    items = body.get(key) if batch else [body]
+    if not isinstance(items, list) or not items:
+        raise BadInput(f"expected one object or {{\"{key}\": [...]}} with at least one", "body")
+    if len(items) > MAX_BATCH:
+        raise BadInput(f"at most {MAX_BATCH} per request, got {len(items)}", "body")
+    out = []
+    for i, item in enumerate(items):
+        at = f"{key}[{i}]" if batch else "body"
+        if not isinstance(item, dict):
+            raise BadInput("each item must be an object", at)
+        unknown = set(item) - fields
+        if unknown:
+            raise BadInput(f"unknown field {sorted(unknown)[0]!r}; an item has {', '.join(sorted(fields))}", at)
+        out.append((at, item))
+    return out
+
+
+COMMENT_FIELDS = {"platform", "room", "message_id", "user_id", "name", "text", "time"}
+
+
+def comment_rows(event_id: str, source: str, body: Any, tz: ZoneInfo) -> list[dict[str, Any]]:
+    """The comments of a request as rows, every one checked; BadInput names the first problem."""
+    rows = []
+    now = utc_now()
+    for at, item in _items(body, "comments", COMMENT_FIELDS):
+        platform = _text(item, "platform", at, limit=32)
+        if platform not in PLATFORMS:
+            raise BadInput(f"platform {platform!r} is not one of {', '.join(sorted(PLATFORMS))}", f"{at}.platform")
+        rows.append({"event_id": event_id, "source": source, "platform": platform,
+                     "room": _text(item, "room", at, limit=128, required=False) or "",
+                     "message_id": _text(item, "message_id", at, limit=128), "user_id": _text(item, "user_id", at, limit=128),
+                     "name": _text(item, "name", at, limit=128, required=False, empty=True) or "",
+                     "text": _text(item, "text", at, limit=2000, empty=True), "at": moment(item.get("time"), tz, f"{at}.time"),
+                     "received_at": now})
+    return rows
+
+
+PAYMENT_FIELDS = {"payment_id", "kind", "order_id", "person", "product", "amount_fen", "time"}
+
+
+def payment_rows(event_id: str, source: str, body: Any, tz: ZoneInfo, products: set[str]) -> list[dict[str, Any]]:
+    rows = []
+    now = utc_now()
+    for at, item in _items(body, "payments", PAYMENT_FIELDS):
+        kind = _text(item, "kind", at, limit=16)
+        if kind not in KINDS:
+            raise BadInput(f"kind {kind!r} is not deposit, refund or order", f"{at}.kind")
+        amount = item.get("amount_fen")
+        if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
+            raise BadInput("'amount_fen' must be a whole number of fen (1 CNY = 100), never a decimal", f"{at}.amount_fen")
+        product = _text(item, "product", at, limit=64, required=False)
+        if kind == "deposit" and product is None:
+            raise BadInput("a deposit names its 'product'", f"{at}.product")
+        if product is not None and products and product not in products:
+            raise BadInput(f"product {product!r} is not a featured product of this event ({', '.join(sorted(products))})", f"{at}.product")
+        rows.append({"event_id": event_id, "source": source, "payment_id": _text(item, "payment_id", at, limit=128), "kind": kind,
+                     "order_id": _text(item, "order_id", at, limit=128), "person": _text(item, "person", at, limit=128),
+                     "product": product, "amount_fen": amount, "at": moment(item.get("time"), tz, f"{at}.time"), "received_at": now})
+    return rows
+
+
+def store(engine: Engine, table: Any, rows: list[dict[str, Any]]) -> Stored:
+    """Insert rows not seen before (by their unique source id), in one transaction."""
+    insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+    if not rows:
+        return Stored(0, 0)
+    with engine.begin() as conn:
+        added = len(conn.execute(insert(table).on_conflict_do_nothing().returning(table.c.id), rows).all())
+    return Stored(added, len(rows) - added)

@@ -1,0 +1,99 @@
+"""Signed ingestion: `POST /api/events/<event>/comments` and `/payments` (deposits, refunds, orders).
+
+A request is signed like our webhooks: `X-Orchestrator-Timestamp: <unix seconds>` and
+`X-Orchestrator-Signature: v1=<hex HMAC-SHA256(ORCH_INGEST_SECRET, "<timestamp>." + body)>`; a
+timestamp more than 5 minutes away is a replay. The body (at most 1 MB) is one item or a batch
+(`{"comments": [...]}` / `{"payments": [...]}`, at most 1,000), checked whole before anything is
+stored; stored in one transaction before the answer (`{"stored": n, "duplicates": m}`); an item
+sent again (same source and id) is counted once. `?source=` names the feed (default `api`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from orchestrator import ingest
+from orchestrator.channels.webhook import verify
+from orchestrator.errors import UnknownEvent
+from orchestrator.scheduling import get_event
+
+MAX_BODY = 1_000_000
+SOURCE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def _error(status: int, message: str, at: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, **({"at": at} if at else {})}, status_code=status)
+
+
+async def _checked(request: Request) -> tuple[Any, Any, str] | JSONResponse:
+    """(event, parsed body, source), or the error answer."""
+    state = request.app.state
+    secret = state.settings.ingest_secret
+    if not secret:
+        return _error(503, "ingestion is off: set ORCH_INGEST_SECRET on the web processes")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY:
+        return _error(413, f"the body has {int(length):,} bytes; at most {MAX_BODY:,}: send smaller batches")
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        return _error(413, f"the body has {len(body):,} bytes; at most {MAX_BODY:,}: send smaller batches")
+    ts = request.headers.get("x-orchestrator-timestamp", "")
+    signature = request.headers.get("x-orchestrator-signature", "")
+    if not ts or not signature:
+        return _error(401, "unsigned: send X-Orchestrator-Timestamp and X-Orchestrator-Signature")
+    if not verify(secret, ts, body, signature):
+        if ts.isdigit() and verify(secret, ts, body, signature, now=int(ts)):
+            return _error(401, "the timestamp is more than 5 minutes away from our clock: a replay, or a clock to set right")
+        return _error(401, "the signature does not match the body (v1=HMAC-SHA256 of '<timestamp>.' + body with the ingest secret)")
+    source = request.query_params.get("source", "api")
+    if not SOURCE.match(source):
+        return _error(422, "'source' is a short lower-case name of the feed, e.g. api, bilibili, csv", "query.source")
+    try:
+        ev = await asyncio.to_thread(get_event, state.engine, request.path_params["event"])
+    except UnknownEvent as e:
+        return _error(404, str(e))
+    if ev.state == "cancelled":
+        return _error(409, f"event {ev.id} is cancelled")
+    try:
+        parsed = json.loads(body)
+    except ValueError as e:
+        return _error(400, f"the body is not JSON: {e}")
+    return ev, parsed, source
+
+
+async def post_comments(request: Request) -> JSONResponse:
+    checked = await _checked(request)
+    if isinstance(checked, JSONResponse):
+        return checked
+    ev, parsed, source = checked
+    try:
+        rows = ingest.comment_rows(ev.id, source, parsed, ZoneInfo(ev.timezone))
+    except ingest.BadInput as e:
+        return _error(422, str(e), e.at)
+    done = await asyncio.to_thread(ingest.store, request.app.state.engine, ingest.COMMENT, rows)
+    return JSONResponse({"stored": done.stored, "duplicates": done.duplicates})
+
+
+async def post_payments(request: Request) -> JSONResponse:
+    checked = await _checked(request)
+    if isinstance(checked, JSONResponse):
+        return checked
+    ev, parsed, source = checked
+    from orchestrator.scheduling import loaded_event
+
+    loaded = await asyncio.to_thread(loaded_event, request.app.state.engine, ev, members=False)
+    deposit = loaded.playbook.mechanism.deposit_draw
+    products = {p.id for p in deposit.products} if deposit else set()
+    try:
+        rows = ingest.payment_rows(ev.id, source, parsed, ZoneInfo(ev.timezone), products)
+    except ingest.BadInput as e:
+        return _error(422, str(e), e.at)
+    done = await asyncio.to_thread(ingest.store, request.app.state.engine, ingest.PAYMENT, rows)
+    return JSONResponse({"stored": done.stored, "duplicates": done.duplicates})
