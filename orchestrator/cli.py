@@ -497,6 +497,79 @@ def redraw(event: str, draw: str, disqualify: str, why: str) -> None:
 
 
 @cli.group()
+def comments() -> None:
+    """Live comments for the draws: import a transcribed screen, show where feeds post."""
+
+
+@comments.command("import")
+@click.argument("event")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--platform", default="other", show_default=True,
+              type=click.Choice(["wechat_channels", "douyin", "bilibili", "taobao", "kuaishou", "other"]), help="Where the comments were seen.")
+def comments_import(event: str, file: str, platform: str) -> None:
+    """Import comments transcribed from the screen (CSV: time, user_id, name, text[, message_id][, room]).
+    Every row is checked first; one bad row stores nothing. Rows imported before are counted once."""
+    from orchestrator import ingest
+    from orchestrator.scheduling import get_event
+    from orchestrator.store import open_store
+
+    engine = open_store(Settings.from_env().database_url)
+    ev = get_event(engine, event)
+    rows = ingest.csv_rows(Path(file), ev.id, platform, ZoneInfo(ev.timezone))
+    done = ingest.store(engine, ingest.COMMENT, rows)
+    click.echo(_("{stored} comments stored, {duplicates} already there").format(stored=done.stored, duplicates=done.duplicates))
+
+
+@comments.command("bilibili")
+@click.argument("event")
+@click.option("--url", required=True, help="The websocket link the open-live app-start call returned (wss_link).")
+@click.option("--auth-body", required=True, help="The auth_body it returned, as is.")
+@click.option("--room", default="", help="The room id (kept with each comment).")
+def comments_bilibili(event: str, url: str, auth_body: str, room: str) -> None:
+    """Follow a Bilibili live room's comments into EVENT until stopped (Ctrl-C)."""
+    from orchestrator import ingest
+    from orchestrator.bilibili import follow
+    from orchestrator.scheduling import get_event
+    from orchestrator.store import open_store
+
+    engine = open_store(Settings.from_env().database_url)
+    ev = get_event(engine, event)
+    tz = ZoneInfo(ev.timezone)
+    seen = [0]
+
+    async def store(batch: list[dict[str, Any]]) -> None:
+        try:
+            rows = ingest.comment_rows(ev.id, "bilibili", {"comments": batch}, tz)
+        except ingest.BadInput as e:
+            click.echo(_("a batch was skipped: {reason}").format(reason=e), err=True)
+            return
+        done = await asyncio.to_thread(ingest.store, engine, ingest.COMMENT, rows)
+        seen[0] += done.stored
+
+    try:
+        asyncio.run(follow(url, auth_body, room, store))
+    except KeyboardInterrupt:
+        pass
+    click.echo(_("{stored} comments stored").format(stored=seen[0]))
+
+
+@comments.command("urls")
+@click.argument("event")
+def comments_urls(event: str) -> None:
+    """Where each comment feed posts for EVENT (the wxlivespy URL carries its secret: keep it private)."""
+    from orchestrator.wxlivespy import path_key
+
+    settings = Settings.from_env()
+    base = settings.public_url.rstrip("/")
+    click.echo(f"api        POST {base}/api/events/{event}/comments   (signed with ORCH_INGEST_SECRET)")
+    click.echo(f"douyin     POST {base}/ingest/douyin/{event}   (signed by Douyin with ORCH_DOUYIN_SECRET)")
+    if settings.ingest_secret:
+        click.echo(f"wxlivespy  POST {base}/ingest/wxlivespy/{event}/{path_key(settings.ingest_secret, event)}")
+    else:
+        click.echo(_("wxlivespy  (set ORCH_INGEST_SECRET first)"))
+
+
+@cli.group()
 def groups() -> None:
     """The event's group pool (活码): list the groups, add one to a running event."""
 

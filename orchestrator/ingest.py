@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -101,7 +102,7 @@ def comment_rows(event_id: str, source: str, body: Any, tz: ZoneInfo) -> list[di
         if platform not in PLATFORMS:
             raise BadInput(f"platform {platform!r} is not one of {', '.join(sorted(PLATFORMS))}", f"{at}.platform")
         rows.append({"event_id": event_id, "source": source, "platform": platform,
-                     "room": _text(item, "room", at, limit=128, required=False) or "",
+                     "room": _text(item, "room", at, limit=128, required=False, empty=True) or "",
                      "message_id": _text(item, "message_id", at, limit=128), "user_id": _text(item, "user_id", at, limit=128),
                      "name": _text(item, "name", at, limit=128, required=False, empty=True) or "",
                      "text": _text(item, "text", at, limit=2000, empty=True), "at": moment(item.get("time"), tz, f"{at}.time"),
@@ -141,3 +142,50 @@ def store(engine: Engine, table: Any, rows: list[dict[str, Any]]) -> Stored:
     with engine.begin() as conn:
         added = len(conn.execute(insert(table).on_conflict_do_nothing().returning(table.c.id), rows).all())
     return Stored(added, len(rows) - added)
+
+
+CSV_COLUMNS = ("time", "user_id", "name", "text")
+
+
+def csv_batch(path: Path, platform: str) -> dict[str, Any]:
+    """A transcribed screen (CSV: time, user_id, name, text[, message_id][, room]) as a comments
+    batch; BadInput names the file and line of the first problem."""
+    import csv
+    import hashlib
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise BadInput(f"{path}: not UTF-8 (save it as 'CSV UTF-8'): {e.reason}", str(path)) from e
+    rows = list(csv.reader(text.splitlines()))
+    if not rows:
+        raise BadInput(f"{path}: empty", str(path))
+    header = [h.strip() for h in rows[0]]
+    missing = [c for c in CSV_COLUMNS if c not in header]
+    if missing:
+        raise BadInput(f"{path}:1: missing column(s) {', '.join(missing)}; the columns are {', '.join(CSV_COLUMNS)}[, message_id, room]", f"{path}:1")
+    out = []
+    for line, cells in enumerate(rows[1:], 2):
+        if not any(c.strip() for c in cells):
+            continue
+        if len(cells) != len(header):
+            raise BadInput(f"{path}:{line}: {len(cells)} cells, the header has {len(header)}", f"{path}:{line}")
+        item = dict(zip(header, (c.strip() for c in cells), strict=True))
+        message_id = item.get("message_id") or "csv:" + hashlib.sha1("\x1f".join(cells).encode()).hexdigest()[:20]
+        out.append({"platform": platform, "room": item.get("room", ""), "message_id": message_id, "user_id": item["user_id"],
+                    "name": item["name"], "text": item["text"], "time": item["time"], "_line": line})
+    return {"comments": out}
+
+
+def csv_rows(path: Path, event_id: str, platform: str, tz: ZoneInfo) -> list[dict[str, Any]]:
+    batch = csv_batch(path, platform)
+    lines = [c.pop("_line") for c in batch["comments"]]
+    try:
+        return comment_rows(event_id, "csv", batch, tz)
+    except BadInput as e:  # comments[i].field -> file:line
+        import re
+
+        found = re.match(r"comments\[(\d+)\]\.?(\w*)", e.at)
+        if found:
+            raise BadInput(f"{path}:{lines[int(found.group(1))]}: {found.group(2) or 'row'}: {e}", str(path)) from e
+        raise

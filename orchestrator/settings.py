@@ -36,6 +36,7 @@ SETTINGS = (
     Setting("ORCH_SEND_CONCURRENCY", "50", "sends in flight per worker"),
     Setting("ORCH_API_TOKEN", None, "bearer token of the web API (joins reported by platforms without callbacks); unset, the API is off"),
     Setting("ORCH_INGEST_SECRET", None, "HMAC-SHA256 key that signs comments and payments sent to the ingestion API; unset, it is off"),
+    Setting("ORCH_DOUYIN_SECRET", None, "the Douyin interactive-game app secret that signs its comment push; unset, the push is off"),
     Setting("ORCH_WECOM_API", "https://qyapi.weixin.qq.com/cgi-bin/", "base URL of the WeCom server API"),
     Setting("ORCH_WECOM_CORP_ID", None, "WeCom corp id (企业ID); with the secret, join ways are made and joins looked up"),
     Setting("ORCH_WECOM_SECRET", None, "secret of the WeCom app with customer contact rights (客户联系 Secret)"),
@@ -59,6 +60,7 @@ class Settings:
     send_concurrency: str
     api_token: str | None
     ingest_secret: str | None
+    douyin_secret: str | None
     wecom_api: str
     wecom_corp_id: str | None
     wecom_secret: str | None

@@ -25,7 +25,7 @@ from orchestrator.store import make_engine
 from orchestrator.wecom import WeComClient
 from orchestrator.wecom_crypto import WeComCrypto
 from web.api import post_group, post_joins
-from web.ingestapi import post_comments, post_payments
+from web.ingestapi import post_comments, post_douyin, post_payments, post_wxlivespy
 from web.metrics import metrics
 from web.pages import Rendered
 from web.posterpages import poster_image, poster_page
@@ -75,6 +75,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/api/events/{event}/groups", post_group, methods=["POST"]),
         Route("/api/events/{event}/comments", post_comments, methods=["POST"]),
         Route("/api/events/{event}/payments", post_payments, methods=["POST"]),
+        Route("/ingest/douyin/{event}", post_douyin, methods=["POST"]),
+        Route("/ingest/wxlivespy/{event}/{key}", post_wxlivespy, methods=["POST"]),
         Route("/wecom/callback", wecom_callback, methods=["GET", "POST"]),
     ], lifespan=lifespan)
     app.state.settings = settings

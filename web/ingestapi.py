@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import re
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -97,3 +98,84 @@ async def post_payments(request: Request) -> JSONResponse:
         return _error(422, str(e), e.at)
     done = await asyncio.to_thread(ingest.store, request.app.state.engine, ingest.PAYMENT, rows)
     return JSONResponse({"stored": done.stored, "duplicates": done.duplicates})
+
+
+async def _event(request: Request) -> Any:
+    try:
+        ev = await asyncio.to_thread(get_event, request.app.state.engine, request.path_params["event"])
+    except UnknownEvent as e:
+        return _error(404, str(e))
+    if ev.state == "cancelled":
+        return _error(409, f"event {ev.id} is cancelled")
+    return ev
+
+
+async def _store_comments(request: Request, ev: Any, source: str, batch: dict[str, Any]) -> JSONResponse:
+    if not batch["comments"]:
+        return JSONResponse({"stored": 0, "duplicates": 0})
+    try:
+        rows = ingest.comment_rows(ev.id, source, batch, ZoneInfo(ev.timezone))
+    except ingest.BadInput as e:
+        return _error(422, str(e), e.at)
+    done = await asyncio.to_thread(ingest.store, request.app.state.engine, ingest.COMMENT, rows)
+    return JSONResponse({"stored": done.stored, "duplicates": done.duplicates})
+
+
+async def post_douyin(request: Request) -> JSONResponse:
+    """`POST /ingest/douyin/<event>`: Douyin's comment push, checked by its own signature."""
+    from orchestrator import douyin
+
+    secret = request.app.state.settings.douyin_secret
+    if not secret:
+        return _error(503, "Douyin push is off: set ORCH_DOUYIN_SECRET (the app secret) on the web processes")
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        return _error(413, f"the body has {len(body):,} bytes; at most {MAX_BODY:,}")
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    if not douyin.signed(headers, body, secret):
+        return _error(401, "x-signature does not match (base64 md5 of the sorted x- headers, the body and the app secret)")
+    ev = await _event(request)
+    if isinstance(ev, JSONResponse):
+        return ev
+    try:
+        batch = douyin.comments(headers, body)
+    except ingest.BadInput as e:
+        return _error(422, str(e), e.at)
+    return await _store_comments(request, ev, "douyin", batch)
+
+
+WX_PER_MINUTE = 6000  # an unsigned feed is rate-limited per event
+
+
+async def post_wxlivespy(request: Request) -> JSONResponse:
+    """`POST /ingest/wxlivespy/<event>/<key>`: what the wxlivespy capture tool forwards (unsigned:
+    the key in the path is the secret)."""
+    import hmac as _hmac
+
+    from orchestrator import wxlivespy
+
+    secret = request.app.state.settings.ingest_secret
+    if not secret:
+        return _error(503, "ingestion is off: set ORCH_INGEST_SECRET on the web processes")
+    event_id = request.path_params["event"]
+    if not _hmac.compare_digest(request.path_params["key"], wxlivespy.path_key(secret, event_id)):
+        return _error(404, "no such feed")  # a wrong key reveals nothing
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        return _error(413, f"the body has {len(body):,} bytes; at most {MAX_BODY:,}")
+    redis = request.app.state.redis
+    minute = f"orch:wx:{event_id}:{int(time.time()) // 60}"
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.incr(minute)
+        pipe.expire(minute, 120)
+        count, _ = await pipe.execute()
+    if int(count) > WX_PER_MINUTE:
+        return _error(429, f"more than {WX_PER_MINUTE} forwards a minute for this event")
+    ev = await _event(request)
+    if isinstance(ev, JSONResponse):
+        return ev
+    try:
+        batch = wxlivespy.comments(wxlivespy.decode(body, request.headers.get("content-encoding")))
+    except ingest.BadInput as e:
+        return _error(422, str(e), e.at)
+    return await _store_comments(request, ev, "wxlivespy", batch)

@@ -1,0 +1,151 @@
+"""Each comment source feeds the same draw: the signed API, Douyin's push, wxlivespy's forward, a
+CSV transcription and the Bilibili open-live websocket (a local fake speaking its framing)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import zlib
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import brotli  # type: ignore[import-untyped]
+import pytest
+import websockets
+from click.testing import CliRunner
+from sqlalchemy import Engine, func, select
+from starlette.testclient import TestClient
+
+from orchestrator import bilibili, douyin, draws
+from orchestrator.cli import cli
+from orchestrator.scheduling import get_event, loaded_event
+from orchestrator.settings import Settings
+from orchestrator.store import Comment
+from orchestrator.wxlivespy import path_key
+from tests.engine.eventfiles import EventFiles, crowd
+from tests.engine.test_draws import CST, DRAWS, SECRET, signed, stream
+from tests.engine.test_pool import schedule
+from web.app import create_app
+
+pytestmark = pytest.mark.db
+DOUYIN_SECRET = "123abc"
+EVERYWHERE = "{id: shill1, name: 托儿, role: shill, live_ids: [wechat_channels:u-shill, douyin:u-shill, bilibili:u-shill, other:u-shill]}"
+
+
+def test_douyins_signature_matches_its_documented_test_vector() -> None:
+    headers = {"x-msg-type": "user_group", "x-nonce-str": "123456", "x-roomid": "268", "x-timestamp": "456789"}
+    assert douyin.signature(headers, "abc123你好".encode(), "123abc") == "GAkalGmhzqlUGQO/TgvMug=="
+
+
+def ms(value: str) -> int:
+    return int(datetime.fromisoformat(value).timestamp() * 1000)
+
+
+def via_api(api: TestClient, event_id: str, items: list[dict[str, Any]], _tmp: Path) -> None:
+    raw, headers = signed({"comments": items})
+    assert api.post(f"/api/events/{event_id}/comments", content=raw, headers=headers).status_code == 200
+
+
+def via_douyin(api: TestClient, event_id: str, items: list[dict[str, Any]], _tmp: Path) -> None:
+    body = json.dumps([{"msg_id": c["message_id"], "sec_openid": c["user_id"], "content": c["text"], "nickname": c["name"],
+                        "timestamp": ms(c["time"])} for c in items], ensure_ascii=False).encode()
+    headers = {"x-msg-type": "live_comment", "x-nonce-str": "n1", "x-roomid": "268", "x-timestamp": "1"}
+    headers["x-signature"] = douyin.signature(headers, body, DOUYIN_SECRET)
+    assert api.post(f"/ingest/douyin/{event_id}", content=body, headers=headers).json()["stored"] == len(items)
+    assert api.post(f"/ingest/douyin/{event_id}", content=body, headers=headers).json() == {"stored": 0, "duplicates": len(items)}
+    forged = {**headers, "x-signature": douyin.signature(headers, body, "wrong")}
+    assert api.post(f"/ingest/douyin/{event_id}", content=body, headers=forged).status_code == 401
+
+
+def via_wxlivespy(api: TestClient, event_id: str, items: list[dict[str, Any]], _tmp: Path) -> None:
+    events = [{"decoded_type": "enter", "seq": 0, "nickname": "路人", "sec_openid": "x"}]
+    events += [{"decoded_type": "comment", "msg_id": c["message_id"], "msg_time": ms(c["time"]) // 1000, "seq": n, "nickname": c["name"],
+                "sec_openid": c["user_id"], "content": c["text"]} for n, c in enumerate(items, 1)]
+    body = gzip.compress(json.dumps({"decoded_data": {"events": events, "live_info": {"live_id": "L1"}}}, ensure_ascii=False).encode())
+    url = f"/ingest/wxlivespy/{event_id}/{path_key(SECRET, event_id)}"
+    assert api.post(url, content=body, headers={"Content-Encoding": "gzip"}).json() == {"stored": len(items), "duplicates": 0}
+    assert api.post(url, content=body, headers={"Content-Encoding": "gzip"}).json()["duplicates"] == len(items)  # seq sent again
+    assert api.post(f"/ingest/wxlivespy/{event_id}/{'0' * 32}", content=body).status_code == 404
+    assert api.post(url, content=b"\x1f\x8bnot gzip").status_code == 422
+
+
+def via_csv(api: TestClient, event_id: str, items: list[dict[str, Any]], tmp: Path) -> None:
+    path = tmp / "screen.csv"
+    lines = ["time,user_id,name,text"] + [f"{c['time']},{c['user_id']},{c['name']},{c['text']}" for c in items]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    env = {"DATABASE_URL": str(api.app.state.settings.database_url)}  # type: ignore[attr-defined]
+    result = CliRunner().invoke(cli, ["comments", "import", event_id, str(path), "--platform", "other"], env=env)
+    assert result.exit_code == 0 and f"{len(items)} comments stored" in result.output, result.output
+    bad = tmp / "bad.csv"
+    bad.write_text("time,user_id,name,text\n2027-06-10 19:58,u1,甲,你好\nyesterday,u2,乙,你好\n", encoding="utf-8")
+    refused = CliRunner().invoke(cli, ["comments", "import", event_id, str(bad)], env=env)
+    assert refused.exit_code != 0 and f"{bad}:3: time" in refused.output + str(refused.exception or "")
+
+
+def via_bilibili(api: TestClient, event_id: str, items: list[dict[str, Any]], _tmp: Path) -> None:
+    engine = api.app.state.engine  # type: ignore[attr-defined]
+    asyncio.run(_bilibili(engine, event_id, items))
+
+
+async def _bilibili(engine: Engine, event_id: str, items: list[dict[str, Any]]) -> None:
+    from zoneinfo import ZoneInfo
+
+    from orchestrator import ingest
+
+    def dm(c: dict[str, Any]) -> bytes:
+        data = {"cmd": "LIVE_OPEN_PLATFORM_DM", "data": {"open_id": c["user_id"], "uname": c["name"], "msg": c["text"],
+                                                         "msg_id": c["message_id"], "timestamp": ms(c["time"]) // 1000, "room_id": 268}}
+        return bilibili.packet(bilibili.MESSAGE, json.dumps(data, ensure_ascii=False).encode(), version=0)
+
+    heard: list[bytes] = []
+
+    async def server(ws: Any) -> None:  # the platform: auth first, then compressed batches of packets
+        auth = await ws.recv()
+        op, body = next(bilibili.packets(auth))
+        heard.append(body)
+        ok = op == bilibili.AUTH and json.loads(body) == {"key": "ok"}
+        await ws.send(bilibili.packet(bilibili.AUTH_REPLY, json.dumps({"code": 0 if ok else 10001}).encode()))
+        if not ok:
+            return
+        half = len(items) // 2
+        await ws.send(bilibili.packet(bilibili.MESSAGE, zlib.compress(b"".join(dm(c) for c in items[:half])), version=bilibili.ZLIB_BODY))
+        await ws.send(bilibili.packet(bilibili.HEARTBEAT_REPLY, (42).to_bytes(4, "big")))
+        await ws.send(bilibili.packet(bilibili.MESSAGE, brotli.compress(b"".join(dm(c) for c in items[half:])), version=bilibili.BROTLI_BODY))
+        await ws.send(bilibili.packet(bilibili.MESSAGE, json.dumps({"cmd": "SEND_GIFT", "data": {}}).encode(), version=0))
+
+    event = get_event(engine, event_id)
+    stored = 0
+
+    async def store(batch: list[dict[str, Any]]) -> None:
+        nonlocal stored
+        rows = ingest.comment_rows(event_id, "bilibili", {"comments": batch}, ZoneInfo(event.timezone))
+        stored += (await asyncio.to_thread(ingest.store, engine, ingest.COMMENT, rows)).stored
+
+    async with websockets.serve(server, "127.0.0.1", 0) as srv:
+        port = next(iter(srv.sockets)).getsockname()[1]
+        with pytest.raises(bilibili.BilibiliError, match="auth refused with code 10001"):
+            await bilibili.follow(f"ws://127.0.0.1:{port}", json.dumps({"key": "stale"}), "268", store)
+        await bilibili.follow(f"ws://127.0.0.1:{port}", json.dumps({"key": "ok"}), "268", store)
+    assert stored == len(items)
+
+
+@pytest.mark.parametrize("feed", [via_api, via_douyin, via_wxlivespy, via_csv, via_bilibili], ids=lambda f: f.__name__[4:])
+def test_each_source_feeds_the_screenshot_draw(feed: Callable[..., None], tmp_path: Path, engine: Engine, redis_url: str,
+                                                 make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(ORCH_ROUTES="sms=console,email=console", ORCH_INGEST_SECRET=SECRET, ORCH_DOUYIN_SECRET=DOUYIN_SECRET,
+                             REDIS_URL=redis_url)
+    event_id = schedule(engine, settings, redis_url, EventFiles(people=crowd(2), draws=DRAWS, accounts=EVERYWHERE).write(tmp_path / "event"))
+    items = [c for c in stream() if c["time"] < "2027-06-10T20"]  # the first hour's stream
+    with TestClient(create_app(settings)) as api:
+        feed(api, event_id, items, tmp_path)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Comment.__table__)).scalar_one() == len(items)  # type: ignore[attr-defined]
+    loaded = loaded_event(engine, get_event(engine, event_id), members=False)
+    made = draws.screenshot_draw(engine, event_id, "draw:screenshot:1", datetime(2027, 6, 10, 20, tzinfo=CST), loaded)
+    assert made.state == "done" and made.entrants == 3 and len(made.winners) == 2 and set(made.winners) <= {"u3", "u4", "u5"}
+    assert made.freeze_at is not None and made.freeze_at - datetime(2027, 6, 10, 20, tzinfo=CST) < timedelta(minutes=1)
+    again = draws.screenshot_draw(engine, event_id, "draw:screenshot:1", datetime(2027, 6, 10, 20, tzinfo=CST), loaded)
+    assert again.winners == made.winners, "a draw is made once"
