@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 
 from orchestrator import audience, eventlog, jobs, ledger
 from orchestrator.clock import Clock
+from orchestrator.instream import InStream
 from orchestrator.eligibility import CONSENT_OF, consent_of, optouts_of
 from orchestrator.eligibility import select as select_recipients
 from orchestrator.errors import UnknownEvent
@@ -211,6 +212,7 @@ async def _draw_screenshot(rt: Runtime, ev: Event, step: Step, loaded: LoadedPla
         return "waiting for the freeze moment"
     if wait > 0:
         await asyncio.sleep(wait)  # the committed moment itself is what we wait for, not a guess
+    await InStream(rt.pool).move(rt.engine, "comments", ev.id)  # every comment acknowledged before now is in the store
     made = await rt.db(draws.screenshot_draw, rt.engine, ev.id, step.step_id, hour, loaded)
     return await _after_draw(rt, ev, step, loaded, clock, [made], write_screen)
 
@@ -221,6 +223,7 @@ async def _draw_deposit(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybo
 
     planned = next(s for s in plan(loaded, ev.live_start.astimezone(loaded.playbook.tz)).steps if s.id == step.step_id)
     cutoff = datetime.fromisoformat(planned.detail["cutoff"]) if planned.detail and "cutoff" in planned.detail else planned.at
+    await InStream(rt.pool).move(rt.engine, "payments", ev.id)
     made = await rt.db(draws.deposit_draws, rt.engine, ev.id, loaded, cutoff)
     return await _after_draw(rt, ev, step, loaded, clock, made, None)
 

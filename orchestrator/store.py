@@ -186,7 +186,7 @@ class DrawSeed(SQLModel, table=True):
 class Comment(SQLModel, table=True):
     """A live comment, stored before it is acknowledged; one per (source, message id)."""
 
-    __table_args__ = (UniqueConstraint("source", "message_id", name="uq_comment_once"), Index("ix_comment_event_at", "event_id", "at"))
+    __table_args__ = (UniqueConstraint("source", "message_id", name="uq_comment_once"), Index("ix_comment_screen", "event_id", "at", "id"))
     id: int | None = Field(default=None, primary_key=True)
     event_id: str = Field(foreign_key="event.id", max_length=64)
     source: str = Field(max_length=32)  # api | bilibili | douyin | wxlivespy | csv
@@ -203,7 +203,9 @@ class Comment(SQLModel, table=True):
 class Payment(SQLModel, table=True):
     """A deposit, order or refund reported by the shop, one per (source, payment id); amounts in fen."""
 
-    __table_args__ = (UniqueConstraint("source", "payment_id", name="uq_payment_once"), Index("ix_payment_event_person", "event_id", "person"))
+    # the deposit draw reads only this covering index: (event, kind) then the columns it selects by
+    __table_args__ = (UniqueConstraint("source", "payment_id", name="uq_payment_once"),
+                      Index("ix_payment_draw", "event_id", "kind", "person", "order_id", "at", "product"))
     id: int | None = Field(default=None, primary_key=True)
     event_id: str = Field(foreign_key="event.id", max_length=64)
     source: str = Field(max_length=32)

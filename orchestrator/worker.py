@@ -22,6 +22,7 @@ from sqlalchemy import Engine, func as sqlfunc, select
 
 from orchestrator import eventlog, jobs, ledger, poolwatch, welcome
 from orchestrator.fanout import drain
+from orchestrator.instream import InStream
 from orchestrator.load import LoadedPlaybook
 from orchestrator.runtime import HEARTBEAT, Runtime
 from orchestrator.scheduling import EVENT, STEP, event_clock, get_event, loaded_event
@@ -100,6 +101,7 @@ async def upkeep(rt: Runtime) -> None:
         await _restart_drain(rt, event_id, step_id, "stalled")
     await poolwatch.check(rt)
     await welcome.send_due(rt, lambda event_id: _loaded(rt, event_id))
+    await InStream(rt.pool).move_all(rt.engine)
     for event_id, step_id, revision, at in await rt.db(_overdue_steps, rt.engine):
         ev = await rt.db(get_event, rt.engine, event_id)
         clock = event_clock(ev)

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from orchestrator.embedded_redis import redis_url
+from orchestrator.instream import InStream
 from orchestrator.pool import Pool
 from orchestrator.scans import Resolver
 from orchestrator.settings import Settings
@@ -25,7 +26,7 @@ from orchestrator.store import make_engine
 from orchestrator.wecom import WeComClient
 from orchestrator.wecom_crypto import WeComCrypto
 from web.api import post_group, post_joins
-from web.ingestapi import post_comments, post_douyin, post_payments, post_wxlivespy
+from web.ingestapi import Events, post_comments, post_douyin, post_payments, post_wxlivespy
 from web.metrics import metrics
 from web.pages import Rendered
 from web.posterpages import poster_image, poster_page
@@ -51,6 +52,8 @@ def create_app(settings: Settings) -> Starlette:
             app.state.pool = Pool(redis, engine)
             app.state.resolve = Resolver(engine)
             app.state.pages = Rendered()
+            app.state.instream = InStream(redis)
+            app.state.events = Events(engine)
             async with contextlib.AsyncExitStack() as stack:
                 if settings.wecom_callbacks_on:
                     app.state.wecom_crypto = WeComCrypto(str(settings.wecom_token), str(settings.wecom_aes_key), str(settings.wecom_corp_id))

@@ -4,8 +4,9 @@ A request is signed like our webhooks: `X-Orchestrator-Timestamp: <unix seconds>
 `X-Orchestrator-Signature: v1=<hex HMAC-SHA256(ORCH_INGEST_SECRET, "<timestamp>." + body)>`; a
 timestamp more than 5 minutes away is a replay. The body (at most 1 MB) is one item or a batch
 (`{"comments": [...]}` / `{"payments": [...]}`, at most 1,000), checked whole before anything is
-stored; stored in one transaction before the answer (`{"stored": n, "duplicates": m}`); an item
-sent again (same source and id) is counted once. `?source=` names the feed (default `api`).
+stored; acknowledged once durable (`{"stored": n, "duplicates": m}`: in Redis's persisted stream, moved
+to the store by the workers, see `orchestrator.instream`); an item sent again (same source and id)
+is counted once. `?source=` names the feed (default `api`).
 """
 
 from __future__ import annotations
@@ -56,12 +57,9 @@ async def _checked(request: Request) -> tuple[Any, Any, str] | JSONResponse:
     source = request.query_params.get("source", "api")
     if not SOURCE.match(source):
         return _error(422, "'source' is a short lower-case name of the feed, e.g. api, bilibili, csv", "query.source")
-    try:
-        ev = await asyncio.to_thread(get_event, state.engine, request.path_params["event"])
-    except UnknownEvent as e:
-        return _error(404, str(e))
-    if ev.state == "cancelled":
-        return _error(409, f"event {ev.id} is cancelled")
+    ev = await _event(request)
+    if isinstance(ev, JSONResponse):
+        return ev
     try:
         parsed = json.loads(body)
     except ValueError as e:
@@ -78,7 +76,7 @@ async def post_comments(request: Request) -> JSONResponse:
         rows = ingest.comment_rows(ev.id, source, parsed, ZoneInfo(ev.timezone))
     except ingest.BadInput as e:
         return _error(422, str(e), e.at)
-    done = await asyncio.to_thread(ingest.store, request.app.state.engine, ingest.COMMENT, rows)
+    done = await request.app.state.instream.append("comments", ev.id, rows)
     return JSONResponse({"stored": done.stored, "duplicates": done.duplicates})
 
 
@@ -96,13 +94,32 @@ async def post_payments(request: Request) -> JSONResponse:
         rows = ingest.payment_rows(ev.id, source, parsed, ZoneInfo(ev.timezone), products)
     except ingest.BadInput as e:
         return _error(422, str(e), e.at)
-    done = await asyncio.to_thread(ingest.store, request.app.state.engine, ingest.PAYMENT, rows)
+    done = await request.app.state.instream.append("payments", ev.id, rows)
     return JSONResponse({"stored": done.stored, "duplicates": done.duplicates})
+
+
+class Events:
+    """Events by id with a few seconds' memory per process (a feed posts many times a second; a
+    cancellation is seen within `ttl` seconds). Nothing in it is shared between processes."""
+
+    def __init__(self, engine: Any, ttl: float = 5.0) -> None:
+        self.engine, self.ttl = engine, ttl
+        self._seen: dict[str, tuple[float, Any]] = {}
+
+    async def get(self, event_id: str) -> Any:
+        hit = self._seen.get(event_id)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        ev = await asyncio.to_thread(get_event, self.engine, event_id)  # UnknownEvent: not remembered
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[event_id] = (time.monotonic() + self.ttl, ev)
+        return ev
 
 
 async def _event(request: Request) -> Any:
     try:
-        ev = await asyncio.to_thread(get_event, request.app.state.engine, request.path_params["event"])
+        ev = await request.app.state.events.get(request.path_params["event"])
     except UnknownEvent as e:
         return _error(404, str(e))
     if ev.state == "cancelled":
@@ -117,7 +134,7 @@ async def _store_comments(request: Request, ev: Any, source: str, batch: dict[st
         rows = ingest.comment_rows(ev.id, source, batch, ZoneInfo(ev.timezone))
     except ingest.BadInput as e:
         return _error(422, str(e), e.at)
-    done = await asyncio.to_thread(ingest.store, request.app.state.engine, ingest.COMMENT, rows)
+    done = await request.app.state.instream.append("comments", ev.id, rows)
     return JSONResponse({"stored": done.stored, "duplicates": done.duplicates})
 
 

@@ -132,6 +132,18 @@ async def _bilibili(engine: Engine, event_id: str, items: list[dict[str, Any]]) 
     assert stored == len(items)
 
 
+async def move_waiting(engine: Engine, redis_url: str) -> int:
+    from redis.asyncio import Redis
+
+    from orchestrator.instream import InStream
+
+    redis = Redis.from_url(redis_url)
+    try:
+        return await InStream(redis).move_all(engine)
+    finally:
+        await redis.aclose()
+
+
 @pytest.mark.parametrize("feed", [via_api, via_douyin, via_wxlivespy, via_csv, via_bilibili], ids=lambda f: f.__name__[4:])
 def test_each_source_feeds_the_screenshot_draw(feed: Callable[..., None], tmp_path: Path, engine: Engine, redis_url: str,
                                                  make_settings: Callable[..., Settings]) -> None:
@@ -141,6 +153,7 @@ def test_each_source_feeds_the_screenshot_draw(feed: Callable[..., None], tmp_pa
     items = [c for c in stream() if c["time"] < "2027-06-10T20"]  # the first hour's stream
     with TestClient(create_app(settings)) as api:
         feed(api, event_id, items, tmp_path)
+    asyncio.run(move_waiting(engine, redis_url))  # what a worker's upkeep (or the draw itself) does
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Comment.__table__)).scalar_one() == len(items)  # type: ignore[attr-defined]
     loaded = loaded_event(engine, get_event(engine, event_id), members=False)

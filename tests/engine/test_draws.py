@@ -188,6 +188,11 @@ def test_comment_batches_that_are_unsigned_replayed_oversized_or_malformed_store
         assert api.post(url, content=raw, headers=headers).json() == {"stored": 2, "duplicates": 1}
         raw, headers = signed(good)  # delivered again later
         assert api.post(url, content=raw, headers=headers).json() == {"stored": 0, "duplicates": 1}
+        from tests.engine.test_comment_sources import move_waiting
+
+        assert asyncio.run(move_waiting(engine, redis_url)) == 2 and asyncio.run(move_waiting(engine, redis_url)) == 0
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(Comment.__table__)).scalar_one() == 2  # type: ignore[attr-defined]
         bad_pay, hp = signed({"payment_id": "p1", "kind": "deposit", "order_id": "o1", "person": "b", "product": "sofa", "amount_fen": 99.5,
                               "time": "2027-06-10 20:00"})
         r = api.post(f"/api/events/{event_id}/payments", content=bad_pay, headers=hp)

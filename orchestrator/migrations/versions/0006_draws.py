@@ -43,7 +43,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('source', 'message_id', name='uq_comment_once')
     )
-    op.create_index('ix_comment_event_at', 'comment', ['event_id', 'at'], unique=False)
+    op.create_index('ix_comment_screen', 'comment', ['event_id', 'at', 'id'], unique=False)
     op.create_table('payment',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('event_id', sa.String(length=64), nullable=False),
@@ -60,7 +60,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('source', 'payment_id', name='uq_payment_once')
     )
-    op.create_index('ix_payment_event_person', 'payment', ['event_id', 'person'], unique=False)
+    op.create_index('ix_payment_draw', 'payment', ['event_id', 'kind', 'person', 'order_id', 'at', 'product'], unique=False)
     op.create_table('draw',
     sa.Column('event_id', sa.String(length=64), nullable=False),
     sa.Column('draw_id', sa.String(length=80), nullable=False),
@@ -84,8 +84,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('draw')
-    op.drop_index('ix_payment_event_person', table_name='payment')
+    op.drop_index('ix_payment_draw', table_name='payment')
     op.drop_table('payment')
-    op.drop_index('ix_comment_event_at', table_name='comment')
+    op.drop_index('ix_comment_screen', table_name='comment')
     op.drop_table('comment')
     op.drop_table('drawseed')

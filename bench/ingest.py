@@ -1,0 +1,154 @@
+"""How fast comments come in through the signed ingestion endpoint, against a bare route, in one run.
+
+One uvicorn process (uvloop + httptools, as `orchestrator web` runs it) serves the real app: every
+request is signed, checked, de-duplicated and appended to the event's durable stream before it is
+answered. Beside it, the same server settings serve a bare Starlette route that reads and parses
+the body and answers the same JSON. CLIENTS requests are in flight at once (aiohttp); singles carry one comment,
+batches BATCH. Afterwards every comment is moved into the store and counted: stored == sent.
+
+    python bench/ingest.py [--comments 20000] [--clients 200] [--batch 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench.scan's server helpers and the tests' playbook maker
+
+import aiohttp  # noqa: E402
+from redis.asyncio import Redis  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
+
+from bench.scan import p99, serve  # noqa: E402
+from orchestrator.channels.webhook import sign  # noqa: E402
+from orchestrator.embedded_redis import redis_url  # noqa: E402
+from orchestrator.instream import InStream  # noqa: E402
+from orchestrator.store import Comment, open_store  # noqa: E402
+from tests.engine.eventfiles import EventFiles, crowd  # noqa: E402
+
+SECRET = "bench-secret"
+
+
+def bare_app() -> object:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def route(request: Request) -> JSONResponse:  # reads and parses the body, answers the same JSON: nothing else
+        body = json.loads(await request.body())
+        return JSONResponse({"stored": len(body["comments"]) if "comments" in body else 1, "duplicates": 0})
+
+    return Starlette(routes=[Route("/api/events/{event}/comments", route, methods=["POST"])])
+
+
+def bodies(n_comments: int, per_request: int, offset: int) -> list[tuple[bytes, dict[str, str]]]:
+    out = []
+    for start in range(0, n_comments, per_request):
+        items = [{"platform": "wechat_channels", "room": "r1", "message_id": f"m{offset + i}", "user_id": f"u{(offset + i) % 5000}",
+                  "name": "观众", "text": "焕新！主播好", "time": "2027-06-10T19:30:00+08:00"}
+                 for i in range(start, min(start + per_request, n_comments))]
+        raw = json.dumps({"comments": items} if per_request > 1 else items[0], ensure_ascii=False).encode()
+        ts = str(int(time.time()))
+        out.append((raw, {"Content-Type": "application/json", "X-Orchestrator-Timestamp": ts,
+                          "X-Orchestrator-Signature": sign(SECRET, ts, raw)}))
+    return out
+
+
+async def load(url: str, requests: list[tuple[bytes, dict[str, str]]], clients: int) -> tuple[float, list[float]]:
+    left = iter(requests)
+    latencies: list[float] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
+        async def client() -> None:
+            for body, headers in left:
+                t = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        raise RuntimeError(f"{url}: HTTP {resp.status}: {await resp.text()}")
+                latencies.append(time.perf_counter() - t)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return time.perf_counter() - t0, latencies
+
+
+def schedule(url: str, folder: Path, rurl: str) -> str:
+    from orchestrator import scheduling
+    from orchestrator.settings import Settings
+    from orchestrator.worker import pool_for
+
+    path = EventFiles(people=crowd(2)).write(folder / "event")
+    settings = Settings.from_env({"DATABASE_URL": url, "ORCH_DATA_DIR": str(folder / "data"), "ORCH_ROUTES": "sms=console,email=console"},
+                                 env_file=None)
+
+    async def go() -> str:
+        pool = await pool_for(rurl)
+        try:
+            return (await scheduling.schedule(open_store(url), pool, settings, path)).event_id
+        finally:
+            await pool.aclose()
+    return asyncio.run(go())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--comments", type=int, default=20_000)
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=100)
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="ingest-") as tmp:
+        folder = Path(tmp)
+        url = f"sqlite:///{folder / 'bench.db'}"
+        with redis_url(None, folder / "data") as rurl:
+            event_id = schedule(url, folder, rurl)
+            env = {"DATABASE_URL": url, "REDIS_URL": rurl, "ORCH_DATA_DIR": str(folder / "data"), "ORCH_INGEST_SECRET": SECRET}
+            sent = 0
+            for label, per in (("single", 1), (f"batches of {args.batch}", args.batch)):
+                n = args.comments if per == 1 else args.comments * 5
+                rows = []
+                for target, extra in (("web.app:app_from_env", env), ("bench.ingest:bare_app", {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)})):
+                    warm = bodies(min(1000, n), per, 10_000_000 + sent + (0 if target.startswith("web") else 5_000_000))
+                    real = bodies(n, per, sent)
+                    proc, base = serve(target, extra)
+                    try:
+                        endpoint = f"{base}/api/events/{event_id}/comments"
+                        asyncio.run(load(endpoint, warm, args.clients))
+                        elapsed, lat = asyncio.run(load(endpoint, real, args.clients))
+                    finally:
+                        proc.terminate()
+                        proc.wait()
+                    rows.append((n / elapsed, statistics.median(lat), p99(lat)))
+                sent += n
+                results.append((label, n, rows))
+
+            async def moved() -> int:
+                redis = Redis.from_url(rurl)
+                try:
+                    return await InStream(redis).move_all(open_store(url))
+                finally:
+                    await redis.aclose()
+            asyncio.run(moved())
+            with open_store(url).connect() as conn:
+                stored = conn.execute(select(func.count()).select_from(Comment.__table__)).scalar_one()  # type: ignore[attr-defined]
+            warmups = sum(min(1000, n) for _l, n, _r in results)
+    print(f"comment ingestion, {args.clients} clients, one uvicorn process, signed requests, durable (Redis AOF) before the answer")
+    print(f"  {'':22} {'comments/s':>11} {'p50 ms':>8} {'p99 ms':>8}   {'bare/s':>9} {'p99 ms':>8}   ratio   p99 ×")
+    for label, _n, ((rate, p50, tail), (brate, _bp50, btail)) in results:
+        ratio, tail_x = rate / brate, tail / btail
+        verdict = "ok" if ratio >= 0.5 and tail_x <= 3 else "MISSES"
+        print(f"  {label:22} {rate:>11,.0f} {p50 * 1000:>8.1f} {tail * 1000:>8.1f}   {brate:>9,.0f} {btail * 1000:>8.1f}   {ratio:5.2f}  {tail_x:5.2f}"
+              f"  (targets ≥ 0.5, ≤ 3)  {verdict}")
+    print(f"  stored after moving: {stored:,} of {sent + warmups:,} sent ({'exact' if stored == sent + warmups else 'MISMATCH'})")
+
+
+if __name__ == "__main__":
+    main()
