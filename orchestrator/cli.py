@@ -496,6 +496,38 @@ def redraw(event: str, draw: str, disqualify: str, why: str) -> None:
         click.echo(_("{draw}: {winner} wins in place of {who}").format(draw=made.draw_id, winner=", ".join(made.winners), who=disqualify))
 
 
+@cli.command()
+@click.argument("event")
+@click.option("--round", "round_number", required=True, type=int, help="The drand round (choose one that comes after the commitment).")
+@click.option("--randomness", required=True, help="That round's randomness (64 hex characters), as drand publishes it.")
+def beacon(event: str, round_number: int, randomness: str) -> None:
+    """Mix a public randomness value (a drand round) into EVENT's draws; before the first draw only."""
+    from orchestrator.draws import set_beacon
+    from orchestrator.store import open_store
+
+    value = set_beacon(open_store(Settings.from_env().database_url), event, round_number, randomness.strip().lower())
+    click.echo(_("{event}: every draw from now mixes in {beacon}").format(event=event, beacon=value))
+
+
+@cli.command("live-ended")
+@click.argument("event")
+@click.option("--at", "moment", help="When the live ended (ISO 8601; default: now).")
+def live_ended(event: str, moment: str | None) -> None:
+    """Record that EVENT's live ended before its planned end: the screenshot draws after it are void, with that reason."""
+    from orchestrator.draws import set_live_ended
+    from orchestrator.scheduling import event_clock, get_event
+    from orchestrator.store import open_store
+
+    engine = open_store(Settings.from_env().database_url)
+    ev = get_event(engine, event)
+    at = _start_option(moment)
+    when = event_clock(ev).now() if at is None else (localize(at, ZoneInfo(ev.timezone)) if at.tzinfo is None else at)
+    after = set_live_ended(engine, event, when)
+    click.echo(_("{event}: the live ended at {at}; draws after it will be void").format(event=event, at=when.isoformat()))
+    if after:
+        click.echo(_("note: {n} draw(s) were already made after that moment and stay as recorded").format(n=after), err=True)
+
+
 @cli.group()
 def comments() -> None:
     """Live comments for the draws: import a transcribed screen, show where feeds post."""

@@ -67,6 +67,37 @@ def _seed(conn: Connection, event_id: str) -> tuple[str, str]:
     return row.seed, row.beacon or ""
 
 
+def set_beacon(engine: Engine, event_id: str, round_number: int, randomness: str) -> str:
+    """Mix a public randomness value (a drand round) into every draw still to come; before the first draw only."""
+    import re
+
+    if not re.fullmatch(r"[0-9a-f]{64}", randomness):
+        raise DrawError("the beacon's randomness is 64 lower-case hex characters (a drand round's 'randomness')")
+    if round_number < 1:
+        raise DrawError("the beacon's round is a positive number")
+    with engine.begin() as conn:
+        if conn.execute(select(DRAW.c.draw_id).where(DRAW.c.event_id == event_id).limit(1)).first() is not None:
+            raise DrawError(f"event {event_id} has drawn already: a beacon can only be set before the first draw")
+        value = f"drand:{round_number}:{randomness}"
+        if not conn.execute(SEED.update().where(SEED.c.event_id == event_id).values(beacon=value)).rowcount:
+            raise DrawError(f"event {event_id} has no draw commitment")
+    return value
+
+
+def set_live_ended(engine: Engine, event_id: str, at: datetime) -> int:
+    """The live ended at `at`, before its plan: screenshot draws after it will be void. Draws made already stay."""
+    with engine.begin() as conn:
+        if not conn.execute(SEED.update().where(SEED.c.event_id == event_id).values(live_ended_at=at)).rowcount:
+            raise DrawError(f"event {event_id} has no draw commitment")
+        return len(conn.execute(select(DRAW.c.draw_id).where(DRAW.c.event_id == event_id, DRAW.c.freeze_at > at)).all())
+
+
+def live_ended_at(engine: Engine, event_id: str) -> datetime | None:
+    with engine.connect() as conn:
+        value: datetime | None = conn.execute(select(SEED.c.live_ended_at).where(SEED.c.event_id == event_id)).scalar_one_or_none()
+    return value
+
+
 # --- entrants ----------------------------------------------------------------------------------
 
 

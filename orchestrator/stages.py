@@ -213,7 +213,8 @@ async def _draw_screenshot(rt: Runtime, ev: Event, step: Step, loaded: LoadedPla
     if wait > 0:
         await asyncio.sleep(wait)  # the committed moment itself is what we wait for, not a guess
     await InStream(rt.pool).move(rt.engine, "comments", ev.id)  # every comment acknowledged before now is in the store
-    made = await rt.db(draws.screenshot_draw, rt.engine, ev.id, step.step_id, hour, loaded)
+    ended = await rt.db(draws.live_ended_at, rt.engine, ev.id)
+    made = await rt.db(draws.screenshot_draw, rt.engine, ev.id, step.step_id, hour, loaded, live_ended_at=ended)
     return await _after_draw(rt, ev, step, loaded, clock, [made], write_screen)
 
 

@@ -180,6 +180,7 @@ class DrawSeed(SQLModel, table=True):
     rules_hash: str = Field(max_length=64)
     commitment: str = Field(max_length=64)
     beacon: str | None = Field(default=None, max_length=200)  # a public randomness value mixed in, when entered
+    live_ended_at: datetime | None = _ts(default=None)  # the live ended before its planned end: later draws are void
     created_at: datetime = _ts(default_factory=utc_now)
 
 

@@ -28,6 +28,7 @@ from orchestrator.wecom_crypto import WeComCrypto
 from web.api import post_group, post_joins
 from web.ingestapi import Events, post_comments, post_douyin, post_payments, post_wxlivespy
 from web.metrics import metrics
+from web.noticepage import notice
 from web.pages import Rendered
 from web.posterpages import poster_image, poster_page
 from web.scan import group_image, scan
@@ -74,6 +75,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/g/{event}/{number:int}", group_image),
         Route("/p/{code}.png", poster_image),
         Route("/posters/{event}/{key}", poster_page),
+        Route("/notice/{event}", notice),
         Route("/api/events/{event}/joins", post_joins, methods=["POST"]),
         Route("/api/events/{event}/groups", post_group, methods=["POST"]),
         Route("/api/events/{event}/comments", post_comments, methods=["POST"]),

@@ -202,3 +202,46 @@ def test_comment_batches_that_are_unsigned_replayed_oversized_or_malformed_store
     with TestClient(create_app(make_settings(REDIS_URL=redis_url))) as off:
         raw, headers = signed(good)
         assert off.post(url, content=raw, headers=headers).status_code == 503
+
+
+def test_a_beacon_is_mixed_in_a_live_that_ends_early_voids_later_draws_and_the_notice_is_public(
+        tmp_path: Path, engine: Engine, redis_url: str, receiver: Any, make_settings: Callable[..., Settings], draw_event: Path) -> None:
+    settings = make_settings(ORCH_ROUTES="sms=console,email=console", ORCH_INGEST_SECRET=SECRET, REDIS_URL=redis_url)
+    env = {"DATABASE_URL": settings.database_url, "ORCH_DATA_DIR": settings.data_dir}
+    randomness = "ab" * 32
+
+    async def go() -> str:
+        from orchestrator import scheduling
+        from tests.engine.conftest import arq_pool, running_worker, until
+        from tests.engine.test_event_run import closed
+
+        async with arq_pool(redis_url) as pool:
+            result = await scheduling.schedule(engine, pool, settings, draw_event, speed=3600)
+        bad = CliRunner().invoke(cli, ["beacon", result.event_id, "--round", "100", "--randomness", "xyz"], env=env)
+        assert bad.exit_code != 0 and "64 lower-case hex" in bad.output + str(bad.exception or "")
+        ok = CliRunner().invoke(cli, ["beacon", result.event_id, "--round", "4200000", "--randomness", randomness], env=env)
+        assert ok.exit_code == 0, ok.output
+        ended = CliRunner().invoke(cli, ["live-ended", result.event_id, "--at", "2027-06-10 20:30"], env=env)
+        assert ended.exit_code == 0 and "the live ended at 2027-06-10T20:30:00+08:00" in ended.output, ended.output
+        with TestClient(create_app(settings)) as api:
+            body, headers = signed({"comments": stream()})
+            assert api.post(f"/api/events/{result.event_id}/comments", content=body, headers=headers).status_code == 200
+            page = api.get(f"/notice/{result.event_id}")
+            assert page.status_code == 200 and "整点截屏抽奖" in page.text and "种子承诺" in page.text
+            text = api.get(f"/notice/{result.event_id}.txt")
+            assert text.headers["content-type"].startswith("text/plain") and text.text.startswith("【活动公示】引擎测试直播")
+            assert api.get("/notice/no-such-event").status_code == 404
+        async with running_worker(settings, redis_url, engine):
+            await until(closed(engine, result.event_id), 90, "the event to close")
+        return result.event_id
+
+    event_id = asyncio.run(go())
+    data = json.loads((Path(settings.data_dir) / "audit" / f"{event_id}-audit.json").read_text(encoding="utf-8"))
+    by_id = {d["id"]: d for d in data["draws"]}
+    assert by_id["draw:screenshot:1"]["beacon"] == f"drand:4200000:{randomness}" and by_id["draw:screenshot:1"]["winners"]
+    assert by_id["draw:screenshot:1"]["winners"] == drawproof.winners(data["seed"], "draw:screenshot:1", by_id["draw:screenshot:1"]["entrants"],
+                                                                     2, f"drand:4200000:{randomness}")
+    assert by_id["draw:screenshot:2"]["state"] == "void" and by_id["draw:screenshot:2"]["reason"].startswith("the live ended at")
+    assert drawproof.verify(data) == []
+    late = CliRunner().invoke(cli, ["beacon", event_id, "--round", "4200001", "--randomness", randomness], env=env)
+    assert late.exit_code != 0 and "before the first draw" in late.output + str(late.exception or "")

@@ -23,6 +23,7 @@ def upgrade() -> None:
     sa.Column('rules_hash', sa.String(length=64), nullable=False),
     sa.Column('commitment', sa.String(length=64), nullable=False),
     sa.Column('beacon', sa.String(length=200), nullable=True),
+    sa.Column('live_ended_at', sa.DateTime(), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['event_id'], ['event.id'], ),
     sa.PrimaryKeyConstraint('event_id')
