@@ -282,6 +282,23 @@ def demo(playbook_file: str | None, directory: str, seconds: float, port: int) -
     out.print(_("status: orchestrator status {event}").format(event=result.event_id))
 
 
+def _board_url(settings: Settings, engine: Any, event_id: str) -> str:
+    from orchestrator.scheduling import get_event
+
+    return f"{settings.public_url.rstrip('/')}/board/{event_id}?t={get_event(engine, event_id).board_key}"
+
+
+def _open(url: str) -> Any:
+    """The migrated store at `url`, disposed of when the command is done (its connections closed)."""
+    from orchestrator.store import open_store
+
+    engine = open_store(url)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(engine.dispose)
+    return engine
+
+
 @contextlib.contextmanager
 def _services() -> Iterator[tuple[Settings, Any, str]]:
     """Settings, the migrated store and a Redis URL (the embedded server when REDIS_URL is unset)."""
@@ -337,12 +354,14 @@ def schedule(file: str, start: str | None, event_id: str | None, speed: float | 
             _report(file, e.diagnostics, _console(err=True))
             click.echo(_("{file}: not scheduled, {errors} error(s)").format(file=file, errors=len(e.diagnostics)), err=True)
             sys.exit(1)
+        board = _board_url(settings, engine, result.event_id)
     if as_json:
         click.echo(json.dumps({"event": result.event_id, "created": result.created, "steps": result.steps, "jobs": result.jobs,
-                               "playbook_hash": result.playbook_hash, "speed": result.clock.speed}, ensure_ascii=False))
+                               "playbook_hash": result.playbook_hash, "speed": result.clock.speed, "board": board}, ensure_ascii=False))
     elif result.created:
         click.echo(_("scheduled {event}: {steps} steps, {people} people, playbook {hash}").format(
             event=result.event_id, steps=result.steps, people=result.audience, hash=result.playbook_hash[:12]))
+        click.echo(_("host board: {url}").format(url=board))
     else:
         click.echo(_("{event} is already scheduled with this playbook; nothing changed ({jobs} lost jobs restored)").format(event=result.event_id, jobs=result.jobs))
 
@@ -387,9 +406,8 @@ def status(event: str, as_json: bool) -> None:
     """Show an event's steps with their state and send counts, and sends whose outcome is unknown."""
     from orchestrator.scheduling import status as get_status
     from orchestrator.settings import Settings as _S
-    from orchestrator.store import open_store
 
-    engine = open_store(_S.from_env().database_url)
+    engine = _open(_S.from_env().database_url)
     data = get_status(engine, event)
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
@@ -469,9 +487,8 @@ def export_audit(event: str, folder: str) -> None:
     """Write EVENT's audit bundle: rules, commitment, every draw's entrants and winners, and the seed once it has closed."""
     from orchestrator.draws import bundle as make_bundle
     from orchestrator.draws import write_bundle
-    from orchestrator.store import open_store
 
-    engine = open_store(Settings.from_env().database_url)
+    engine = _open(Settings.from_env().database_url)
     path = write_bundle(engine, event, Path(folder))
     if make_bundle(engine, event)["seed"] is None:
         click.echo(_("note: {event} has not closed, so the seed is not in the bundle yet; verify needs it").format(event=event), err=True)
@@ -486,9 +503,8 @@ def export_audit(event: str, folder: str) -> None:
 def redraw(event: str, draw: str, disqualify: str, why: str) -> None:
     """Draw again for a disqualified winner of DRAW: a new draw linked to it, from the same seed (never a silent re-roll)."""
     from orchestrator.draws import redraw as do_redraw
-    from orchestrator.store import open_store
 
-    engine = open_store(Settings.from_env().database_url)
+    engine = _open(Settings.from_env().database_url)
     made = do_redraw(engine, event, draw, disqualify, why)
     if made.state == "void":
         click.echo(_("{draw}: void ({reason})").format(draw=made.draw_id, reason=made.reason))
@@ -503,9 +519,8 @@ def redraw(event: str, draw: str, disqualify: str, why: str) -> None:
 def beacon(event: str, round_number: int, randomness: str) -> None:
     """Mix a public randomness value (a drand round) into EVENT's draws; before the first draw only."""
     from orchestrator.draws import set_beacon
-    from orchestrator.store import open_store
 
-    value = set_beacon(open_store(Settings.from_env().database_url), event, round_number, randomness.strip().lower())
+    value = set_beacon(_open(Settings.from_env().database_url), event, round_number, randomness.strip().lower())
     click.echo(_("{event}: every draw from now mixes in {beacon}").format(event=event, beacon=value))
 
 
@@ -516,9 +531,8 @@ def live_ended(event: str, moment: str | None) -> None:
     """Record that EVENT's live ended before its planned end: the screenshot draws after it are void, with that reason."""
     from orchestrator.draws import set_live_ended
     from orchestrator.scheduling import event_clock, get_event
-    from orchestrator.store import open_store
 
-    engine = open_store(Settings.from_env().database_url)
+    engine = _open(Settings.from_env().database_url)
     ev = get_event(engine, event)
     at = _start_option(moment)
     when = event_clock(ev).now() if at is None else (localize(at, ZoneInfo(ev.timezone)) if at.tzinfo is None else at)
@@ -543,9 +557,8 @@ def comments_import(event: str, file: str, platform: str) -> None:
     Every row is checked first; one bad row stores nothing. Rows imported before are counted once."""
     from orchestrator import ingest
     from orchestrator.scheduling import get_event
-    from orchestrator.store import open_store
 
-    engine = open_store(Settings.from_env().database_url)
+    engine = _open(Settings.from_env().database_url)
     ev = get_event(engine, event)
     rows = ingest.csv_rows(Path(file), ev.id, platform, ZoneInfo(ev.timezone))
     done = ingest.store(engine, ingest.COMMENT, rows)
@@ -562,9 +575,8 @@ def comments_bilibili(event: str, url: str, auth_body: str, room: str) -> None:
     from orchestrator import ingest
     from orchestrator.bilibili import follow
     from orchestrator.scheduling import get_event
-    from orchestrator.store import open_store
 
-    engine = open_store(Settings.from_env().database_url)
+    engine = _open(Settings.from_env().database_url)
     ev = get_event(engine, event)
     tz = ZoneInfo(ev.timezone)
     seen = [0]

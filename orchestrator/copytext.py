@@ -165,6 +165,16 @@ def render_copy(source: str, context: Mapping[str, Any], *, html: bool = False) 
         raise  # not reached: handle_exception re-raises with the template's traceback
 
 
+def mask(name: str) -> str:
+    """张*明: a person's name as shown in public (first and last character kept)."""
+    name = name.strip()
+    if len(name) <= 1:
+        return name or "*"
+    if len(name) == 2:
+        return name[0] + "*"
+    return name[0] + "*" * (len(name) - 2) + name[-1]
+
+
 def date_text(start: datetime) -> str:
     """`12月5日（周六）`: how copy and pages write a live's day."""
     return f"{start.month}月{start.day}日（周{WEEKDAYS_ZH[start.weekday()]}）"

@@ -119,6 +119,8 @@ async def _run(settings: Settings, engine: Engine, redis_url: str, playbook: Pat
         result = await scheduling.schedule(engine, pool, settings, playbook, event_id=event_id, speed=speed, rehearsal=True)
         console.print(f"[bold]{p.title}[/] → event [bold]{event_id}[/]: {result.steps} steps, {result.audience} people, "
                       f"clock ×{speed:,.0f} (an event day in {86400 / speed:.0f} s), channels → console")
+        key = scheduling.get_event(engine, event_id).board_key
+        console.print(f"host board: [bold]{settings.public_url.rstrip('/')}/board/{event_id}?t={key}[/]")
         await _follow(engine, event_id, tz, console)
     finally:
         await pool.aclose()

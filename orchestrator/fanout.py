@@ -22,6 +22,7 @@ from orchestrator.channels.base import Outcome, Outgoing
 from orchestrator.clock import Clock
 from orchestrator.eligibility import address_of, optouts_of
 from orchestrator.errors import UnknownEvent
+from orchestrator.funnel import Funnel, Seen
 from orchestrator.ledger import Claimed, Result
 from orchestrator.limits import periods
 from orchestrator.load import LoadedPlaybook
@@ -159,6 +160,8 @@ async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: dateti
     await rt.caps.release([c.member_id for c in reserved if c.id not in sent_ids], now)
     day, month = periods(now)
     increments: Counter[tuple[str, str]] = Counter()
+    if sent_members:  # the board's funnel: reminded (delivered), once per person
+        await Funnel(rt.pool).count(ev.id, "reminded", [Seen(m) for m in sent_members])
     for member_id in sent_members:
         increments[(member_id, day)] += 1
         increments[(member_id, month)] += 1

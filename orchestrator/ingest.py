@@ -38,6 +38,7 @@ class BadInput(OrchestratorError):
 class Stored:
     stored: int
     duplicates: int
+    new: tuple[dict[str, Any], ...] = ()  # the rows stored now (not those known before)
 
 
 def moment(value: Any, tz: ZoneInfo, at: str) -> datetime:
@@ -139,9 +140,11 @@ def store(engine: Engine, table: Any, rows: list[dict[str, Any]]) -> Stored:
     insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
     if not rows:
         return Stored(0, 0)
+    id_field = "message_id" if "message_id" in rows[0] else "payment_id"
     with engine.begin() as conn:
-        added = len(conn.execute(insert(table).on_conflict_do_nothing().returning(table.c.id), rows).all())
-    return Stored(added, len(rows) - added)
+        added = {(s, i) for s, i in conn.execute(insert(table).on_conflict_do_nothing().returning(table.c.source, table.c[id_field]), rows)}
+    new = tuple({(r["source"], r[id_field]): r for r in rows if (r["source"], r[id_field]) in added}.values())
+    return Stored(len(new), len(rows) - len(new), new)
 
 
 CSV_COLUMNS = ("time", "user_id", "name", "text")

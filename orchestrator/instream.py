@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from sqlalchemy import Engine
 
 from orchestrator import ingest
+from orchestrator.funnel import Funnel, Seen
 
 SEEN_FOR = 2 * 24 * 3600
 BATCH = 5000
@@ -68,6 +69,18 @@ def _decode(kind: str, raw: bytes | str) -> dict[str, Any]:
     return row
 
 
+async def count(f: Funnel, kind: str, event_id: str, new: tuple[dict[str, Any], ...]) -> None:
+    """The funnel steps of items stored for the first time: commented, deposited, ordered, GMV."""
+    if kind == "comments":
+        await f.count(event_id, "commented", [Seen(r["user_id"]) for r in new])
+        return
+    for step, kinds in (("deposited", {"deposit"}), ("ordered", {"order"})):
+        await f.count(event_id, step, [Seen(r["person"]) for r in new if r["kind"] in kinds])
+    gmv = sum(r["amount_fen"] for r in new if r["kind"] == "order") - sum(r["amount_fen"] for r in new if r["kind"] == "refund")
+    if gmv:
+        await f.add_gmv(event_id, gmv)
+
+
 class InStream:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
@@ -90,7 +103,8 @@ class InStream:
             if not entries:
                 return moved
             rows = [_decode(kind, fields[b"d"] if b"d" in fields else fields["d"]) for _id, fields in entries]
-            await asyncio.to_thread(ingest.store, engine, KINDS[kind], rows)
+            done = await asyncio.to_thread(ingest.store, engine, KINDS[kind], rows)
+            await count(Funnel(self.redis), kind, event_id, done.new)
             await self.redis.xdel(key, *[entry_id for entry_id, _f in entries])
             moved += len(entries)
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 from sqlalchemy import Engine, func, insert, select
 
@@ -28,17 +27,29 @@ from orchestrator.store import ChatGroup, utc_now
 
 GROUP = ChatGroup.__table__  # type: ignore[attr-defined]
 
-# KEYS: pool hash, who hash, then the tally's keys. ARGV: visitor, now (epoch seconds), and the
-# tally in one argument (few arguments are cheaper to send): ops separated by \30, each op
-# "<h|p>\31<key index>\31<field>": 'h' HINCRBY key field 1, 'p' PFADD key field.
-# The tally is counted first, whatever the answer. Returns {group, new (1) or again (0), count} or
-# {0, 0, 0} when every group is full or expired, or {-1, 0, 0} when the pool is not in Redis yet.
-ASSIGN = """
+# The tally's ops, counted first by ASSIGN (and alone by TALLY): ARGV[3] holds them as one argument
+# (few arguments are cheaper to send), ops separated by \30, each "<op>\31<key index>\31<field>":
+# 'h' HINCRBY key field 1; 'p' PFADD key field; 's' SADD key field, remembering whether it was new;
+# 'm' HINCRBY key field 1 only if the last 's' was new (a first time per minute); 'a' SADD, plainly.
+TALLY_OPS = """
+local last = 0
 if ARGV[3] then
-  for op, k, field in string.gmatch(ARGV[3], '([hp])\\31(%d+)\\31([^\\30]*)') do
-    if op == 'h' then redis.call('HINCRBY', KEYS[tonumber(k)], field, 1) else redis.call('PFADD', KEYS[tonumber(k)], field) end
+  for op, k, field in string.gmatch(ARGV[3], '([hpsma])\\31(%d+)\\31([^\\30]*)') do
+    local key = KEYS[tonumber(k)]
+    if op == 'h' then redis.call('HINCRBY', key, field, 1)
+    elseif op == 'p' then redis.call('PFADD', key, field)
+    elseif op == 's' then last = redis.call('SADD', key, field)
+    elseif op == 'm' then if last == 1 then redis.call('HINCRBY', key, field, 1) end
+    else redis.call('SADD', key, field) end
   end
 end
+"""
+TALLY = TALLY_OPS + "return 1"
+
+# KEYS: pool hash, who hash, then the tally's keys. ARGV: visitor, now (epoch seconds), the tally.
+# Returns {group, new (1) or again (0), count} or {0, 0, 0} when every group is full or expired,
+# or {-1, 0, 0} when the pool is not in Redis yet.
+ASSIGN = TALLY_OPS + """
 local g = redis.call('HGET', KEYS[2], ARGV[1])
 if g then
   return {tonumber(g), 0, tonumber(redis.call('HGET', KEYS[1], 'count:' .. g) or '0')}
@@ -109,14 +120,6 @@ class Tally:
         """The ops as the script's one argument, key indexes counted from `first_key` (1-based)."""
         return "\x1e".join(f"{self.ops[i]}\x1f{int(self.ops[i + 1]) + first_key - 1}\x1f{self.ops[i + 2]}" for i in range(0, len(self.ops), 3))
 
-    def apply(self, pipe: Pipeline) -> None:
-        """The same counts as commands of a pipeline (when no place is taken)."""
-        for i in range(0, len(self.ops), 3):
-            op, key, field = self.ops[i], self.keys[int(self.ops[i + 1]) - 1], self.ops[i + 2]
-            if op == "h":
-                pipe.hincrby(key, field, 1)
-            else:
-                pipe.pfadd(key, field)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +152,7 @@ class Pool:
         self.engine = engine
         self._assign = redis.register_script(ASSIGN)
         self._load = redis.register_script(LOAD)
+        self._tally = redis.register_script(TALLY)
         self._loading: dict[str, asyncio.Lock] = {}
 
     async def assign(self, event_id: str, visitor: str, now: datetime | None = None, tally: Tally | None = None) -> Place:
@@ -170,6 +174,10 @@ class Pool:
             await self.load(event_id)
             answer = await self._assign(keys=keys, args=[visitor, at])  # counted already
         return Place(0, False, 0)  # the event has no groups at all
+
+    async def tally(self, tally: Tally) -> None:
+        """Count a tally alone (no place taken)."""
+        await self._tally(keys=["-", "-", *tally.keys], args=["-", "-", tally.packed(3)])
 
     async def load(self, event_id: str) -> int:
         """Copy the event's groups into Redis where they are missing; returns how many groups it has."""

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 from redis.asyncio import Redis
 from sqlalchemy import Engine, select
 
+from orchestrator import funnel
 from orchestrator.copytext import date_text
 from orchestrator.pool import Tally
 from orchestrator.store import Event, Guide, JoinWay, ScanCode
@@ -95,9 +96,13 @@ def scan_tally(scanned: Scanned, visitor: str) -> Tally:
     """The counts of one scan of `scanned` by `visitor` (a random id from a first-party cookie):
     per event, guide, variant and guide x variant, and unique people (HyperLogLog)."""
     e, g, v = scanned.event_id, scanned.guide_id, scanned.variant
-    keys = (f"orch:scans:{e}", f"orch:scanners:{e}", f"orch:scanners:{e}:g:{g}", f"orch:scanners:{e}:v:{v}")
+    keys = (f"orch:scans:{e}", f"orch:scanners:{e}", f"orch:scanners:{e}:g:{g}", f"orch:scanners:{e}:v:{v}",
+            funnel.key(e, "scanned"), funnel.key(e, "scanned", "m"), funnel.key(e, "scanned", f"g:{g}"),
+            funnel.key(e, "scanned", f"v:{v}"), funnel.DIRTY)
+    minute = time.strftime("%Y-%m-%dT%H:%M", time.gmtime())
     ops = ("h", "1", "total", "h", "1", f"g:{g}", "h", "1", f"v:{v}", "h", "1", f"gv:{g}:{v}",
-           "p", "2", visitor, "p", "3", visitor, "p", "4", visitor)
+           "p", "2", visitor, "p", "3", visitor, "p", "4", visitor,
+           "s", "5", visitor, "m", "6", minute, "a", "7", visitor, "a", "8", visitor, "a", "9", e)  # the funnel: exact people
     return Tally(keys, ops)
 
 

@@ -132,8 +132,11 @@ async def schedule(engine: Engine, pool: ArqRedis, settings: Settings, path: str
         with engine.begin() as conn:
             conn.execute(update(EVENT).where(EVENT.c.id == eid).values(real_origin=clock.real_origin))
     count = await _enqueue_open_steps(engine, pool, eid)
+    from orchestrator.funnel import Funnel
     from orchestrator.notice import write_notice
 
+    await Funnel(pool).clear(eid)  # an id used before (rehearsals) starts from nothing
+    await Funnel(pool).set_reached(eid, members)
     notice = write_notice(engine, eid, settings.data_path / "notices")
     promise = draws.commitment_of(engine, eid) or {}
     eventlog.record(engine, eid, "scheduled", f"scheduled {loaded.playbook.title!r} ({mode}), live {p.live_start:%Y-%m-%d %H:%M} {p.timezone}; "
@@ -185,7 +188,7 @@ def _store_event(engine: Engine, eid: str, loaded: LoadedPlaybook, bundle: Bundl
             id=eid, playbook_id=pb.id, title=pb.title, entry=bundle.entry, playbook_hash=digest,
             timezone=pb.timezone, live_start=p.live_start, live_end=p.live_end, state="scheduled", mode=mode, revision=1,
             speed=clock.speed, real_origin=clock.real_origin, virtual_origin=clock.virtual_origin, audience=p.audience_total,
-            created_at=now, updated_at=now,
+            board_key=secrets.token_urlsafe(12), created_at=now, updated_at=now,
         ))
         conn.execute(insert(FROZEN).values(event_id=eid, playbook_hash=digest, bundle=bundle.to_bytes()))
         draws.commit(conn, eid, pb)
@@ -322,6 +325,7 @@ def status(engine: Engine, event_id: str) -> dict[str, Any]:
         ],
         "welcomes": _totals(counts.get("welcome", {})),
         "draws": {**(draws.commitment_of(engine, event_id) or {}), "made": draws.summaries(engine, event_id)},
+        "board_key": ev.board_key,
         "unknown": ledger.unknown_rows(engine, event_id),
     }
 

@@ -10,17 +10,12 @@ from zoneinfo import ZoneInfo
 
 from PIL import Image, ImageDraw
 
+from orchestrator.copytext import mask
 from orchestrator.load import LoadedPlaybook
 from orchestrator.poster import _font, wrap
 
 WIDTH = 900
 ACCENT = (200, 16, 46)
-
-
-def _mask(name: str) -> str:
-    from orchestrator.stages import mask
-
-    return mask(name)
 
 
 def render_screen(made: Any, title: str, tz: ZoneInfo, font: Path) -> bytes:
@@ -29,7 +24,7 @@ def render_screen(made: Any, title: str, tz: ZoneInfo, font: Path) -> bytes:
     winners = set(made.winners)
     rows = []
     for c in made.screen:
-        lines = wrap(f"{_mask(c['name'] or c['user_id'])}：{c['text']}", body, WIDTH - 150)
+        lines = wrap(f"{mask(c['name'] or c['user_id'])}：{c['text']}", body, WIDTH - 150)
         rows.append((c["user_id"] in winners, lines))
     height = 170 + sum(24 + 40 * len(lines) for _w, lines in rows) + 110
     img = Image.new("RGB", (WIDTH, height), (246, 246, 244))

@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 
 from orchestrator import audience, eventlog, jobs, ledger
 from orchestrator.clock import Clock
+from orchestrator.copytext import mask
 from orchestrator.instream import InStream
 from orchestrator.eligibility import CONSENT_OF, consent_of, optouts_of
 from orchestrator.eligibility import select as select_recipients
@@ -186,16 +187,6 @@ async def _posters(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, c
                 data={"posters": len(made), "page": page})
     log.info("%s %s: %s", ev.id, step.step_id, note)
     return note
-
-
-def mask(name: str) -> str:
-    """张*明: a winner's name as shown in public (first and last character)."""
-    name = name.strip()
-    if len(name) <= 1:
-        return name or "*"
-    if len(name) == 2:
-        return name[0] + "*"
-    return name[0] + "*" * (len(name) - 2) + name[-1]
 
 
 async def _draw_screenshot(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, clock: Clock) -> str:

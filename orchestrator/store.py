@@ -65,6 +65,7 @@ class Event(SQLModel, table=True):
     virtual_origin: float = 0.0
     audience: int = 0
     poster_key: str | None = Field(default=None, max_length=32)  # the poster page's secret part, made at the poster step
+    board_key: str | None = Field(default=None, max_length=32)  # the host board link's token, made at scheduling
     created_at: datetime = _ts(default_factory=utc_now)
     updated_at: datetime = _ts(default_factory=utc_now)
 

@@ -117,6 +117,8 @@ def print_status(data: dict[str, Any], console: Console) -> None:
     console.print(_("state: {state} · mode: {mode} · playbook {hash} · clock ×{speed:g}, now {now}").format(
         state=data["state"], mode=data["mode"], hash=data["playbook_hash"][:12], speed=data["clock"]["speed"],
         now=datetime.fromisoformat(data["clock"]["now"]).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")))
+    if data.get("board_key"):
+        console.print(_("host board: {url}").format(url=f"/board/{data['event']}?t={data['board_key']}"))
     promise = data.get("draws") or {}
     if promise.get("commitment"):
         console.print(_("draw commitment (公示): {commitment} · rules {rules}").format(commitment=promise["commitment"], rules=promise["rules_hash"][:16]))

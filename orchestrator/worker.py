@@ -48,15 +48,19 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["rt"] = rt
     await rt.pool.set(HEARTBEAT + rt.worker_id, "1", ex=HEARTBEAT_TTL)
     ctx["upkeep"] = asyncio.create_task(upkeep_loop(rt))
+    from orchestrator.board import publisher
+
+    ctx["board"] = asyncio.create_task(publisher(rt.pool, engine))
     log.info("worker %s started", rt.worker_id)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    task = ctx.get("upkeep")
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for name in ("upkeep", "board"):
+        task = ctx.get(name)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     rt: Runtime | None = ctx.get("rt")
     if rt is not None:
         await rt.pool.delete(HEARTBEAT + rt.worker_id)

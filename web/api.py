@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from orchestrator import joins, welcome
+from orchestrator.funnel import Funnel, Seen
 from orchestrator.errors import UnknownEvent
 from orchestrator.pool import groups_of
 from orchestrator.scheduling import get_event
@@ -85,6 +86,7 @@ async def post_joins(request: Request) -> JSONResponse:
     if problem is not None:
         return problem
     new, known = await asyncio.to_thread(joins.record, engine, event_id, items, "api")
+    await Funnel(request.app.state.redis).count(event_id, "joined", [Seen(j.person, j.guide) for j in new])
     await asyncio.to_thread(welcome.plan_for, engine, request.app.state.settings, event_id, new, "api")
     return JSONResponse({"recorded": len(new), "already": known})
 

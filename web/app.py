@@ -8,6 +8,7 @@ seconds). The store must be migrated before (`orchestrator web` does it once, be
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -15,7 +16,8 @@ from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from orchestrator.embedded_redis import redis_url
 from orchestrator.instream import InStream
@@ -26,6 +28,7 @@ from orchestrator.store import make_engine
 from orchestrator.wecom import WeComClient
 from orchestrator.wecom_crypto import WeComCrypto
 from web.api import post_group, post_joins
+from web.board import Hub, board_page, board_socket
 from web.ingestapi import Events, post_comments, post_douyin, post_payments, post_wxlivespy
 from web.metrics import metrics
 from web.noticepage import notice
@@ -55,6 +58,7 @@ def create_app(settings: Settings) -> Starlette:
             app.state.pages = Rendered()
             app.state.instream = InStream(redis)
             app.state.events = Events(engine)
+            app.state.hub = Hub(redis)
             async with contextlib.AsyncExitStack() as stack:
                 if settings.wecom_callbacks_on:
                     app.state.wecom_crypto = WeComCrypto(str(settings.wecom_token), str(settings.wecom_aes_key), str(settings.wecom_corp_id))
@@ -65,6 +69,7 @@ def create_app(settings: Settings) -> Starlette:
                 try:
                     yield
                 finally:
+                    await app.state.hub.close()
                     await redis.aclose()
                     engine.dispose()
 
@@ -76,6 +81,9 @@ def create_app(settings: Settings) -> Starlette:
         Route("/p/{code}.png", poster_image),
         Route("/posters/{event}/{key}", poster_page),
         Route("/notice/{event}", notice),
+        Route("/board/{event}", board_page),
+        WebSocketRoute("/board/{event}/ws", board_socket),
+        Mount("/static", StaticFiles(directory=str(Path(__file__).parent / "static")), name="static"),
         Route("/api/events/{event}/joins", post_joins, methods=["POST"]),
         Route("/api/events/{event}/groups", post_group, methods=["POST"]),
         Route("/api/events/{event}/comments", post_comments, methods=["POST"]),

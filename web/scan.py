@@ -45,9 +45,7 @@ async def scan(request: Request) -> Response:
     visitor, new = _visitor(request)
     tally = scan_tally(scanned, visitor)
     if scanned.join_way_qr:  # WeCom: the guide's join way routes to a group with room itself
-        async with state.redis.pipeline(transaction=False) as pipe:
-            tally.apply(pipe)
-            await pipe.execute()
+        await state.pool.tally(tally)
         html = state.pages.get((code, "join-way", scanned.event_state), "join.html", {"s": scanned, "group": None})
     else:  # counted and placed by one script: one round trip to Redis
         place = await state.pool.assign(scanned.event_id, visitor, tally=tally)

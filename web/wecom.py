@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from orchestrator import welcome
+from orchestrator.funnel import Funnel, Seen
 from orchestrator.wecom import WeComError
 from orchestrator.wecom_crypto import CallbackRejected
 from orchestrator.wecomjoins import on_member_change
@@ -65,6 +66,7 @@ async def callback(request: Request) -> Response:
         log.warning("WeCom callback not processed, WeCom will retry: %s", e)
         return PlainTextResponse("not processed; retry", status_code=503)
     for event_id, new in learned.new.items():
+        await Funnel(state.redis).count(event_id, "joined", [Seen(j.person, j.guide) for j in new])
         await asyncio.to_thread(welcome.plan_for, state.engine, state.settings, event_id, new, "wecom")
     await state.redis.set(key, 1, ex=SEEN_FOR)
     if learned.recorded or learned.unattributed:

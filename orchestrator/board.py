@@ -1,0 +1,158 @@
+"""The host board's snapshot of an event, and the publisher that pushes it through Redis.
+
+A snapshot holds everything the board shows: the funnel (with rates and KPI pacing), per guide, per
+poster variant (with the difference in conversion and its 95% confidence interval), per minute,
+the draws (winners masked), the countdown to the next draw, the SOP cue of this minute and the
+next, and the latest comments. Every worker runs the publisher: several times a second it takes the
+events whose figures changed (coalesced: one snapshot however many things happened), builds their
+snapshots, keeps the latest in Redis and publishes it on the event's channel, so any number of web
+processes serve any number of viewers. Running events are also refreshed every few seconds (the
+countdown and the cue move with the clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from datetime import timedelta
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy import Engine, select
+
+from orchestrator import draws
+from orchestrator.copytext import mask
+from orchestrator.funnel import Funnel
+from orchestrator.scheduling import EVENT, STEP, event_clock, get_event, loaded_event
+from orchestrator.store import Comment
+
+log = logging.getLogger("orchestrator.board")
+COMMENT = Comment.__table__  # type: ignore[attr-defined]
+EVERY = 0.25  # seconds between publisher rounds
+REFRESH = 5.0  # seconds between snapshots of running events that did not change
+FUNNEL = (("reached", "kpi_reached"), ("scanned", "scanned"), ("joined", "joined"), ("reminded", "reminded"),
+          ("entered", "entered_live"), ("commented", "commented"), ("deposited", "deposits"), ("ordered", "orders"))
+LABELS = {"reached": "触达", "scanned": "扫码", "joined": "进群", "reminded": "提醒送达", "entered": "进直播间", "commented": "评论",
+          "deposited": "付定金", "ordered": "下单"}
+
+
+def channel(event_id: str) -> str:
+    return f"orch:board:{event_id}"
+
+
+def diff_interval(a_hits: int, a_n: int, b_hits: int, b_n: int) -> tuple[float, float, float] | None:
+    """Difference of two conversion rates (b - a) and its 95% confidence interval (normal approximation)."""
+    if a_n == 0 or b_n == 0:
+        return None
+    pa, pb = a_hits / a_n, b_hits / b_n
+    se = math.sqrt(pa * (1 - pa) / a_n + pb * (1 - pb) / b_n)
+    d = pb - pa
+    return d, d - 1.96 * se, d + 1.96 * se
+
+
+def _store_side(engine: Engine, event_id: str) -> dict[str, Any]:
+    ev = get_event(engine, event_id)
+    loaded = loaded_event(engine, ev, members=False)
+    pb = loaded.playbook
+    clock = event_clock(ev)
+    now = clock.now()
+    tz = pb.tz
+    with engine.connect() as conn:
+        steps = conn.execute(select(STEP.c.step_id, STEP.c.stage, STEP.c.at, STEP.c.state, STEP.c.label)
+                             .where(STEP.c.event_id == event_id).order_by(STEP.c.at)).all()
+        recent = conn.execute(select(COMMENT.c.name, COMMENT.c.user_id, COMMENT.c.text, COMMENT.c.at).where(COMMENT.c.event_id == event_id)
+                              .order_by(COMMENT.c.at.desc(), COMMENT.c.id.desc()).limit(8)).all()
+        state = conn.execute(select(EVENT.c.state).where(EVENT.c.id == event_id)).scalar_one()
+    draw_steps = [s for s in steps if s.stage in ("draw_screenshot", "draw_deposit")]
+    upcoming = next((s for s in draw_steps if s.state in ("scheduled", "deferred") and s.at > now), None)
+    cues = [s for s in steps if s.stage == "sop_cue"]
+    current_cue = next((s for s in reversed(cues) if s.at <= now), None)
+    next_cue = next((s for s in cues if s.at > now), None)
+    made = draws.summaries(engine, event_id)
+    names = {}
+    for d in made:  # winners' display names from the screens
+        found = draws.existing(engine, event_id, d["id"])
+        if found is not None:
+            names.update({c["user_id"]: c["name"] for c in found.screen})
+    return {
+        "event": event_id, "title": pb.title, "state": state, "now": now.astimezone(tz).isoformat(),
+        "live": {"start": ev.live_start.astimezone(tz).isoformat(), "end": ev.live_end.astimezone(tz).isoformat()},
+        "kpi": pb.goal.kpi.model_dump(mode="json"), "guides": [{"id": g.id, "name": g.name} for g in loaded.guides],
+        "variants": [{"id": v.id, "hook": v.hook} for v in pb.path.poster.variants],
+        "next_draw": None if upcoming is None else {"label": upcoming.label, "at": upcoming.at.astimezone(tz).isoformat(),
+                                                    "in_seconds": clock.real_delay(upcoming.at - now)},
+        "draws": [{"id": d["id"], "state": d["state"], "entrants": d["entrants"], "reason": d["reason"],
+                   "winners": [mask(names.get(w, w)) for w in d["winners"]]} for d in made],
+        "commitment": (draws.commitment_of(engine, event_id) or {}).get("commitment"),
+        "cue": None if current_cue is None else current_cue.label, "next_cue": None if next_cue is None else
+        {"label": next_cue.label, "at": next_cue.at.astimezone(tz).strftime("%H:%M")},
+        "comments": [{"name": mask(r.name or r.user_id), "text": r.text, "at": r.at.astimezone(tz).strftime("%H:%M:%S")} for r in recent],
+        "minute_of_show": max(0, int((now - ev.live_start) / timedelta(minutes=1))) if now >= ev.live_start else None,
+    }
+
+
+async def snapshot(redis: Redis, engine: Engine, event_id: str) -> dict[str, Any]:
+    side = await asyncio.to_thread(_store_side, engine, event_id)
+    figures = await Funnel(redis).figures(event_id, [g["id"] for g in side["guides"]], [v["id"] for v in side["variants"]])
+    totals = figures["totals"]
+    kpi = side["kpi"]
+    funnel, previous = [], None
+    for step, target_key in FUNNEL:
+        n = totals[step]
+        target = kpi.get("reached" if step == "reached" else target_key)
+        funnel.append({"step": step, "label": LABELS[step], "count": n, "target": target,
+                       "of_previous": None if not previous else round(n / previous, 4),
+                       "of_reached": None if not totals["reached"] else round(n / totals["reached"], 4)})
+        previous = n if n else previous
+    variants = []
+    for v in side["variants"]:
+        row = figures["variants"][v["id"]]
+        variants.append({**v, **row, "rate": round(row["joined"] / row["scanned"], 4) if row["scanned"] else None,
+                         "enough": row["scanned"] >= 1000})
+    comparison = None
+    if len(variants) >= 2:
+        a, b = variants[0], variants[1]
+        found = diff_interval(a["joined"], a["scanned"], b["joined"], b["scanned"])
+        if found is not None:
+            comparison = {"a": a["id"], "b": b["id"], "difference": round(found[0], 4), "low": round(found[1], 4), "high": round(found[2], 4),
+                          "significant": found[1] > 0 or found[2] < 0, "enough": a["enough"] and b["enough"]}
+    guides = [{**g, **figures["guides"][g["id"]]} for g in side["guides"]]
+    return {**side, "funnel": funnel, "gmv_fen": figures["gmv_fen"], "gmv_target_cny": kpi.get("gmv_cny"), "per_guide": guides,
+            "per_variant": variants, "comparison": comparison, "per_minute": figures["minutes"]}
+
+
+async def publish(redis: Redis, engine: Engine, event_id: str) -> dict[str, Any]:
+    snap = await snapshot(redis, engine, event_id)
+    text = json.dumps(snap, ensure_ascii=False, separators=(",", ":"))
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.set(channel(event_id), text, ex=7 * 24 * 3600)
+        pipe.publish(channel(event_id), text)
+        await pipe.execute()
+    return snap
+
+
+def _running(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return [e for (e,) in conn.execute(select(EVENT.c.id).where(EVENT.c.state == "running"))]
+
+
+async def publisher(redis: Redis, engine: Engine) -> None:
+    """Publish changed events several times a second and running ones every few seconds, forever."""
+    f = Funnel(redis)
+    last_refresh = 0.0
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            due = set(await f.take_dirty())
+            if loop.time() - last_refresh >= REFRESH:
+                due |= set(await asyncio.to_thread(_running, engine))
+                last_refresh = loop.time()
+            for event_id in sorted(due):
+                await publish(redis, engine, event_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the board must outlive a hiccup of the store or of one event
+            log.exception("board publisher round failed; trying again")
+        await asyncio.sleep(EVERY)

@@ -1,0 +1,203 @@
+"""The host board: what the event sees arrives in every viewer's snapshot, from any web process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import websockets
+from sqlalchemy import Engine, select
+
+from orchestrator.settings import Settings
+from orchestrator.store import Event
+from tests.engine.conftest import running_worker
+from tests.engine.test_draws import DRAWS, SECRET, comment, signed
+from tests.engine.test_pool import WebProcess, codes_of, pool_event, quiet, schedule
+from tests.engine.eventfiles import EventFiles, crowd
+
+pytestmark = pytest.mark.db
+EVENT = Event.__table__  # type: ignore[attr-defined]
+
+
+def board_key(engine: Engine, event_id: str) -> str:
+    with engine.connect() as conn:
+        return str(conn.execute(select(EVENT.c.board_key).where(EVENT.c.id == event_id)).scalar_one())
+
+
+async def until_snapshot(ws: Any, check: Callable[[dict[str, Any]], bool], timeout: float = 30) -> dict[str, Any]:
+    """Read snapshots until one passes `check` (the board's own messages are the events awaited)."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            last = json.loads(await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic())))
+        except asyncio.TimeoutError:
+            break
+        if check(last):
+            return last
+    raise AssertionError(f"no snapshot passed the check; the last: {json.dumps({k: last.get(k) for k in ('funnel', 'gmv_fen')}, ensure_ascii=False)}")
+
+
+def totals(snap: dict[str, Any]) -> dict[str, int]:
+    return {f["step"]: f["count"] for f in snap["funnel"]}
+
+
+def test_what_happens_reaches_every_viewer_through_any_web_process(
+        tmp_path: Path, engine: Engine, redis_url: str, database_url: str, make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(ORCH_ROUTES="sms=console,email=console", ORCH_INGEST_SECRET=SECRET, ORCH_API_TOKEN="tok", REDIS_URL=redis_url)
+    path = pool_event(tmp_path / "event", groups=2)
+    path.write_text(path.read_text(encoding="utf-8").replace("  screenshot_draw: {winners_per_draw: 1, screen_size: 10, prize: cup}", DRAWS),
+                    encoding="utf-8")
+    event_id = schedule(engine, settings, redis_url, path)
+    key = board_key(engine, event_id)
+    env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "ORCH_DATA_DIR": str(tmp_path / "data"), "ORCH_INGEST_SECRET": SECRET,
+           "ORCH_API_TOKEN": "tok"}
+    servers = [WebProcess(env), WebProcess(env)]
+    try:
+        for s in servers:
+            s.wait()
+
+        async def go() -> tuple[dict[str, Any], dict[str, Any]]:
+            async with running_worker(settings, redis_url, engine):  # its publisher pushes the snapshots
+                urls = [f"ws://127.0.0.1:{s.port}/board/{event_id}/ws?t={key}" for s in servers]
+                async with websockets.connect(urls[0]) as one, websockets.connect(urls[1]) as two:
+                    first = json.loads(await one.recv())
+                    assert first["title"] == "引擎测试直播" and totals(first)["reached"] == 3 and first["commitment"]
+                    code = codes_of(engine, event_id)[("g1", "A")]
+                    async with aiohttp.ClientSession() as http:
+                        for i in range(5):  # five people scan (one of them twice), through either process
+                            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as person:
+                                for _ in range(2 if i == 0 else 1):
+                                    async with person.get(f"{servers[i % 2].url}/s/{code}") as r:
+                                        assert r.status == 200
+                        for person_id in ("m000001", "m000002", "m000001"):  # a join reported twice counts once
+                            async with http.post(f"{servers[1].url}/api/events/{event_id}/joins", json={"person": person_id, "group": 1, "guide": "g1"},
+                                                 headers={"Authorization": "Bearer tok"}) as r:
+                                assert r.status == 200
+                        body, headers = signed({"comments": [comment(n, f"u{n % 3}", "焕新", _t()) for n in range(6)]})
+                        async with http.post(f"{servers[0].url}/api/events/{event_id}/comments", data=body, headers=headers) as r:
+                            assert r.status == 200
+                        async with http.post(f"{servers[0].url}/api/events/{event_id}/comments", data=body, headers=signed({"comments": []})[1]) as r:
+                            assert r.status == 401  # replayed with a stale signature: counted nowhere
+                        pays = [{"payment_id": "p1", "kind": "deposit", "order_id": "o1", "person": "b1", "product": "sofa", "amount_fen": 10000,
+                                 "time": "2027-06-10 20:00"},
+                                {"payment_id": "p2", "kind": "order", "order_id": "o2", "person": "b2", "amount_fen": 259900, "time": "2027-06-10 20:05"},
+                                {"payment_id": "p3", "kind": "order", "order_id": "o3", "person": "b2", "amount_fen": 100, "time": "2027-06-10 20:06"}]
+                        body, headers = signed({"payments": pays})
+                        async with http.post(f"{servers[1].url}/api/events/{event_id}/payments", data=body, headers=headers) as r:
+                            assert r.status == 200
+                        body, headers = signed({"payments": pays[:1]})  # delivered again
+                        async with http.post(f"{servers[0].url}/api/events/{event_id}/payments", data=body, headers=headers) as r:
+                            assert (await r.json()) == {"stored": 0, "duplicates": 1}
+
+                    def done(s: dict[str, Any]) -> bool:
+                        t = totals(s)
+                        return (t["scanned"], t["joined"], t["commented"], t["deposited"], t["ordered"], s["gmv_fen"]) == (5, 2, 3, 1, 1, 260000)
+                    return await until_snapshot(one, done), await until_snapshot(two, done)
+
+        a, b = asyncio.run(go())
+    finally:
+        for s in servers:
+            s.stop()
+    assert a["funnel"] == b["funnel"] and a["per_guide"] == b["per_guide"], "two web processes serve the same numbers"
+    guide = next(g for g in a["per_guide"] if g["id"] == "g1")
+    assert (guide["scanned"], guide["joined"]) == (5, 2)
+    assert next(v for v in a["per_variant"] if v["id"] == "A")["scanned"] == 5
+
+
+def _t() -> Any:
+    from datetime import datetime
+
+    from tests.engine.test_draws import CST
+
+    return datetime(2027, 6, 10, 19, 30, tzinfo=CST)
+
+
+def test_a_board_link_with_a_wrong_token_is_refused(tmp_path: Path, engine: Engine, redis_url: str, database_url: str,
+                                                     make_settings: Callable[..., Settings]) -> None:
+    event_id = schedule(engine, quiet(make_settings), redis_url, EventFiles(people=crowd(2)).write(tmp_path / "event"))
+    web = WebProcess({"DATABASE_URL": database_url, "REDIS_URL": redis_url, "ORCH_DATA_DIR": str(tmp_path / "data")})
+    try:
+        web.wait()
+
+        async def go() -> None:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{web.url}/board/{event_id}?t=wrong") as r:
+                    assert r.status == 403
+                async with http.get(f"{web.url}/board/{event_id}?t={board_key(engine, event_id)}") as r:
+                    assert r.status == 200 and "/static/board.js" in await r.text()
+                async with http.get(f"{web.url}/static/board.js") as r:
+                    assert r.status == 200
+            with pytest.raises(websockets.InvalidStatus) as refused:  # closed before it is accepted: the handshake gets a 403
+                async with websockets.connect(f"ws://127.0.0.1:{web.port}/board/{event_id}/ws?t=wrong"):
+                    pass
+            assert refused.value.response.status_code == 403
+        asyncio.run(go())
+    finally:
+        web.stop()
+
+
+
+
+@pytest.mark.browser
+def test_the_board_in_a_real_browser_changes_without_reload_and_shows_the_draw(
+        tmp_path: Path, engine: Engine, redis_url: str, database_url: str, make_settings: Callable[..., Settings]) -> None:
+    import os
+    import shutil
+
+    from orchestrator import scheduling
+    from tests.cdp import Chromium
+    from tests.engine.conftest import arq_pool, until
+    from tests.engine.test_event_run import closed
+
+    settings = make_settings(ORCH_ROUTES="sms=console,email=console", ORCH_INGEST_SECRET=SECRET, REDIS_URL=redis_url)
+    path = pool_event(tmp_path / "event", groups=2)
+    path.write_text(path.read_text(encoding="utf-8").replace("  screenshot_draw: {winners_per_draw: 1, screen_size: 10, prize: cup}", DRAWS),
+                    encoding="utf-8")
+    web = WebProcess({"DATABASE_URL": database_url, "REDIS_URL": redis_url, "ORCH_DATA_DIR": str(tmp_path / "data"),
+                      "ORCH_INGEST_SECRET": SECRET})
+    browser = None
+    try:
+        web.wait()
+
+        async def go() -> str:
+            async with arq_pool(redis_url) as pool:  # an event hour in 12 real seconds: the draw comes while we watch
+                event_id = (await scheduling.schedule(engine, pool, settings, path, speed=300, rehearsal=True)).event_id
+            async with running_worker(settings, redis_url, engine):
+                nonlocal browser
+                browser = Chromium(1400, 1000)
+                await asyncio.to_thread(browser.open, f"{web.url}/board/{event_id}?t={board_key(engine, event_id)}")
+                await asyncio.to_thread(browser.wait_for, "document.getElementById('title').textContent === '引擎测试直播'")
+                scanned = "document.querySelector('.bar[data-step=scanned] .num').textContent"
+                assert (await asyncio.to_thread(browser.evaluate, scanned)).startswith("0")
+                code = codes_of(engine, event_id)[("g1", "A")]
+                async with aiohttp.ClientSession() as http:
+                    for _ in range(7):
+                        async with aiohttp.ClientSession() as person, person.get(f"{web.url}/s/{code}") as r:
+                            assert r.status == 200
+                    body, headers = signed({"comments": [comment(n, f"u{n}", "焕新 主播好", _t()) for n in range(8)]})
+                    async with http.post(f"{web.url}/api/events/{event_id}/comments", data=body, headers=headers) as r:
+                        assert r.status == 200
+                await asyncio.to_thread(browser.wait_for, f"{scanned}.startsWith('7')")  # no reload: pushed over the websocket
+                await asyncio.to_thread(browser.wait_for, "document.querySelector('#draws .winner') !== null", 60)
+                await asyncio.to_thread(browser.screenshot, tmp_path / "board.png")
+                await until(closed(engine, event_id), 90, "the event to close")
+            return event_id
+
+        asyncio.run(go())
+    finally:
+        if browser is not None:
+            browser.close()
+        web.stop()
+    from tests.browser import png_facts
+
+    width, height, values = png_facts(tmp_path / "board.png")
+    assert (width, height) == (1400, 1000) and values > 50
+    if os.environ.get("UPDATE_DOCS"):
+        shutil.copy(tmp_path / "board.png", Path(__file__).resolve().parents[2] / "docs" / "img" / "board.png")
