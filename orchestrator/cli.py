@@ -630,7 +630,8 @@ def groups_add(event: str, qr_file: str | None, expires: str | None, wecom_chat:
                margin: int | None) -> None:
     """Add a group to EVENT's pool: a WeChat group code (--qr, --expires), reached when the groups
     before it are full, or a WeCom customer group (--wecom-chat) behind its join ways."""
-    from orchestrator.pool import Pool, add_to_event
+    from orchestrator.groups import add_to_event
+    from orchestrator.pool import Pool
     from orchestrator.scheduling import get_event
 
     if wecom_chat is not None:

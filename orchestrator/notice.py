@@ -9,13 +9,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from orchestrator.load import LoadedPlaybook
 from orchestrator.plan import Stage, plan
-
-if TYPE_CHECKING:
-    from sqlalchemy import Engine
 
 
 def notice_text(loaded: LoadedPlaybook, event_id: str, live_start: datetime, commitment: str, rules_hash: str) -> str:
@@ -65,23 +61,8 @@ def notice_text(loaded: LoadedPlaybook, event_id: str, live_start: datetime, com
     return "\n".join(lines) + "\n"
 
 
-def notice_of(engine: Engine, event_id: str) -> str:
-    """The notice of a scheduled event, from its frozen playbook and its commitment."""
-    from orchestrator.draws import commitment_of
-    from orchestrator.scheduling import get_event, loaded_event
-
-    ev = get_event(engine, event_id)
-    promise = commitment_of(engine, event_id)
-    if promise is None:
-        from orchestrator.draws import DrawError
-
-        raise DrawError(f"event {event_id} has no draw commitment")
-    loaded = loaded_event(engine, ev, members=False)
-    return notice_text(loaded, event_id, ev.live_start, promise["commitment"], promise["rules_hash"])
-
-
-def write_notice(engine: Engine, event_id: str, folder: Path) -> Path:
+def write_notice(folder: Path, event_id: str, text: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{event_id}-notice.txt"
-    path.write_text(notice_of(engine, event_id), encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     return path

@@ -133,12 +133,13 @@ async def schedule(engine: Engine, pool: ArqRedis, settings: Settings, path: str
             conn.execute(update(EVENT).where(EVENT.c.id == eid).values(real_origin=clock.real_origin))
     count = await _enqueue_open_steps(engine, pool, eid)
     from orchestrator.funnel import Funnel
-    from orchestrator.notice import write_notice
+    from orchestrator.notice import notice_text, write_notice
 
     await Funnel(pool).clear(eid)  # an id used before (rehearsals) starts from nothing
     await Funnel(pool).set_reached(eid, members)
-    notice = write_notice(engine, eid, settings.data_path / "notices")
     promise = draws.commitment_of(engine, eid) or {}
+    notice = write_notice(settings.data_path / "notices", eid,
+                          notice_text(loaded, eid, p.live_start, promise.get("commitment", ""), promise.get("rules_hash", "")))
     eventlog.record(engine, eid, "scheduled", f"scheduled {loaded.playbook.title!r} ({mode}), live {p.live_start:%Y-%m-%d %H:%M} {p.timezone}; "
                     f"{len(p.steps)} steps, {members} people, playbook {digest[:12]}; draw commitment {promise.get('commitment', '')[:16]}…, "
                     f"notice {notice}",
@@ -162,6 +163,17 @@ async def _again(engine: Engine, pool: ArqRedis, ev: Event, digest: str, p: Plan
     with Session(engine) as s:
         steps = len(s.exec(select(Step.step_id).where(Step.event_id == ev.id)).all())  # type: ignore[call-overload]
     return Scheduled(ev.id, False, steps, count, digest, event_clock(ev), ev.audience)
+
+
+def notice_of(engine: Engine, event_id: str) -> str:
+    """The 公示 notice of a scheduled event, from its frozen playbook and its commitment."""
+    from orchestrator.notice import notice_text
+
+    ev = get_event(engine, event_id)
+    promise = draws.commitment_of(engine, event_id)
+    if promise is None:
+        raise draws.DrawError(f"event {event_id} has no draw commitment")
+    return notice_text(loaded_event(engine, ev, members=False), event_id, ev.live_start, promise["commitment"], promise["rules_hash"])
 
 
 def _insert(engine: Engine) -> Any:

@@ -102,7 +102,8 @@ async def post_group(request: Request) -> JSONResponse:
 
     from orchestrator.errors import EventConflict
     from orchestrator.plan import localize
-    from orchestrator.pool import BadGroup, add_to_event
+    from orchestrator.groups import add_to_event
+    from orchestrator.pool import BadGroup
     from orchestrator.timespec import parse_moment
 
     denied = _authorised(request)

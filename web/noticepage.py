@@ -9,7 +9,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from orchestrator.draws import DrawError
 from orchestrator.errors import UnknownEvent
-from orchestrator.notice import notice_of
+from orchestrator.scheduling import notice_of
 from web.pages import page
 
 
