@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from redis.asyncio import Redis
@@ -23,6 +23,9 @@ from sqlalchemy import Engine
 
 from orchestrator import ingest
 from orchestrator.funnel import Funnel, Seen
+from orchestrator.store import ScanLog
+
+SCANLOG = ScanLog.__table__  # type: ignore[attr-defined]
 
 SEEN_FOR = 2 * 24 * 3600
 BATCH = 5000
@@ -69,6 +72,20 @@ def _decode(kind: str, raw: bytes | str) -> dict[str, Any]:
     return row
 
 
+def _store_scans(engine: Engine, event_id: str, entries: list[Any]) -> None:
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    rows = []
+    for entry_id, fields in entries:
+        guide, variant, visitor, ms = json.loads(fields[b"d"] if b"d" in fields else fields["d"])
+        rows.append({"event_id": event_id, "entry": entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
+                     "guide_id": guide, "variant": variant, "visitor": visitor, "at": datetime.fromtimestamp(ms / 1000, timezone.utc)})
+    insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+    with engine.begin() as conn:
+        conn.execute(insert(SCANLOG).on_conflict_do_nothing(), rows)
+
+
 async def count(f: Funnel, kind: str, event_id: str, new: tuple[dict[str, Any], ...]) -> None:
     """The funnel steps of items stored for the first time: commented, deposited, ordered, GMV."""
     if kind == "comments":
@@ -102,9 +119,12 @@ class InStream:
             entries = await self.redis.xrange(key, count=BATCH)
             if not entries:
                 return moved
-            rows = [_decode(kind, fields[b"d"] if b"d" in fields else fields["d"]) for _id, fields in entries]
-            done = await asyncio.to_thread(ingest.store, engine, KINDS[kind], rows)
-            await count(Funnel(self.redis), kind, event_id, done.new)
+            if kind == "scans":  # counted already, by the scan's own script: only kept here
+                await asyncio.to_thread(_store_scans, engine, event_id, entries)
+            else:
+                rows = [_decode(kind, fields[b"d"] if b"d" in fields else fields["d"]) for _id, fields in entries]
+                done = await asyncio.to_thread(ingest.store, engine, KINDS[kind], rows)
+                await count(Funnel(self.redis), kind, event_id, done.new)
             await self.redis.xdel(key, *[entry_id for entry_id, _f in entries])
             moved += len(entries)
 
@@ -114,6 +134,6 @@ class InStream:
         async for raw in self.redis.scan_iter(match="orch:in:*", count=200):
             key = raw.decode() if isinstance(raw, bytes) else str(raw)
             _orch, _in, kind, event_id = key.split(":", 3)
-            if kind in KINDS:
+            if kind in KINDS or kind == "scans":
                 moved += await self.move(engine, kind, event_id)
         return moved

@@ -30,16 +30,18 @@ GROUP = ChatGroup.__table__  # type: ignore[attr-defined]
 # The tally's ops, counted first by ASSIGN (and alone by TALLY): ARGV[3] holds them as one argument
 # (few arguments are cheaper to send), ops separated by \30, each "<op>\31<key index>\31<field>":
 # 'h' HINCRBY key field 1; 'p' PFADD key field; 's' SADD key field, remembering whether it was new;
-# 'm' HINCRBY key field 1 only if the last 's' was new (a first time per minute); 'a' SADD, plainly.
+# 'm' HINCRBY key field 1 only if the last 's' was new (a first time per minute); 'a' SADD, plainly;
+# 'x' XADD key * d field (a log entry).
 TALLY_OPS = """
 local last = 0
 if ARGV[3] then
-  for op, k, field in string.gmatch(ARGV[3], '([hpsma])\\31(%d+)\\31([^\\30]*)') do
+  for op, k, field in string.gmatch(ARGV[3], '([hpsmax])\\31(%d+)\\31([^\\30]*)') do
     local key = KEYS[tonumber(k)]
     if op == 'h' then redis.call('HINCRBY', key, field, 1)
     elseif op == 'p' then redis.call('PFADD', key, field)
     elseif op == 's' then last = redis.call('SADD', key, field)
     elseif op == 'm' then if last == 1 then redis.call('HINCRBY', key, field, 1) end
+    elseif op == 'x' then redis.call('XADD', key, '*', 'd', field)
     else redis.call('SADD', key, field) end
   end
 end

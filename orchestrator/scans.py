@@ -7,6 +7,7 @@ first-party cookie's random id (HyperLogLog: no list of people is kept, nor any 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -98,11 +99,14 @@ def scan_tally(scanned: Scanned, visitor: str) -> Tally:
     e, g, v = scanned.event_id, scanned.guide_id, scanned.variant
     keys = (f"orch:scans:{e}", f"orch:scanners:{e}", f"orch:scanners:{e}:g:{g}", f"orch:scanners:{e}:v:{v}",
             funnel.key(e, "scanned"), funnel.key(e, "scanned", "m"), funnel.key(e, "scanned", f"g:{g}"),
-            funnel.key(e, "scanned", f"v:{v}"), funnel.DIRTY)
-    minute = time.strftime("%Y-%m-%dT%H:%M", time.gmtime())
+            funnel.key(e, "scanned", f"v:{v}"), funnel.DIRTY, f"orch:in:scans:{e}")
+    now = time.time()
+    minute = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(now))
+    entry = json.dumps([g, v, visitor, int(now * 1000)], ensure_ascii=False, separators=(",", ":"))
     ops = ("h", "1", "total", "h", "1", f"g:{g}", "h", "1", f"v:{v}", "h", "1", f"gv:{g}:{v}",
            "p", "2", visitor, "p", "3", visitor, "p", "4", visitor,
-           "s", "5", visitor, "m", "6", minute, "a", "7", visitor, "a", "8", visitor, "a", "9", e)  # the funnel: exact people
+           "s", "5", visitor, "m", "6", minute, "a", "7", visitor, "a", "8", visitor, "a", "9", e,  # the funnel: exact people
+           "x", "10", entry)  # the scan's log entry, moved to the store by the workers
     return Tally(keys, ops)
 
 

@@ -131,6 +131,20 @@ class ScanCode(SQLModel, table=True):
     poster_at: datetime | None = _ts(default=None)
 
 
+class ScanLog(SQLModel, table=True):
+    """Each scan, moved here from Redis by the workers: what the board's counts are rebuilt from."""
+
+    __tablename__ = "scanlog"
+    __table_args__ = (UniqueConstraint("event_id", "entry", name="uq_scanlog_once"),)
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(foreign_key="event.id", max_length=64)
+    entry: str = Field(max_length=40)  # the Redis stream entry id it came as
+    guide_id: str = Field(max_length=64)
+    variant: str = Field(max_length=64)
+    visitor: str = Field(max_length=64)  # the first-party cookie's random id
+    at: datetime = _ts()
+
+
 class ChatGroup(SQLModel, table=True):
     """A group of the event's pool (活码), in order; the pool fills them one after another.
 

@@ -1,0 +1,57 @@
+"""The board's funnel rebuilt from the store alone: the counters in Redis are a fast copy of what
+the stored events say, and this proves it (or repairs Redis after it lost them).
+
+Scans (the scan log), joins, delivered previews and reminders, comments and payments are read in
+the order they happened and counted again exactly as they were counted live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy import Engine, select
+
+from orchestrator.funnel import Funnel, Seen
+from orchestrator.store import Comment, Event, Join, Payment, ScanLog, Send
+
+CHUNK = 1000
+
+
+def _stored(engine: Engine, event_id: str) -> dict[str, Any]:
+    scan, join, send, comment, pay = (t.__table__ for t in (ScanLog, Join, Send, Comment, Payment))  # type: ignore[union-attr]
+    event = Event.__table__  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        return {
+            "reached": conn.execute(select(event.c.audience).where(event.c.id == event_id)).scalar_one(),
+            "scans": conn.execute(select(scan.c.visitor, scan.c.guide_id, scan.c.variant, scan.c.at).where(scan.c.event_id == event_id)
+                                  .order_by(scan.c.at, scan.c.id)).all(),
+            "joins": conn.execute(select(join.c.person, join.c.guide_id).where(join.c.event_id == event_id).order_by(join.c.at)).all(),
+            "reminded": conn.execute(select(send.c.member_id).where(send.c.event_id == event_id, send.c.state == "sent",
+                                                                    (send.c.step_id == "preview") | send.c.step_id.like("reminder:%"))).all(),
+            "comments": conn.execute(select(comment.c.user_id).where(comment.c.event_id == event_id).order_by(comment.c.at)).all(),
+            "payments": conn.execute(select(pay.c.kind, pay.c.person, pay.c.amount_fen).where(pay.c.event_id == event_id)).all(),
+        }
+
+
+async def rebuild(redis: Redis, engine: Engine, event_id: str) -> None:
+    data = await asyncio.to_thread(_stored, engine, event_id)
+    f = Funnel(redis)
+    await f.clear(event_id)
+    await f.set_reached(event_id, int(data["reached"]))
+    for visitor, guide, variant, at in data["scans"]:  # one by one: the minute of each person's first scan
+        await f.count(event_id, "scanned", [Seen(visitor, guide, variant)], at=at)
+    batches: list[tuple[str, list[Seen]]] = [
+        ("joined", [Seen(p, g) for p, g in data["joins"]]),
+        ("reminded", [Seen(m) for (m,) in data["reminded"]]),
+        ("commented", [Seen(u) for (u,) in data["comments"]]),
+        ("deposited", [Seen(p) for k, p, _a in data["payments"] if k == "deposit"]),
+        ("ordered", [Seen(p) for k, p, _a in data["payments"] if k == "order"]),
+    ]
+    for step, seen in batches:
+        for i in range(0, len(seen), CHUNK):
+            await f.count(event_id, step, seen[i:i + CHUNK])
+    gmv = sum(a for k, _p, a in data["payments"] if k == "order") - sum(a for k, _p, a in data["payments"] if k == "refund")
+    if gmv:
+        await f.add_gmv(event_id, gmv)
