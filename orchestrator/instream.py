@@ -78,9 +78,10 @@ def _store_scans(engine: Engine, event_id: str, entries: list[Any]) -> None:
 
     rows = []
     for entry_id, fields in entries:
-        guide, variant, visitor, ms = json.loads(fields[b"d"] if b"d" in fields else fields["d"])
+        raw = fields[b"d"] if b"d" in fields else fields["d"]
+        guide, variant, visitor, ms = (raw.decode() if isinstance(raw, bytes) else raw).split(",")
         rows.append({"event_id": event_id, "entry": entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
-                     "guide_id": guide, "variant": variant, "visitor": visitor, "at": datetime.fromtimestamp(ms / 1000, timezone.utc)})
+                     "guide_id": guide, "variant": variant, "visitor": visitor, "at": datetime.fromtimestamp(int(ms) / 1000, timezone.utc)})
     insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
     with engine.begin() as conn:
         conn.execute(insert(SCANLOG).on_conflict_do_nothing(), rows)

@@ -112,16 +112,16 @@ def image_type(data: bytes) -> str | None:
 @dataclass(frozen=True, slots=True)
 class Tally:
     """Counters to bump in the same script that takes a place (a scan's counts): one command to
-    Redis instead of one per counter. `ops` are (op, 1-based index into `keys`, field) triples,
-    flattened; op 'h' adds 1 to a hash field, 'p' adds a member to a HyperLogLog."""
+    Redis instead of one per counter. `keys` follow the two of the pool (KEYS[3] on); `packed` is
+    the ops as the script's one argument (see TALLY_OPS), built by `pack`."""
 
     keys: tuple[str, ...]
-    ops: tuple[str, ...]
+    packed: str
 
-    def packed(self, first_key: int) -> str:
-        """The ops as the script's one argument, key indexes counted from `first_key` (1-based)."""
-        return "\x1e".join(f"{self.ops[i]}\x1f{int(self.ops[i + 1]) + first_key - 1}\x1f{self.ops[i + 2]}" for i in range(0, len(self.ops), 3))
-
+    @staticmethod
+    def pack(ops: tuple[str, ...]) -> str:
+        """(op, 1-based index into the tally's keys, field) triples, flattened, as the script reads them."""
+        return "\x1e".join(f"{ops[i]}\x1f{int(ops[i + 1]) + 2}\x1f{ops[i + 2]}" for i in range(0, len(ops), 3))
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +164,7 @@ class Pool:
         """
         at = int((now or utc_now()).timestamp())
         keys = _keys(event_id)
-        extra_keys, ops = (list(tally.keys), [tally.packed(len(keys) + 1)]) if tally is not None else ([], [])
+        extra_keys, ops = (list(tally.keys), [tally.packed]) if tally is not None else ([], [])
         try:
             answer = await self.redis.evalsha(self._assign.sha, len(keys) + len(extra_keys), *keys, *extra_keys, visitor, str(at), *ops)  # type: ignore[misc]
         except NoScriptError:  # Redis restarted or flushed its scripts: load it (the tally was not counted)
@@ -179,7 +179,7 @@ class Pool:
 
     async def tally(self, tally: Tally) -> None:
         """Count a tally alone (no place taken)."""
-        await self._tally(keys=["-", "-", *tally.keys], args=["-", "-", tally.packed(3)])
+        await self._tally(keys=["-", "-", *tally.keys], args=["-", "-", tally.packed])
 
     async def load(self, event_id: str) -> int:
         """Copy the event's groups into Redis where they are missing; returns how many groups it has."""

@@ -2,12 +2,12 @@
 
 A code (`/s/<code>`) is made per guide x poster variant when the event is scheduled. A scan is
 counted in Redis per event, guide, variant and guide x variant, with unique people counted by a
-first-party cookie's random id (HyperLogLog: no list of people is kept, nor any personal data).
+first-party cookie's random id (the board's funnel sets: random ids only, no personal data).
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -95,24 +95,27 @@ class Resolver:
 
 def scan_tally(scanned: Scanned, visitor: str) -> Tally:
     """The counts of one scan of `scanned` by `visitor` (a random id from a first-party cookie):
-    per event, guide, variant and guide x variant, and unique people (HyperLogLog)."""
-    e, g, v = scanned.event_id, scanned.guide_id, scanned.variant
-    keys = (f"orch:scans:{e}", f"orch:scanners:{e}", f"orch:scanners:{e}:g:{g}", f"orch:scanners:{e}:v:{v}",
-            funnel.key(e, "scanned"), funnel.key(e, "scanned", "m"), funnel.key(e, "scanned", f"g:{g}"),
-            funnel.key(e, "scanned", f"v:{v}"), funnel.DIRTY, f"orch:in:scans:{e}")
+    scans per event, guide, variant and guide x variant; people, exactly (the board's funnel), with
+    the minute of their first scan; and the scan's log entry."""
+    keys, template = _tally_template(scanned.event_id, scanned.guide_id, scanned.variant)
     now = time.time()
-    minute = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(now))
-    entry = json.dumps([g, v, visitor, int(now * 1000)], ensure_ascii=False, separators=(",", ":"))
-    ops = ("h", "1", "total", "h", "1", f"g:{g}", "h", "1", f"v:{v}", "h", "1", f"gv:{g}:{v}",
-           "p", "2", visitor, "p", "3", visitor, "p", "4", visitor,
-           "s", "5", visitor, "m", "6", minute, "a", "7", visitor, "a", "8", visitor, "a", "9", e,  # the funnel: exact people
-           "x", "10", entry)  # the scan's log entry, moved to the store by the workers
-    return Tally(keys, ops)
+    return Tally(keys, template % {"visitor": visitor, "minute": time.strftime("%Y-%m-%dT%H:%M", time.gmtime(now)), "ms": int(now * 1000)})
+
+
+@functools.lru_cache(maxsize=4096)
+def _tally_template(e: str, g: str, v: str) -> tuple[tuple[str, ...], str]:
+    """What a scan of this code counts, but the person and the moment (made once per code)."""
+    keys = (f"orch:scans:{e}", funnel.key(e, "scanned"), funnel.key(e, "scanned", "m"), funnel.key(e, "scanned", f"g:{g}"),
+            funnel.key(e, "scanned", f"v:{v}"), funnel.DIRTY, f"orch:in:scans:{e}")
+    ops = ("h", "1", "total", "h", "1", f"g:{g}", "h", "1", f"v:{v}", "h", "1", f"gv:{g}:{v}",  # scans
+           "s", "2", "%(visitor)s", "m", "3", "%(minute)s", "a", "4", "%(visitor)s", "a", "5", "%(visitor)s", "a", "6", e,  # people, exactly
+           "x", "7", f"{g},{v},%(visitor)s,%(ms)d")  # the scan's log entry (ids are slugs: no commas)
+    return keys, Tally.pack(tuple(o.replace("%", "%%") if "%(" not in o else o for o in ops))
 
 
 async def scan_counts(redis: Redis, event_id: str) -> dict[str, int]:
-    """Scans of the event: 'total', 'g:<guide>', 'v:<variant>', 'gv:<guide>:<variant>', and 'people' (unique)."""
+    """Scans of the event: 'total', 'g:<guide>', 'v:<variant>', 'gv:<guide>:<variant>', and 'people' (unique, exact)."""
     raw = await redis.hgetall(f"orch:scans:{event_id}")  # type: ignore[misc]
     out = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
-    out["people"] = int(await redis.pfcount(f"orch:scanners:{event_id}"))
+    out["people"] = int(await redis.scard(funnel.key(event_id, "scanned")))  # type: ignore[misc]
     return out
