@@ -19,10 +19,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.store import Comment, Payment, utc_now
+from orchestrator.store import Comment, Payment, RoomVisit, utc_now
 
 COMMENT = Comment.__table__  # type: ignore[attr-defined]
 PAYMENT = Payment.__table__  # type: ignore[attr-defined]
+VISIT = RoomVisit.__table__  # type: ignore[attr-defined]
 MAX_BATCH = 1000
 PLATFORMS = {"wechat_channels", "douyin", "bilibili", "taobao", "kuaishou", "other"}
 KINDS = {"deposit", "refund", "order"}
@@ -135,12 +136,31 @@ def payment_rows(event_id: str, source: str, body: Any, tz: ZoneInfo, products: 
     return rows
 
 
+VISIT_FIELDS = {"visit_id", "kind", "person", "time"}
+
+
+def visit_rows(event_id: str, source: str, body: Any, tz: ZoneInfo) -> list[dict[str, Any]]:
+    """Room entries and exits (`{"visits": [...]}`), every one checked."""
+    rows = []
+    now = utc_now()
+    for at, item in _items(body, "visits", VISIT_FIELDS):
+        kind = _text(item, "kind", at, limit=8)
+        if kind not in ("enter", "exit"):
+            raise BadInput(f"kind {kind!r} is not enter or exit", f"{at}.kind")
+        rows.append({"event_id": event_id, "source": source, "visit_id": _text(item, "visit_id", at, limit=128), "kind": kind,
+                     "person": _text(item, "person", at, limit=128), "at": moment(item.get("time"), tz, f"{at}.time"), "received_at": now})
+    return rows
+
+
+ID_FIELDS = ("message_id", "payment_id", "visit_id")
+
+
 def store(engine: Engine, table: Any, rows: list[dict[str, Any]]) -> Stored:
     """Insert rows not seen before (by their unique source id), in one transaction."""
     insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
     if not rows:
         return Stored(0, 0)
-    id_field = "message_id" if "message_id" in rows[0] else "payment_id"
+    id_field = next(f for f in ID_FIELDS if f in rows[0])
     with engine.begin() as conn:
         added = {(s, i) for s, i in conn.execute(insert(table).on_conflict_do_nothing().returning(table.c.source, table.c[id_field]), rows)}
     new = tuple({(r["source"], r[id_field]): r for r in rows if (r["source"], r[id_field]) in added}.values())

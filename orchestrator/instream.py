@@ -29,8 +29,8 @@ SCANLOG = ScanLog.__table__  # type: ignore[attr-defined]
 
 SEEN_FOR = 2 * 24 * 3600
 BATCH = 5000
-KINDS = {"comments": ingest.COMMENT, "payments": ingest.PAYMENT}
-ID_FIELD = {"comments": "message_id", "payments": "payment_id"}
+KINDS = {"comments": ingest.COMMENT, "payments": ingest.PAYMENT, "visits": ingest.VISIT}
+ID_FIELD = {"comments": "message_id", "payments": "payment_id", "visits": "visit_id"}
 
 # KEYS: the stream, then one dedupe key per item. ARGV: seconds a dedupe key lives, then the items
 # as one JSON array of arrays (encoded once, in C, rather than once per item).
@@ -48,6 +48,7 @@ return stored
 FIELDS = {
     "comments": ("event_id", "source", "message_id", "platform", "room", "user_id", "name", "text", "at", "received_at"),
     "payments": ("event_id", "source", "payment_id", "kind", "order_id", "person", "product", "amount_fen", "at", "received_at"),
+    "visits": ("event_id", "source", "visit_id", "kind", "person", "at", "received_at"),
 }
 
 
@@ -91,6 +92,9 @@ async def count(f: Funnel, kind: str, event_id: str, new: tuple[dict[str, Any], 
     """The funnel steps of items stored for the first time: commented, deposited, ordered, GMV."""
     if kind == "comments":
         await f.count(event_id, "commented", [Seen(r["user_id"]) for r in new])
+        return
+    if kind == "visits":
+        await f.count(event_id, "entered", [Seen(r["person"]) for r in new if r["kind"] == "enter"])
         return
     for step, kinds in (("deposited", {"deposit"}), ("ordered", {"order"})):
         await f.count(event_id, step, [Seen(r["person"]) for r in new if r["kind"] in kinds])

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from sqlalchemy import Engine, select
 
 from orchestrator.funnel import Funnel, Seen
-from orchestrator.store import Comment, Event, Join, Payment, ScanLog, Send
+from orchestrator.store import Comment, Event, Join, Payment, RoomVisit, ScanLog, Send
 
 CHUNK = 1000
 
@@ -22,6 +22,7 @@ CHUNK = 1000
 def _stored(engine: Engine, event_id: str) -> dict[str, Any]:
     scan, join, send, comment, pay = (t.__table__ for t in (ScanLog, Join, Send, Comment, Payment))  # type: ignore[union-attr]
     event = Event.__table__  # type: ignore[attr-defined]
+    visit = RoomVisit.__table__  # type: ignore[attr-defined]
     with engine.connect() as conn:
         return {
             "reached": conn.execute(select(event.c.audience).where(event.c.id == event_id)).scalar_one(),
@@ -32,6 +33,7 @@ def _stored(engine: Engine, event_id: str) -> dict[str, Any]:
                                                                     (send.c.step_id == "preview") | send.c.step_id.like("reminder:%"))).all(),
             "comments": conn.execute(select(comment.c.user_id).where(comment.c.event_id == event_id).order_by(comment.c.at)).all(),
             "payments": conn.execute(select(pay.c.kind, pay.c.person, pay.c.amount_fen).where(pay.c.event_id == event_id)).all(),
+            "entered": conn.execute(select(visit.c.person).where(visit.c.event_id == event_id, visit.c.kind == "enter").order_by(visit.c.at)).all(),
         }
 
 
@@ -45,6 +47,7 @@ async def rebuild(redis: Redis, engine: Engine, event_id: str) -> None:
     batches: list[tuple[str, list[Seen]]] = [
         ("joined", [Seen(p, g) for p, g in data["joins"]]),
         ("reminded", [Seen(m) for (m,) in data["reminded"]]),
+        ("entered", [Seen(p) for (p,) in data["entered"]]),
         ("commented", [Seen(u) for (u,) in data["comments"]]),
         ("deposited", [Seen(p) for k, p, _a in data["payments"] if k == "deposit"]),
         ("ordered", [Seen(p) for k, p, _a in data["payments"] if k == "order"]),

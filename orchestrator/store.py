@@ -235,6 +235,21 @@ class Payment(SQLModel, table=True):
     received_at: datetime = _ts(default_factory=utc_now)
 
 
+class RoomVisit(SQLModel, table=True):
+    """Someone entered or left the live room, as the platform reported it; one per (source, visit id)."""
+
+    __tablename__ = "roomvisit"
+    __table_args__ = (UniqueConstraint("source", "visit_id", name="uq_roomvisit_once"),)
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(foreign_key="event.id", max_length=64)
+    source: str = Field(max_length=32)
+    visit_id: str = Field(max_length=128)
+    kind: str = Field(max_length=8)  # enter | exit
+    person: str = Field(max_length=128)
+    at: datetime = _ts()
+    received_at: datetime = _ts(default_factory=utc_now)
+
+
 class Draw(SQLModel, table=True):
     """One draw and everything needed to check it: entrants, their hash, winners, the frozen screen."""
 

@@ -29,9 +29,10 @@ from orchestrator.wecom import WeComClient
 from orchestrator.wecom_crypto import WeComCrypto
 from web.api import post_group, post_joins
 from web.board import Hub, board_page, board_socket
-from web.ingestapi import Events, post_comments, post_douyin, post_payments, post_wxlivespy
+from web.ingestapi import Events, post_comments, post_douyin, post_payments, post_visits, post_wxlivespy
 from web.metrics import metrics
 from web.noticepage import notice
+from web.openapi import openapi
 from web.pages import Rendered
 from web.posterpages import poster_image, poster_page
 from web.scan import group_image, scan
@@ -76,6 +77,7 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(routes=[
         Route("/healthz", healthz),
         Route("/metrics", metrics),
+        Route("/openapi.json", openapi),
         Route("/s/{code}", scan),
         Route("/g/{event}/{number:int}", group_image),
         Route("/p/{code}.png", poster_image),
@@ -88,6 +90,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/api/events/{event}/groups", post_group, methods=["POST"]),
         Route("/api/events/{event}/comments", post_comments, methods=["POST"]),
         Route("/api/events/{event}/payments", post_payments, methods=["POST"]),
+        Route("/api/events/{event}/visits", post_visits, methods=["POST"]),
         Route("/ingest/douyin/{event}", post_douyin, methods=["POST"]),
         Route("/ingest/wxlivespy/{event}/{key}", post_wxlivespy, methods=["POST"]),
         Route("/wecom/callback", wecom_callback, methods=["GET", "POST"]),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 import re
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -67,35 +68,41 @@ async def _checked(request: Request) -> tuple[Any, Any, str] | JSONResponse:
     return ev, parsed, source
 
 
-async def post_comments(request: Request) -> JSONResponse:
+async def _accept(request: Request, kind: str, rows_of: Callable[[Any, Any, str, Any], Any]) -> JSONResponse:
+    """Check the request, turn its body into rows (`rows_of(event, body, source, tz)`, which may be
+    a coroutine), append them to the event's durable stream, answer what was new."""
     checked = await _checked(request)
     if isinstance(checked, JSONResponse):
         return checked
     ev, parsed, source = checked
     try:
-        rows = ingest.comment_rows(ev.id, source, parsed, ZoneInfo(ev.timezone))
+        rows = rows_of(ev, parsed, source, ZoneInfo(ev.timezone))
+        if asyncio.iscoroutine(rows):
+            rows = await rows
     except ingest.BadInput as e:
         return _error(422, str(e), e.at)
-    done = await request.app.state.instream.append("comments", ev.id, rows)
+    done = await request.app.state.instream.append(kind, ev.id, rows)
     return JSONResponse({"stored": done.stored, "duplicates": done.duplicates})
+
+
+async def post_comments(request: Request) -> JSONResponse:
+    return await _accept(request, "comments", lambda ev, body, source, tz: ingest.comment_rows(ev.id, source, body, tz))
+
+
+async def post_visits(request: Request) -> JSONResponse:
+    """Room entries and exits: `{"visits": [{"visit_id", "kind": "enter"|"exit", "person", "time"}]}`."""
+    return await _accept(request, "visits", lambda ev, body, source, tz: ingest.visit_rows(ev.id, source, body, tz))
 
 
 async def post_payments(request: Request) -> JSONResponse:
-    checked = await _checked(request)
-    if isinstance(checked, JSONResponse):
-        return checked
-    ev, parsed, source = checked
     from orchestrator.scheduling import loaded_event
 
-    loaded = await asyncio.to_thread(loaded_event, request.app.state.engine, ev, members=False)
-    deposit = loaded.playbook.mechanism.deposit_draw
-    products = {p.id for p in deposit.products} if deposit else set()
-    try:
-        rows = ingest.payment_rows(ev.id, source, parsed, ZoneInfo(ev.timezone), products)
-    except ingest.BadInput as e:
-        return _error(422, str(e), e.at)
-    done = await request.app.state.instream.append("payments", ev.id, rows)
-    return JSONResponse({"stored": done.stored, "duplicates": done.duplicates})
+    async def rows_of(ev: Any, body: Any, source: str, tz: Any) -> list[dict[str, Any]]:
+        loaded = await asyncio.to_thread(loaded_event, request.app.state.engine, ev, members=False)
+        deposit = loaded.playbook.mechanism.deposit_draw
+        return ingest.payment_rows(ev.id, source, body, tz, {p.id for p in deposit.products} if deposit else set())
+
+    return await _accept(request, "payments", rows_of)
 
 
 class Events:

@@ -92,13 +92,20 @@ def test_what_happens_reaches_every_viewer_through_any_web_process(
                         body, headers = signed({"payments": pays})
                         async with http.post(f"{servers[1].url}/api/events/{event_id}/payments", data=body, headers=headers) as r:
                             assert r.status == 200
+                        visits = [{"visit_id": "v1", "kind": "enter", "person": "b1", "time": "2027-06-10 19:58"},
+                                  {"visit_id": "v2", "kind": "exit", "person": "b1", "time": "2027-06-10 20:30"},
+                                  {"visit_id": "v3", "kind": "enter", "person": "b1", "time": "2027-06-10 20:31"}]  # back again: once
+                        body, headers = signed({"visits": visits})
+                        async with http.post(f"{servers[0].url}/api/events/{event_id}/visits", data=body, headers=headers) as r:
+                            assert r.status == 200
                         body, headers = signed({"payments": pays[:1]})  # delivered again
                         async with http.post(f"{servers[0].url}/api/events/{event_id}/payments", data=body, headers=headers) as r:
                             assert (await r.json()) == {"stored": 0, "duplicates": 1}
 
                     def done(s: dict[str, Any]) -> bool:
                         t = totals(s)
-                        return (t["scanned"], t["joined"], t["commented"], t["deposited"], t["ordered"], s["gmv_fen"]) == (5, 2, 3, 1, 1, 260000)
+                        return (t["scanned"], t["joined"], t["entered"], t["commented"], t["deposited"], t["ordered"], s["gmv_fen"]) == (
+                            5, 2, 1, 3, 1, 1, 260000)
                     snaps = await until_snapshot(one, done), await until_snapshot(two, done)
                 # counters rebuilt from the store alone equal the live ones
                 from redis.asyncio import Redis
