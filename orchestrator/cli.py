@@ -299,6 +299,26 @@ def _open(url: str) -> Any:
     return engine
 
 
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--speed", type=float, default=600, show_default=True, help="Clock speed: 600 turns an event hour into 6 real seconds.")
+@click.option("--seed", type=int, default=1, show_default=True, help="The synthetic audience's seed: the same seed, the same audience.")
+@click.option("--port", default=8000, show_default=True, help="Port of the web app the audience and the board use.")
+def rehearse(file: str, speed: float, seed: int, port: int) -> None:
+    """Rehearse FILE on a fast clock with a synthetic audience on the real endpoints: posters
+    scanned, groups joined, the room entered, comments, deposits, orders; the board shows it live."""
+    from orchestrator.demo import run_demo
+
+    _speed_option(speed)
+    _checked_or_exit(file, None)  # errors printed, exit 1
+    out = _console()
+    with _services() as (settings, engine, url):
+        result = asyncio.run(run_demo(settings, engine, url, Path(file), seconds=0, console=out, web_port=port, speed=speed, seed=seed))
+    out.print(_("event {event} closed after {seconds:.0f} s").format(event=result.event_id, seconds=result.seconds))
+    if result.report is not None:
+        out.print(_("report: {path}").format(path=result.report.resolve().as_uri()))
+
+
 @contextlib.contextmanager
 def _services() -> Iterator[tuple[Settings, Any, str]]:
     """Settings, the migrated store and a Redis URL (the embedded server when REDIS_URL is unset)."""

@@ -54,7 +54,8 @@ class WebApp:
     def __init__(self, settings: Settings, redis_url: str, port: int) -> None:
         self.url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": redis_url, "ORCH_DATA_DIR": settings.data_dir,
-               "ORCH_PUBLIC_URL": settings.public_url}
+               "ORCH_PUBLIC_URL": settings.public_url, "ORCH_INGEST_SECRET": settings.ingest_secret or "",
+               "ORCH_API_TOKEN": settings.api_token or ""}
         self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "web.app:app_from_env", "--factory", "--host", "127.0.0.1",
                                       "--port", str(port), "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL)
 
@@ -81,11 +82,15 @@ class WebApp:
 
 
 async def run_demo(settings: Settings, engine: Engine, redis_url: str, playbook: Path, *, seconds: float, console: Console,
-                   web_port: int | None = 8000) -> DemoResult:
+                   web_port: int | None = 8000, speed: float | None = None, seed: int = 1) -> DemoResult:
     web = None
     if web_port:
         if not os.environ.get("ORCH_PUBLIC_URL"):  # posters' QR codes lead to this demo's own web app
             settings = dataclasses.replace(settings, public_url=f"http://127.0.0.1:{web_port}")
+        import secrets as _secrets  # the synthetic audience signs what it posts: the web app gets the same keys
+
+        settings = dataclasses.replace(settings, ingest_secret=settings.ingest_secret or _secrets.token_hex(16),
+                                       api_token=settings.api_token or _secrets.token_hex(16))
         web = WebApp(settings, redis_url, web_port)
         if await web.ready():
             console.print(f"web: [bold]{web.url}[/] (posters, scans and join pages of this event; it stops with the demo)")
@@ -95,20 +100,21 @@ async def run_demo(settings: Settings, engine: Engine, redis_url: str, playbook:
             web.stop()
             web = None
     try:
-        return await _run(settings, engine, redis_url, playbook, seconds=seconds, console=console)
+        return await _run(settings, engine, redis_url, playbook, seconds=seconds, console=console, web=web, speed=speed, seed=seed)
     finally:
         if web is not None:
             web.stop()
 
 
-async def _run(settings: Settings, engine: Engine, redis_url: str, playbook: Path, *, seconds: float, console: Console) -> DemoResult:
+async def _run(settings: Settings, engine: Engine, redis_url: str, playbook: Path, *, seconds: float, console: Console,
+               web: WebApp | None = None, speed: float | None = None, seed: int = 1) -> DemoResult:
     from orchestrator.plan import plan
     from orchestrator.validate import check
 
     loaded, _diags = check(playbook)
     assert loaded is not None
     p = plan(loaded)
-    speed = speed_for(p.steps[0].at, p.steps[-1].at, seconds)
+    speed = speed or speed_for(p.steps[0].at, p.steps[-1].at, seconds)
     event_id = f"{loaded.playbook.id}-demo-{datetime.now():%m%d%H%M%S}"[:64]
     tz = ZoneInfo(p.timezone)
     started = time.monotonic()
@@ -119,9 +125,24 @@ async def _run(settings: Settings, engine: Engine, redis_url: str, playbook: Pat
         result = await scheduling.schedule(engine, pool, settings, playbook, event_id=event_id, speed=speed, rehearsal=True)
         console.print(f"[bold]{p.title}[/] → event [bold]{event_id}[/]: {result.steps} steps, {result.audience} people, "
                       f"clock ×{speed:,.0f} (an event day in {86400 / speed:.0f} s), channels → console")
-        key = scheduling.get_event(engine, event_id).board_key
-        console.print(f"host board: [bold]{settings.public_url.rstrip('/')}/board/{event_id}?t={key}[/]")
+        ev = scheduling.get_event(engine, event_id)
+        console.print(f"host board: [bold]{settings.public_url.rstrip('/')}/board/{event_id}?t={ev.board_key}[/]")
+        crowd = None
+        if web is not None:  # a synthetic audience on the real endpoints, so the board and the draws have people
+            from orchestrator.posters import codes_of
+            from orchestrator.rehearsal import Audience, plan_actions
+
+            actions = plan_actions(loaded, ev.live_start, codes_of(engine, event_id), seed)
+            audience = Audience(web.url, event_id, scheduling.event_clock(ev), str(settings.ingest_secret), str(settings.api_token))
+            stop = asyncio.Event()
+            crowd = asyncio.create_task(audience.play(actions, stop))
+            console.print(f"rehearsal audience: {sum(a.kind == 'scan' for a in actions):,} people scan, seed {seed}")
         await _follow(engine, event_id, tz, console)
+        if crowd is not None:
+            stop.set()
+            done = await crowd
+            console.print("rehearsal audience did: " + ", ".join(f"{n:,} {k}" for k, n in sorted(done.items()))
+                          + (f"; failed: {dict(audience.failed)}" if audience.failed else ""))
     finally:
         await pool.aclose()
         await worker.close()

@@ -306,16 +306,25 @@ async def _close(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, clo
 
 
 async def _let_sends_finish(rt: Runtime, event_id: str) -> None:
-    """Before closing, give sends in flight, and retries due within the wait, up to CLOSE_WAIT real seconds.
+    """Before closing, give sends in flight, retries due within the wait, and draws still to come,
+    up to CLOSE_WAIT real seconds.
 
     On a real clock close comes well after the last reminder; on a fast rehearsal clock a fan-out
     may still be going when close is due, and it should not be cut short by compressed time.
     """
     deadline = time.monotonic() + CLOSE_WAIT
     while (left := deadline - time.monotonic()) > 0:
-        if not await rt.db(ledger.sendable, rt.engine, event_id, utc_now() + timedelta(seconds=left)):
+        if not await rt.db(ledger.sendable, rt.engine, event_id, utc_now() + timedelta(seconds=left)) \
+                and not await rt.db(_draws_pending, rt, event_id):
             return
         await asyncio.sleep(min(0.5, left))
+
+
+def _draws_pending(rt: Runtime, event_id: str) -> int:
+    """Draw steps not done yet (a draw waits for its freeze moment): the audit bundle written at close must hold them."""
+    with rt.engine.connect() as conn:
+        return len(conn.execute(select(STEP.c.step_id).where(STEP.c.event_id == event_id, STEP.c.stage.in_(("draw_screenshot", "draw_deposit")),
+                                                              STEP.c.state.in_(("scheduled", "running", "deferred")))).all())
 
 
 def _closed(rt: Runtime, event_id: str, step_id: str, note: str, event_time: datetime, paths: dict[str, str]) -> None:

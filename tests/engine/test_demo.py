@@ -29,6 +29,8 @@ def test_the_demo_runs_an_event_to_its_report_on_embedded_defaults(tmp_path: Pat
         assert proc.wait(300) == 0, "".join(lines)[-2000:]
     out = "".join(lines)
     assert f"web: http://127.0.0.1:{port}" in out
+    did = re.search(r"rehearsal audience did: (.*)", out)
+    assert did and " scan" in did.group(1) and "failed" not in did.group(1), out[-2000:]
     guides = len((tmp_path / "demo-event" / "guides.csv").read_text(encoding="utf-8-sig").strip().splitlines()) - 1
     assert fetched["posters"].count("<img ") == guides * 2 >= 4  # each guide x 2 hook variants, served by the demo's web app
     for seen in ("reminder:day-before", "reminder:hour", "live starts", "host cue:", "event closed", "report: file://"):
