@@ -16,7 +16,7 @@ import asyncio
 import json
 import logging
 import math
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from redis.asyncio import Redis
@@ -52,6 +52,13 @@ def diff_interval(a_hits: int, a_n: int, b_hits: int, b_n: int) -> tuple[float, 
     return d, d - 1.96 * se, d + 1.96 * se
 
 
+def projection(count: int, start: datetime, end: datetime, now: datetime) -> int | None:
+    """Where a count ends up by `end` at the pace it has kept since `start` (None outside the window)."""
+    if now <= start or now >= end or count == 0:
+        return None
+    return round(count * (end - start).total_seconds() / (now - start).total_seconds())
+
+
 def _store_side(engine: Engine, event_id: str) -> dict[str, Any]:
     ev = get_event(engine, event_id)
     loaded = loaded_event(engine, ev, members=False)
@@ -76,8 +83,10 @@ def _store_side(engine: Engine, event_id: str) -> dict[str, Any]:
         found = draws.existing(engine, event_id, d["id"])
         if found is not None:
             names.update({c["user_id"]: c["name"] for c in found.screen})
+    first = steps[0].at if steps else ev.live_start
     return {
         "event": event_id, "title": pb.title, "state": state, "now": now.astimezone(tz).isoformat(),
+        "window": {"start": first.isoformat(), "end": ev.live_end.isoformat(), "now": now.isoformat()},
         "live": {"start": ev.live_start.astimezone(tz).isoformat(), "end": ev.live_end.astimezone(tz).isoformat()},
         "kpi": pb.goal.kpi.model_dump(mode="json"), "guides": [{"id": g.id, "name": g.name} for g in loaded.guides],
         "variants": [{"id": v.id, "hook": v.hook} for v in pb.path.poster.variants],
@@ -102,7 +111,10 @@ async def snapshot(redis: Redis, engine: Engine, event_id: str) -> dict[str, Any
     for step, target_key in FUNNEL:
         n = totals[step]
         target = kpi.get("reached" if step == "reached" else target_key)
-        funnel.append({"step": step, "label": LABELS[step], "count": n, "target": target,
+        window = side["window"]
+        projected = None if step == "reached" else projection(n, datetime.fromisoformat(window["start"]), datetime.fromisoformat(window["end"]),
+                                                               datetime.fromisoformat(window["now"]))
+        funnel.append({"step": step, "label": LABELS[step], "count": n, "target": target, "projected": projected,
                        "of_previous": None if not previous else round(n / previous, 4),
                        "of_reached": None if not totals["reached"] else round(n / totals["reached"], 4)})
         previous = n if n else previous

@@ -8,7 +8,10 @@ from `DevToolsActivePort` in its fresh profile.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
+import os
+import signal
 import json
 import subprocess
 import tempfile
@@ -24,10 +27,10 @@ from tests.browser import FLAGS, require_chromium
 
 class Chromium:
     def __init__(self, width: int = 1400, height: int = 1000) -> None:
-        self.profile = tempfile.TemporaryDirectory(prefix="cdp-")
+        self.profile = tempfile.TemporaryDirectory(prefix="cdp-", ignore_cleanup_errors=True)
         self.proc = subprocess.Popen([require_chromium(), *FLAGS, f"--user-data-dir={self.profile.name}", "--remote-debugging-port=0",
                                       f"--window-size={width},{height}", "about:blank"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         port_file = Path(self.profile.name) / "DevToolsActivePort"
         deadline = time.monotonic() + 30
         while not (port_file.exists() and port_file.read_text().strip()):
@@ -78,11 +81,16 @@ class Chromium:
         return out
 
     def close(self) -> None:
+        """Chromium and every process it started (its own session), then its profile."""
         if hasattr(self, "ws"):
-            self._connection.__exit__(None, None, None)
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+            with contextlib.suppress(Exception):
+                self._connection.__exit__(None, None, None)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(10)
+                break
+            except subprocess.TimeoutExpired:
+                continue
         self.profile.cleanup()

@@ -30,3 +30,4 @@ def test_the_same_seed_plans_the_same_audience_and_variants_convert_differently(
     comments = [a for a in one if a.kind == "comment"]
     assert all(live.start.replace(tzinfo=loaded.playbook.tz) <= a.at <= live.end.replace(tzinfo=loaded.playbook.tz) for a in comments)
     assert any("焕新" in a.data["text"] for a in comments) and any("焕新" not in a.data["text"] for a in comments)
+

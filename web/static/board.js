@@ -17,7 +17,8 @@
     const max = Math.max(1, ...s.funnel.map((f) => Math.max(f.count, f.target || 0)));
     return s.funnel.map((f) => {
       const target = f.target ? `<div class="target" style="left:${(100 * f.target / max).toFixed(1)}%"></div>` : "";
-      const rate = f.of_previous == null ? "" : `${pct(f.of_previous)} ${en ? "of previous" : "环比"}`;
+      const rate = (f.of_previous == null ? "" : `${pct(f.of_previous)} ${en ? "of previous" : "上一步"}`) +
+        (f.projected != null && f.target ? ` · ${en ? "on pace for" : "按当前节奏"} ${fmt(f.projected)}` : "");
       return `<div class="bar" data-step="${f.step}"><span>${esc(en ? EN[f.step] : f.label)}</span>` +
         `<div class="track"><div class="fill" style="width:${(100 * f.count / max).toFixed(1)}%"></div>${target}</div>` +
         `<span class="num">${fmt(f.count)}${f.target ? " / " + fmt(f.target) : ""} <span class="rate">${rate}</span></span></div>`;
