@@ -38,7 +38,7 @@ from orchestrator.channels.webhook import sign  # noqa: E402
 from orchestrator.embedded_redis import redis_url  # noqa: E402
 from orchestrator.store import Event, open_store  # noqa: E402
 
-TICK = 0.25  # the publisher's pace, which the bare broadcast copies
+TICK = 0.05  # the publisher's pace, which the bare broadcast copies
 
 
 def cpu(pid: int) -> float:
@@ -68,6 +68,7 @@ async def viewers(url: str, n: int, on_message: Any, stalled: bool = False) -> l
 
 
 async def board_run(base: str, event_id: str, key: str, n: int, rate: int, seconds: float, stalled: bool) -> dict[str, Any]:
+    run = "s" if stalled else "f"  # each run's people are new: the count starts where the last run left it
     acks: list[tuple[int, float]] = []  # (cumulative comments acknowledged, when)
     seen: list[tuple[int, float]] = []
     received = [0] * n
@@ -81,6 +82,7 @@ async def board_run(base: str, event_id: str, key: str, n: int, rate: int, secon
 
     conns, tasks = await viewers(f"ws://{base.split('://')[1]}/board/{event_id}/ws?t={key}", n, on_message, stalled)
     await asyncio.sleep(1.0)  # the first snapshots
+    base_count = max((c for c, _t in seen), default=0)
     seen.clear()
     sent = 0
     batch = max(1, rate // 100)  # 100 posts a second
@@ -89,7 +91,7 @@ async def board_run(base: str, event_id: str, key: str, n: int, rate: int, secon
         posts = []
 
         async def post(first: int) -> None:
-            items = [{"platform": "other", "room": "r", "message_id": f"b{first + i}", "user_id": f"p{first + i}", "name": "观众",
+            items = [{"platform": "other", "room": "r", "message_id": f"{run}b{first + i}", "user_id": f"{run}p{first + i}", "name": "观众",
                       "text": "焕新", "time": "2027-06-10T19:30:00+08:00"} for i in range(batch)]
             raw = json.dumps({"comments": items}, ensure_ascii=False).encode()
             ts = str(int(time.time()))
@@ -97,7 +99,7 @@ async def board_run(base: str, event_id: str, key: str, n: int, rate: int, secon
                                  headers={"Content-Type": "application/json", "X-Orchestrator-Timestamp": ts,
                                           "X-Orchestrator-Signature": sign(SECRET, ts, raw)}) as r:
                 await r.read()
-            acks.append((first + batch, time.perf_counter()))
+            acks.append((base_count + first + batch, time.perf_counter()))
 
         while time.perf_counter() - start < seconds:
             posts.append(asyncio.create_task(post(sent)))
@@ -121,7 +123,7 @@ async def board_run(base: str, event_id: str, key: str, n: int, rate: int, secon
             latencies.append(at - reached[k])
     live = received[1:] if stalled else received
     return {"latencies": [max(0.0, v) for v in latencies], "sent": sent, "messages": statistics.mean(live) if live else 0,
-            "fewest": min(live) if live else 0, "expected": seconds / TICK}
+            "fewest": min(live) if live else 0}
 
 
 async def bare_run(n: int, size: int, seconds: float) -> dict[str, Any]:
@@ -197,8 +199,10 @@ def main() -> None:
     print(f"  {'ack -> viewer, one viewer stalled':34} {statistics.median(s) * 1000:>8.1f} {p99(s) * 1000:>8.1f}")
     print(f"  board p99 ÷ bare p99: {p99(b) / p99(r):.2f} (target ≤ 1.5)  {'ok' if p99(b) <= 1.5 * p99(r) else 'MISSES'}")
     print(f"  stalled viewer: others' p99 {p99(s) / p99(b):.2f}x (target ≤ 1.2)  {'ok' if p99(s) <= 1.2 * p99(b) else 'MISSES'}")
-    print(f"  snapshots per viewer: {board['messages']:.0f} on average, fewest {board['fewest']} (~{board['expected']:.0f} published; "
-          f"fewer = skipped ahead or coalesced, never queued)")
+    print(f"  snapshots per viewer: {board['messages']:.0f} on average, fewest {board['fewest']} (a viewer with fewer skipped ahead; "
+          f"none is ever queued more than the latest)")
+    print("  (latency runs from the HTTP answer; the count is raised inside the same script that acknowledges, so a viewer can see it first: "
+          "those count as 0)")
     print("  CPU seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in used.items()))
 
 

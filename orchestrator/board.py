@@ -30,7 +30,8 @@ from orchestrator.store import Comment
 
 log = logging.getLogger("orchestrator.board")
 COMMENT = Comment.__table__  # type: ignore[attr-defined]
-EVERY = 0.25  # seconds between publisher rounds
+EVERY = 0.05  # seconds between publisher rounds: what changed reaches viewers within about this
+SIDE_TTL = 1.0  # seconds the store's part of a snapshot (steps, draws, comments ticker) is reused
 REFRESH = 5.0  # seconds between snapshots of running events that did not change
 FUNNEL = (("reached", "kpi_reached"), ("scanned", "scanned"), ("joined", "joined"), ("reminded", "reminded"),
           ("entered", "entered_live"), ("commented", "commented"), ("deposited", "deposits"), ("ordered", "orders"))
@@ -102,8 +103,20 @@ def _store_side(engine: Engine, event_id: str) -> dict[str, Any]:
     }
 
 
-async def snapshot(redis: Redis, engine: Engine, event_id: str) -> dict[str, Any]:
-    side = await asyncio.to_thread(_store_side, engine, event_id)
+_SIDES: dict[str, tuple[float, dict[str, Any]]] = {}
+
+
+async def snapshot(redis: Redis, engine: Engine, event_id: str, fresh: bool = False) -> dict[str, Any]:
+    """The snapshot: Redis's counts as they are now, the store's part as of at most SIDE_TTL ago."""
+    loop = asyncio.get_running_loop()
+    hit = _SIDES.get(event_id)
+    if fresh or hit is None or hit[0] < loop.time():
+        side = await asyncio.to_thread(_store_side, engine, event_id)
+        if len(_SIDES) > 100:
+            _SIDES.clear()
+        _SIDES[event_id] = (loop.time() + SIDE_TTL, side)
+    else:
+        side = hit[1]
     figures = await Funnel(redis).figures(event_id, [g["id"] for g in side["guides"]], [v["id"] for v in side["variants"]])
     totals = figures["totals"]
     kpi = side["kpi"]

@@ -576,12 +576,13 @@ def comments_import(event: str, file: str, platform: str) -> None:
     """Import comments transcribed from the screen (CSV: time, user_id, name, text[, message_id][, room]).
     Every row is checked first; one bad row stores nothing. Rows imported before are counted once."""
     from orchestrator import ingest
+    from orchestrator.instream import InStream
     from orchestrator.scheduling import get_event
 
-    engine = _open(Settings.from_env().database_url)
-    ev = get_event(engine, event)
-    rows = ingest.csv_rows(Path(file), ev.id, platform, ZoneInfo(ev.timezone))
-    done = ingest.store(engine, ingest.COMMENT, rows)
+    with _services() as (_settings, engine, url):
+        ev = get_event(engine, event)
+        rows = ingest.csv_rows(Path(file), ev.id, platform, ZoneInfo(ev.timezone))
+        done = asyncio.run(_with_redis(url, lambda redis: InStream(redis).append("comments", ev.id, rows)))  # like every feed
     click.echo(_("{stored} comments stored, {duplicates} already there").format(stored=done.stored, duplicates=done.duplicates))
 
 
@@ -594,26 +595,31 @@ def comments_bilibili(event: str, url: str, auth_body: str, room: str) -> None:
     """Follow a Bilibili live room's comments into EVENT until stopped (Ctrl-C)."""
     from orchestrator import ingest
     from orchestrator.bilibili import follow
+    from orchestrator.instream import InStream
     from orchestrator.scheduling import get_event
 
-    engine = _open(Settings.from_env().database_url)
-    ev = get_event(engine, event)
-    tz = ZoneInfo(ev.timezone)
     seen = [0]
+    with _services() as (_settings, engine, redis_at):
+        ev = get_event(engine, event)
+        tz = ZoneInfo(ev.timezone)
 
-    async def store(batch: list[dict[str, Any]]) -> None:
+        async def run(redis: Any) -> None:
+            stream = InStream(redis)
+
+            async def store(batch: list[dict[str, Any]]) -> None:
+                try:
+                    rows = ingest.comment_rows(ev.id, "bilibili", {"comments": batch}, tz)
+                except ingest.BadInput as e:
+                    click.echo(_("a batch was skipped: {reason}").format(reason=e), err=True)
+                    return
+                seen[0] += (await stream.append("comments", ev.id, rows)).stored
+
+            await follow(url, auth_body, room, store)
+
         try:
-            rows = ingest.comment_rows(ev.id, "bilibili", {"comments": batch}, tz)
-        except ingest.BadInput as e:
-            click.echo(_("a batch was skipped: {reason}").format(reason=e), err=True)
-            return
-        done = await asyncio.to_thread(ingest.store, engine, ingest.COMMENT, rows)
-        seen[0] += done.stored
-
-    try:
-        asyncio.run(follow(url, auth_body, room, store))
-    except KeyboardInterrupt:
-        pass
+            asyncio.run(_with_redis(redis_at, run))
+        except KeyboardInterrupt:
+            pass
     click.echo(_("{stored} comments stored").format(stored=seen[0]))
 
 

@@ -22,7 +22,8 @@ from redis.asyncio import Redis
 from sqlalchemy import Engine
 
 from orchestrator import ingest
-from orchestrator.funnel import Funnel, Seen
+from orchestrator.funnel import DIRTY
+from orchestrator.funnel import key as funnel_key
 from orchestrator.store import ScanLog
 
 SCANLOG = ScanLog.__table__  # type: ignore[attr-defined]
@@ -34,15 +35,29 @@ ID_FIELD = {"comments": "message_id", "payments": "payment_id", "visits": "visit
 
 # KEYS: the stream, then one dedupe key per item. ARGV: seconds a dedupe key lives, then the items
 # as one JSON array of arrays (encoded once, in C, rather than once per item).
+# The board's funnel is counted here too, for first sightings only, so a viewer sees an item as soon
+# as it is acknowledged (not when a worker moves it). KEYS: the stream, the dirty set, the GMV key,
+# then per item its dedupe key and its funnel step's set ('-': none). ARGV: seconds a dedupe key
+# lives, the items as one JSON array, the event id, then per item: the person, the GMV change (fen).
 APPEND = """
 local items = cjson.decode(ARGV[2])
-local stored = 0
-for i = 2, #KEYS do
-  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
-    redis.call('XADD', KEYS[1], '*', 'd', cjson.encode(items[i - 1]))
+local stored, changed = 0, false
+for i = 1, #items do
+  if redis.call('SET', KEYS[2 + 2 * i], '1', 'NX', 'EX', ARGV[1]) then
+    redis.call('XADD', KEYS[1], '*', 'd', cjson.encode(items[i]))
     stored = stored + 1
+    local step, gmv = KEYS[3 + 2 * i], tonumber(ARGV[3 + 2 * i])
+    if step ~= '-' then
+      redis.call('SADD', step, ARGV[2 + 2 * i])
+      changed = true
+    end
+    if gmv ~= 0 then
+      redis.call('INCRBY', KEYS[3], gmv)
+      changed = true
+    end
   end
 end
+if changed then redis.call('SADD', KEYS[2], ARGV[3]) end
 return stored
 """
 FIELDS = {
@@ -88,19 +103,15 @@ def _store_scans(engine: Engine, event_id: str, entries: list[Any]) -> None:
         conn.execute(insert(SCANLOG).on_conflict_do_nothing(), rows)
 
 
-async def count(f: Funnel, kind: str, event_id: str, new: tuple[dict[str, Any], ...]) -> None:
-    """The funnel steps of items stored for the first time: commented, deposited, ordered, GMV."""
+def counted(kind: str, row: dict[str, Any]) -> tuple[str | None, str, int]:
+    """What an item adds to the board's funnel: (step or None, person, GMV change in fen)."""
     if kind == "comments":
-        await f.count(event_id, "commented", [Seen(r["user_id"]) for r in new])
-        return
+        return "commented", row["user_id"], 0
     if kind == "visits":
-        await f.count(event_id, "entered", [Seen(r["person"]) for r in new if r["kind"] == "enter"])
-        return
-    for step, kinds in (("deposited", {"deposit"}), ("ordered", {"order"})):
-        await f.count(event_id, step, [Seen(r["person"]) for r in new if r["kind"] in kinds])
-    gmv = sum(r["amount_fen"] for r in new if r["kind"] == "order") - sum(r["amount_fen"] for r in new if r["kind"] == "refund")
-    if gmv:
-        await f.add_gmv(event_id, gmv)
+        return ("entered" if row["kind"] == "enter" else None), row["person"], 0
+    step = {"deposit": "deposited", "order": "ordered"}.get(row["kind"])
+    gmv = row["amount_fen"] if row["kind"] == "order" else -row["amount_fen"] if row["kind"] == "refund" else 0
+    return step, row["person"], gmv
 
 
 class InStream:
@@ -112,8 +123,13 @@ class InStream:
         """Put rows in the event's stream unless seen before; (stored, duplicates). Durable on return."""
         if not rows:
             return ingest.Stored(0, 0)
-        keys = [stream_key(kind, event_id)] + [f"orch:seen:{kind}:{r['source']}:{r[ID_FIELD[kind]]}" for r in rows]
-        stored = int(await self._append(keys=keys, args=[SEEN_FOR, _encode(kind, rows)]))
+        keys = [stream_key(kind, event_id), DIRTY, funnel_key(event_id, "gmv")]
+        args: list[Any] = [SEEN_FOR, _encode(kind, rows), event_id]
+        for r in rows:
+            step, person, gmv = counted(kind, r)
+            keys += [f"orch:seen:{kind}:{r['source']}:{r[ID_FIELD[kind]]}", funnel_key(event_id, step) if step else "-"]
+            args += [person, gmv]
+        stored = int(await self._append(keys=keys, args=args))
         return ingest.Stored(stored, len(rows) - stored)
 
     async def move(self, engine: Engine, kind: str, event_id: str) -> int:
@@ -128,8 +144,7 @@ class InStream:
                 await asyncio.to_thread(_store_scans, engine, event_id, entries)
             else:
                 rows = [_decode(kind, fields[b"d"] if b"d" in fields else fields["d"]) for _id, fields in entries]
-                done = await asyncio.to_thread(ingest.store, engine, KINDS[kind], rows)
-                await count(Funnel(self.redis), kind, event_id, done.new)
+                await asyncio.to_thread(ingest.store, engine, KINDS[kind], rows)  # counted when acknowledged
             await self.redis.xdel(key, *[entry_id for entry_id, _f in entries])
             moved += len(entries)
 

@@ -76,7 +76,8 @@ def via_csv(api: TestClient, event_id: str, items: list[dict[str, Any]], tmp: Pa
     path = tmp / "screen.csv"
     lines = ["time,user_id,name,text"] + [f"{c['time']},{c['user_id']},{c['name']},{c['text']}" for c in items]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    env = {"DATABASE_URL": str(api.app.state.settings.database_url)}  # type: ignore[attr-defined]
+    settings = api.app.state.settings  # type: ignore[attr-defined]
+    env = {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url, "ORCH_DATA_DIR": settings.data_dir}
     result = CliRunner().invoke(cli, ["comments", "import", event_id, str(path), "--platform", "other"], env=env)
     assert result.exit_code == 0 and f"{len(items)} comments stored" in result.output, result.output
     bad = tmp / "bad.csv"
