@@ -33,7 +33,7 @@ import aiohttp  # noqa: E402
 import websockets  # noqa: E402
 
 from bench.ingest import SECRET, schedule  # noqa: E402
-from bench.scan import free_port, serve  # noqa: E402
+from bench.scan import free_port, p99, serve  # noqa: E402
 from orchestrator.channels.webhook import sign  # noqa: E402
 from orchestrator.embedded_redis import redis_url  # noqa: E402
 from orchestrator.store import Event, open_store  # noqa: E402
@@ -44,10 +44,6 @@ TICK = 0.05  # the publisher's pace, which the bare broadcast copies
 def cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def p99(values: list[float]) -> float:
-    return statistics.quantiles(values, n=100)[98] if len(values) >= 100 else max(values, default=0.0)
 
 
 async def viewers(url: str, n: int, on_message: Any, stalled: bool = False) -> list[Any]:

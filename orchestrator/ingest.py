@@ -39,7 +39,6 @@ class BadInput(OrchestratorError):
 class Stored:
     stored: int
     duplicates: int
-    new: tuple[dict[str, Any], ...] = ()  # the rows stored now (not those known before)
 
 
 def moment(value: Any, tz: ZoneInfo, at: str) -> datetime:
@@ -162,9 +161,8 @@ def store(engine: Engine, table: Any, rows: list[dict[str, Any]]) -> Stored:
         return Stored(0, 0)
     id_field = next(f for f in ID_FIELDS if f in rows[0])
     with engine.begin() as conn:
-        added = {(s, i) for s, i in conn.execute(insert(table).on_conflict_do_nothing().returning(table.c.source, table.c[id_field]), rows)}
-    new = tuple({(r["source"], r[id_field]): r for r in rows if (r["source"], r[id_field]) in added}.values())
-    return Stored(len(new), len(rows) - len(new), new)
+        added = len(conn.execute(insert(table).on_conflict_do_nothing().returning(table.c[id_field]), rows).all())
+    return Stored(added, len(rows) - added)
 
 
 CSV_COLUMNS = ("time", "user_id", "name", "text")
