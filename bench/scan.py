@@ -7,7 +7,7 @@ Starlette route returning the same page. CLIENTS requests are in flight at once 
 Afterwards the pool's invariants are checked: groups filled strictly in order, none beyond its
 margin, places taken == scans counted == requests answered.
 
-    python bench/scan.py [--requests 20000] [--clients 200]
+    python bench/scan.py [--requests 20000] [--clients 200] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -149,35 +149,48 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="scan and bare runs, taken in turns; the ratio is their medians'")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="scan-") as tmp:
         folder = Path(tmp)
         url = f"sqlite:///{folder / 'bench.db'}"
         warm = min(500, args.requests)
-        code = seed(url, groups=(args.requests + warm) // MARGIN + 2)
+        total = args.requests * args.rounds + warm
+        code = seed(url, groups=total // MARGIN + 2)
+        rounds: list[tuple[float, float]] = []
         with redis_url(None, folder / "data") as rurl:
             env = {"DATABASE_URL": url, "REDIS_URL": rurl, "ORCH_DATA_DIR": str(folder / "data")}
             proc, base = serve("web.app:app_from_env", env)
+            bproc = None
             try:
                 asyncio.run(load(f"{base}/s/{code}", warm, args.clients))  # warm-up: cache, connections
-                rate, lat, page = asyncio.run(load(f"{base}/s/{code}", args.requests, args.clients))
-            finally:
-                proc.terminate()
-                proc.wait()
-            (folder / "page.html").write_text(page, encoding="utf-8")
-            bproc, bbase = serve("bench.scan:bare_app", {"BENCH_PAGE": str(folder / "page.html"), "PYTHONPATH": str(HERE.parent.parent)})
-            try:
+                _, _, page = asyncio.run(load(f"{base}/s/{code}", 1, 1))
+                (folder / "page.html").write_text(page, encoding="utf-8")
+                bproc, bbase = serve("bench.scan:bare_app", {"BENCH_PAGE": str(folder / "page.html"), "PYTHONPATH": str(HERE.parent.parent)})
                 asyncio.run(load(f"{bbase}/s/{code}", warm, args.clients))
-                brate, blat, _ = asyncio.run(load(f"{bbase}/s/{code}", args.requests, args.clients))
+                lat: list[float] = []
+                blat: list[float] = []
+                for n in range(args.rounds):  # in turns, so a machine slowing down or speeding up weighs on both
+                    rate, some, _ = asyncio.run(load(f"{base}/s/{code}", args.requests, args.clients))
+                    brate, bsome, _ = asyncio.run(load(f"{bbase}/s/{code}", args.requests, args.clients))
+                    rounds.append((rate, brate))
+                    lat += some
+                    blat += bsome
+                    print(f"  round {n + 1}: scan {rate:,.0f} req/s, bare {brate:,.0f} req/s, {rate / brate:.2f}", file=sys.stderr)
             finally:
-                bproc.terminate()
-                bproc.wait()
-            problems = asyncio.run(invariants(rurl, url, args.requests + warm))
-    print(f"scan route, {args.requests:,} requests (each a new person taking a place), {args.clients} clients, one uvicorn process")
+                for p in (proc, bproc):
+                    if p is not None:
+                        p.terminate()
+                        p.wait()
+            problems = asyncio.run(invariants(rurl, url, total + 1))
+    rate, brate = statistics.median(r for r, _ in rounds), statistics.median(b for _, b in rounds)
+    print(f"scan route, {args.rounds} × {args.requests:,} requests (each a new person taking a place), {args.clients} clients,"
+          " one uvicorn process each, scan and bare in turns (medians)")
     print(f"  {'':10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     print(f"  {'scan':10} {rate:>8,.0f} {statistics.median(lat) * 1000:>8.1f} {p99(lat) * 1000:>8.1f}")
     print(f"  {'bare':10} {brate:>8,.0f} {statistics.median(blat) * 1000:>8.1f} {p99(blat) * 1000:>8.1f}")
     ratio = rate / brate
+    print(f"  each round: {', '.join(f'{r / b:.2f}' for r, b in rounds)}")
     print(f"  scan ÷ bare {ratio:5.2f}  (target ≥ 0.5)  {'ok' if ratio >= 0.5 else 'MISSES'}")
     print(f"  invariants: {'exact' if not problems else '; '.join(problems)}")
 

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 from sqlalchemy import Engine, func, insert, select
 
+from orchestrator.directredis import Direct
 from orchestrator.errors import OrchestratorError
 from orchestrator.store import ChatGroup, utc_now
 
@@ -156,6 +157,10 @@ class Pool:
         self._load = redis.register_script(LOAD)
         self._tally = redis.register_script(TALLY)
         self._loading: dict[str, asyncio.Lock] = {}
+        self.direct = Direct(redis)  # every scan calls a script: on connections kept for it
+
+    async def aclose(self) -> None:
+        await self.direct.aclose()
 
     async def assign(self, event_id: str, visitor: str, now: datetime | None = None, tally: Tally | None = None) -> Place:
         """A place for `visitor` in the event's pool (the same one if they have one).
@@ -166,7 +171,7 @@ class Pool:
         keys = _keys(event_id)
         extra_keys, ops = (list(tally.keys), [tally.packed]) if tally is not None else ([], [])
         try:
-            answer = await self.redis.evalsha(self._assign.sha, len(keys) + len(extra_keys), *keys, *extra_keys, visitor, str(at), *ops)  # type: ignore[misc]
+            answer = await self.direct.evalsha(self._assign.sha, len(keys) + len(extra_keys), *keys, *extra_keys, visitor, str(at), *ops)
         except NoScriptError:  # Redis restarted or flushed its scripts: load it (the tally was not counted)
             answer = await self._assign(keys=keys + extra_keys, args=[visitor, at, *ops])
         for _attempt in range(2):
@@ -179,7 +184,11 @@ class Pool:
 
     async def tally(self, tally: Tally) -> None:
         """Count a tally alone (no place taken)."""
-        await self._tally(keys=["-", "-", *tally.keys], args=["-", "-", tally.packed])
+        keys = ["-", "-", *tally.keys]
+        try:
+            await self.direct.evalsha(self._tally.sha, len(keys), *keys, "-", "-", tally.packed)
+        except NoScriptError:
+            await self._tally(keys=keys, args=["-", "-", tally.packed])
 
     async def load(self, event_id: str) -> int:
         """Copy the event's groups into Redis where they are missing; returns how many groups it has."""

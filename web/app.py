@@ -71,6 +71,7 @@ def create_app(settings: Settings) -> Starlette:
                     yield
                 finally:
                     await app.state.hub.close()
+                    await app.state.pool.aclose()
                     await redis.aclose()
                     engine.dispose()
 
