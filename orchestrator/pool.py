@@ -150,17 +150,14 @@ def _keys(event_id: str) -> list[str]:
 class Pool:
     """The pool of every event, in Redis, loaded from the store when needed."""
 
-    def __init__(self, redis: Redis, engine: Engine) -> None:
+    def __init__(self, redis: Redis, engine: Engine, direct: Direct | None = None) -> None:
         self.redis = redis
         self.engine = engine
         self._assign = redis.register_script(ASSIGN)
         self._load = redis.register_script(LOAD)
         self._tally = redis.register_script(TALLY)
         self._loading: dict[str, asyncio.Lock] = {}
-        self.direct = Direct(redis)  # every scan calls a script: on connections kept for it
-
-    async def aclose(self) -> None:
-        await self.direct.aclose()
+        self._call: Redis | Direct = direct or redis  # the web app's Direct: every scan calls a script on connections it keeps
 
     async def assign(self, event_id: str, visitor: str, now: datetime | None = None, tally: Tally | None = None) -> Place:
         """A place for `visitor` in the event's pool (the same one if they have one).
@@ -171,7 +168,7 @@ class Pool:
         keys = _keys(event_id)
         extra_keys, ops = (list(tally.keys), [tally.packed]) if tally is not None else ([], [])
         try:
-            answer = await self.direct.evalsha(self._assign.sha, len(keys) + len(extra_keys), *keys, *extra_keys, visitor, str(at), *ops)
+            answer = await self._call.evalsha(self._assign.sha, len(keys) + len(extra_keys), *keys, *extra_keys, visitor, str(at), *ops)  # type: ignore[misc]
         except NoScriptError:  # Redis restarted or flushed its scripts: load it (the tally was not counted)
             answer = await self._assign(keys=keys + extra_keys, args=[visitor, at, *ops])
         for _attempt in range(2):
@@ -186,7 +183,7 @@ class Pool:
         """Count a tally alone (no place taken)."""
         keys = ["-", "-", *tally.keys]
         try:
-            await self.direct.evalsha(self._tally.sha, len(keys), *keys, "-", "-", tally.packed)
+            await self._call.evalsha(self._tally.sha, len(keys), *keys, "-", "-", tally.packed)  # type: ignore[misc]
         except NoScriptError:
             await self._tally(keys=keys, args=["-", "-", tally.packed])
 

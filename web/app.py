@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
+from orchestrator.directredis import Direct
 from orchestrator.embedded_redis import redis_url
 from orchestrator.instream import InStream
 from orchestrator.pool import Pool
@@ -54,10 +55,11 @@ def create_app(settings: Settings) -> Starlette:
             redis = Redis.from_url(url)
             app.state.engine = engine
             app.state.redis = redis
-            app.state.pool = Pool(redis, engine)
+            direct = Direct(redis)  # the scan and ingestion scripts' own connections
+            app.state.pool = Pool(redis, engine, direct)
             app.state.resolve = Resolver(engine)
             app.state.pages = Rendered()
-            app.state.instream = InStream(redis)
+            app.state.instream = InStream(redis, direct)
             app.state.events = Events(engine)
             app.state.hub = Hub(redis)
             async with contextlib.AsyncExitStack() as stack:
@@ -71,7 +73,7 @@ def create_app(settings: Settings) -> Starlette:
                     yield
                 finally:
                     await app.state.hub.close()
-                    await app.state.pool.aclose()
+                    await direct.aclose()
                     await redis.aclose()
                     engine.dispose()
 

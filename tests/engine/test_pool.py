@@ -216,7 +216,6 @@ def test_expired_codes_are_passed_over(tmp_path: Path, engine: Engine, redis_url
             pool = Pool(redis, engine)
             before = (await pool.assign(event_id, "a" * 32, datetime(2027, 6, 14, 23, tzinfo=CST))).group
             after = (await pool.assign(event_id, "b" * 32, datetime(2027, 6, 15, 1, tzinfo=CST))).group
-            await pool.aclose()
             return [before, after]
         finally:
             await redis.aclose()
@@ -306,7 +305,6 @@ def test_a_scan_after_redis_forgot_its_scripts_is_placed_and_counted_once(
                 await redis.script_flush()  # a restarted Redis knows no scripts
                 place = await pool.assign(event_id, visitor, tally=scan_tally(scanned, visitor))
                 groups.append(place.count)
-            await pool.aclose()
             return groups, await scan_counts(redis, event_id)
         finally:
             await redis.aclose()
