@@ -6,16 +6,18 @@ both end here. A person reported again (a retried callback, a second report) cha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import Engine, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from orchestrator.store import Join, utc_now
+from orchestrator.clock import Clock
+from orchestrator.store import Event, Join
 
 JOIN = Join.__table__  # type: ignore[attr-defined]
+EVENT = Event.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,9 +33,13 @@ def record(engine: Engine, event_id: str, joins: list[Joined], source: str) -> t
     if not joins:
         return [], 0
     insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
-    rows = [{"event_id": event_id, "person": j.person, "group_number": j.group, "guide_id": j.guide, "source": source,
-             "at": j.at or utc_now()} for j in joins]
     with engine.begin() as conn:
+        speed, real, virtual = conn.execute(select(EVENT.c.speed, EVENT.c.real_origin, EVENT.c.virtual_origin)
+                                            .where(EVENT.c.id == event_id)).one()
+        now = Clock(speed, real, virtual).now()  # the event's clock: a rehearsal's joins fall in its own minutes
+        joins = [j if j.at else replace(j, at=now) for j in joins]
+        rows = [{"event_id": event_id, "person": j.person, "group_number": j.group, "guide_id": j.guide, "source": source,
+                 "at": j.at} for j in joins]
         added = {r[0] for r in conn.execute(insert(JOIN).on_conflict_do_nothing().returning(JOIN.c.person), rows).all()}
     new = list({j.person: j for j in reversed(joins) if j.person in added}.values())[::-1]  # a person twice in one batch: the first
     return new, len(joins) - len(new)

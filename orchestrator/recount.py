@@ -8,6 +8,8 @@ the order they happened and counted again exactly as they were counted live.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable, Iterator
+from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
@@ -28,7 +30,8 @@ def _stored(engine: Engine, event_id: str) -> dict[str, Any]:
             "reached": conn.execute(select(event.c.audience).where(event.c.id == event_id)).scalar_one(),
             "scans": conn.execute(select(scan.c.visitor, scan.c.guide_id, scan.c.variant, scan.c.at).where(scan.c.event_id == event_id)
                                   .order_by(scan.c.at, scan.c.id)).all(),
-            "joins": conn.execute(select(join.c.person, join.c.guide_id).where(join.c.event_id == event_id).order_by(join.c.at)).all(),
+            "joins": conn.execute(select(join.c.person, join.c.guide_id, join.c.at).where(join.c.event_id == event_id)
+                                  .order_by(join.c.at, join.c.person)).all(),
             "reminded": conn.execute(select(send.c.member_id).where(send.c.event_id == event_id, send.c.state == "sent",
                                                                     (send.c.step_id == "preview") | send.c.step_id.like("reminder:%"))).all(),
             "comments": conn.execute(select(comment.c.user_id).where(comment.c.event_id == event_id).order_by(comment.c.at)).all(),
@@ -37,15 +40,32 @@ def _stored(engine: Engine, event_id: str) -> dict[str, Any]:
         }
 
 
+def _by_minute(rows: Iterable[tuple[datetime, Seen]]) -> Iterator[tuple[datetime, list[Seen]]]:
+    """Runs of rows (in time order) within one minute, at most CHUNK long, with the run's first moment."""
+    run: list[Seen] = []
+    start: datetime | None = None
+    for at, seen in rows:
+        if start is not None and (at.replace(second=0, microsecond=0) != start.replace(second=0, microsecond=0) or len(run) >= CHUNK):
+            yield start, run
+            run = []
+        if not run:
+            start = at
+        run.append(seen)
+    if run and start is not None:
+        yield start, run
+
+
 async def rebuild(redis: Redis, engine: Engine, event_id: str) -> None:
     data = await asyncio.to_thread(_stored, engine, event_id)
     f = Funnel(redis)
     await f.clear(event_id)
     await f.set_reached(event_id, int(data["reached"]))
-    for visitor, guide, variant, at in data["scans"]:  # one by one: the minute of each person's first scan
-        await f.count(event_id, "scanned", [Seen(visitor, guide, variant)], at=at)
+    # in order, a minute at a time: each person counts in the minute they first did it
+    for at, seen in _by_minute((at, Seen(visitor, guide, variant)) for visitor, guide, variant, at in data["scans"]):
+        await f.count(event_id, "scanned", seen, at=at)
+    for at, seen in _by_minute((at, Seen(p, g)) for p, g, at in data["joins"]):
+        await f.count(event_id, "joined", seen, at=at)
     batches: list[tuple[str, list[Seen]]] = [
-        ("joined", [Seen(p, g) for p, g in data["joins"]]),
         ("reminded", [Seen(m) for (m,) in data["reminded"]]),
         ("entered", [Seen(p) for (p,) in data["entered"]]),
         ("commented", [Seen(u) for (u,) in data["comments"]]),

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from sqlalchemy import Engine, select
 
 from orchestrator import funnel
+from orchestrator.clock import Clock
 from orchestrator.copytext import date_text
 from orchestrator.pool import Tally
 from orchestrator.store import Event, Guide, JoinWay, ScanCode
@@ -41,6 +42,12 @@ class Scanned:
     guide_contact: str | None
     variant: str
     join_way_qr: str | None = None  # WeCom: the guide's group live code (its picture's URL); None: the pool's groups
+    clock: Clock = Clock()  # the event's: a rehearsal's scans fall in its own minutes
+
+    def now(self) -> float:
+        """Epoch seconds on the event's clock."""
+        c = self.clock
+        return c.virtual_origin + (time.time() - c.real_origin) * c.speed
 
     @property
     def start_text(self) -> str:
@@ -50,7 +57,8 @@ class Scanned:
 def resolve(engine: Engine, code: str) -> Scanned | None:
     """The event, guide and variant of `code`; None when no event has it."""
     stmt = (select(SCANCODE.c.code, SCANCODE.c.event_id, EVENT.c.state, EVENT.c.title, EVENT.c.live_start, EVENT.c.timezone,
-                   SCANCODE.c.guide_id, GUIDE.c.name, GUIDE.c.contact_code, SCANCODE.c.variant, JOINWAY.c.qr_url)
+                   SCANCODE.c.guide_id, GUIDE.c.name, GUIDE.c.contact_code, SCANCODE.c.variant, JOINWAY.c.qr_url,
+                   EVENT.c.speed, EVENT.c.real_origin, EVENT.c.virtual_origin)
             .join(EVENT, EVENT.c.id == SCANCODE.c.event_id)
             .outerjoin(GUIDE, (GUIDE.c.event_id == SCANCODE.c.event_id) & (GUIDE.c.guide_id == SCANCODE.c.guide_id))
             .outerjoin(JOINWAY, (JOINWAY.c.event_id == SCANCODE.c.event_id) & (JOINWAY.c.guide_id == SCANCODE.c.guide_id))
@@ -59,9 +67,9 @@ def resolve(engine: Engine, code: str) -> Scanned | None:
         row = conn.execute(stmt).first()
     if row is None:
         return None
-    code_, event_id, state, title, start, tz, guide_id, guide_name, contact, variant, join_way_qr = row
+    code_, event_id, state, title, start, tz, guide_id, guide_name, contact, variant, join_way_qr, speed, real, virtual = row
     return Scanned(code_, event_id, state, title, start.astimezone(ZoneInfo(tz)), guide_id, guide_name or guide_id, contact, variant,
-                   join_way_qr)
+                   join_way_qr, Clock(speed, real, virtual))
 
 
 class Resolver:
@@ -96,9 +104,9 @@ class Resolver:
 def scan_tally(scanned: Scanned, visitor: str) -> Tally:
     """The counts of one scan of `scanned` by `visitor` (a random id from a first-party cookie):
     scans per event, guide, variant and guide x variant; people, exactly (the board's funnel), with
-    the minute of their first scan; and the scan's log entry."""
+    the minute of their first scan; and the scan's log entry (both on the event's clock)."""
     keys, template = _tally_template(scanned.event_id, scanned.guide_id, scanned.variant)
-    now = time.time()
+    now = scanned.now()
     return Tally(keys, template % {"visitor": visitor, "minute": time.strftime("%Y-%m-%dT%H:%M", time.gmtime(now)), "ms": int(now * 1000)})
 
 

@@ -86,7 +86,7 @@ async def post_joins(request: Request) -> JSONResponse:
     if problem is not None:
         return problem
     new, known = await asyncio.to_thread(joins.record, engine, event_id, items, "api")
-    await Funnel(request.app.state.redis).count(event_id, "joined", [Seen(j.person, j.guide) for j in new])
+    await Funnel(request.app.state.redis).count(event_id, "joined", [Seen(j.person, j.guide) for j in new], at=new[0].at if new else None)
     await asyncio.to_thread(welcome.plan_for, engine, request.app.state.settings, event_id, new, "api")
     return JSONResponse({"recorded": len(new), "already": known})
 

@@ -66,7 +66,7 @@ async def callback(request: Request) -> Response:
         log.warning("WeCom callback not processed, WeCom will retry: %s", e)
         return PlainTextResponse("not processed; retry", status_code=503)
     for event_id, new in learned.new.items():
-        await Funnel(state.redis).count(event_id, "joined", [Seen(j.person, j.guide) for j in new])
+        await Funnel(state.redis).count(event_id, "joined", [Seen(j.person, j.guide) for j in new], at=new[0].at if new else None)
         await asyncio.to_thread(welcome.plan_for, state.engine, state.settings, event_id, new, "wecom")
     await state.redis.set(key, 1, ex=SEEN_FOR)
     if learned.recorded or learned.unattributed:

@@ -506,3 +506,45 @@ def test_the_visitor_cookie_is_first_party_random_and_recognised_on_the_next_sca
             await redis.aclose()
     seen = asyncio.run(counts())
     assert seen["total"] == 3 and seen["people"] == 2 and seen["g:g1"] == 3 and seen["gv:g1:A"] == 3
+
+
+def test_a_rehearsals_scans_and_joins_fall_in_its_own_minutes_and_recount_the_same(
+        tmp_path: Path, engine: Engine, redis_url: str, make_settings: Callable[..., Settings]) -> None:
+    from orchestrator.funnel import Funnel
+    from orchestrator.instream import InStream
+    from orchestrator.recount import rebuild
+    from orchestrator.scheduling import event_clock, get_event
+
+    settings = make_settings(ORCH_ROUTES="sms=console,email=console", ORCH_API_TOKEN="tok", REDIS_URL=redis_url)
+
+    async def scheduled() -> str:
+        async with arq_pool(redis_url) as pool:
+            return (await scheduling.schedule(engine, pool, settings, pool_event(tmp_path / "event"), speed=600)).event_id
+    event_id = asyncio.run(scheduled())
+    code = codes_of(engine, event_id)[("g1", "A")]
+    with TestClient(create_app(settings)) as c:
+        for _ in range(3):  # three people
+            c.cookies.clear()
+            assert c.get(f"/s/{code}").status_code == 200
+        answer = c.post(f"/api/events/{event_id}/joins", json={"joins": [{"person": "m000001", "guide": "g1"}, {"person": "m000002"}]},
+                        headers={"Authorization": "Bearer tok"})
+        assert answer.status_code == 200 and answer.json()["recorded"] == 2
+    event_now = event_clock(get_event(engine, event_id)).now()
+
+    async def figures() -> tuple[dict[str, Any], dict[str, Any]]:
+        redis = Redis.from_url(redis_url)
+        try:
+            await InStream(redis).move_all(engine)  # the scan log into the store
+            live = await Funnel(redis).figures(event_id, ["g1", "g2"], ["A", "B"])
+            await rebuild(redis, engine, event_id)
+            return live, await Funnel(redis).figures(event_id, ["g1", "g2"], ["A", "B"])
+        finally:
+            await redis.aclose()
+    live, again = asyncio.run(figures())
+    minutes = {step: live["minutes"][step] for step in ("scanned", "joined")}
+    assert sum(minutes["scanned"].values()) == 3 and sum(minutes["joined"].values()) == 2, minutes
+    for step, per in minutes.items():
+        for minute in per:  # the event's clock (2027, ten event minutes a real second), not the wall clock's
+            at = datetime.fromisoformat(minute).replace(tzinfo=timezone.utc)
+            assert abs((event_now - at).total_seconds()) < 24 * 3600, f"{step} counted in {minute}, the event's clock says {event_now}"
+    assert again == live, "rebuilt from the store: the same minutes"
