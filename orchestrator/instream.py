@@ -36,7 +36,8 @@ KINDS = {"comments": ingest.COMMENT, "payments": ingest.PAYMENT, "visits": inges
 ID_FIELD = {"comments": "message_id", "payments": "payment_id", "visits": "visit_id"}
 
 # The board's funnel is counted here too, for first sightings only, so a viewer sees an item as soon
-# as it is acknowledged (not when a worker moves it). KEYS: the stream, the dirty set, the GMV key.
+# as it is acknowledged (not when a worker moves it). KEYS: the stream, the dirty set, the GMV key,
+# the count of items of this kind ever stored (/metrics).
 # ARGV: seconds a dedupe key lives, the items as one JSON array, the event id, and per item
 # [dedupe key, funnel step's set or '', person, GMV change in fen] as one more JSON array: two
 # arguments for any batch, decoded in C, where one argument per key and value cost redis-py's
@@ -60,6 +61,7 @@ for i = 1, #items do
   end
 end
 if changed then redis.call('SADD', KEYS[2], ARGV[3]) end
+if stored > 0 then redis.call('INCRBY', KEYS[4], stored) end
 return stored
 """
 FIELDS = {
@@ -67,6 +69,9 @@ FIELDS = {
     "payments": ("event_id", "source", "payment_id", "kind", "order_id", "person", "product", "amount_fen", "at", "received_at"),
     "visits": ("event_id", "source", "visit_id", "kind", "person", "at", "received_at"),
 }
+
+
+INGESTED = "orch:ingested:"  # + kind: items of that kind ever acknowledged
 
 
 def stream_key(kind: str, event_id: str) -> str:
@@ -126,7 +131,7 @@ class InStream:
         """Put rows in the event's stream unless seen before; (stored, duplicates). Durable on return."""
         if not rows:
             return ingest.Stored(0, 0)
-        keys = [stream_key(kind, event_id), DIRTY, funnel_key(event_id, "gmv")]
+        keys = [stream_key(kind, event_id), DIRTY, funnel_key(event_id, "gmv"), INGESTED + kind]
         id_field, marks = ID_FIELD[kind], []
         for r in rows:
             step, person, gmv = counted(kind, r)

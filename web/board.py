@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import secrets
 from typing import Any
 
 from starlette.requests import Request
@@ -41,11 +42,18 @@ class Viewer:
         self.waiting.put_nowait(text)
 
 
+VIEWERS = "orch:viewers:"  # + a process id: a hash event -> viewers connected to that process
+BEAT = 5.0  # seconds between two reports of this process's viewers (each kept 3 beats)
+
+
 class Hub:
     def __init__(self, redis: Any) -> None:
         self.redis = redis
         self.viewers: dict[str, set[Viewer]] = {}
         self.readers: dict[str, asyncio.Task[None]] = {}
+        self.key = VIEWERS + secrets.token_hex(6)
+        self._changed = asyncio.Event()
+        self._beat: asyncio.Task[None] | None = None
 
     @property
     def count(self) -> int:
@@ -55,6 +63,9 @@ class Hub:
         self.viewers.setdefault(event_id, set()).add(viewer)
         if event_id not in self.readers:
             self.readers[event_id] = asyncio.create_task(self._read(event_id))
+        if self._beat is None:
+            self._beat = asyncio.create_task(self._report())
+        self._changed.set()
 
     def leave(self, event_id: str, viewer: Viewer) -> None:
         left = self.viewers.get(event_id, set())
@@ -62,6 +73,25 @@ class Hub:
         if not left and event_id in self.readers:
             self.readers.pop(event_id).cancel()
             self.viewers.pop(event_id, None)
+        self._changed.set()
+
+    async def _report(self) -> None:
+        """Keep this process's viewers per event in Redis (for /metrics of any process): at once
+        after a change, every BEAT seconds anyway; a process that dies leaves it for 3 beats."""
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), BEAT)
+            self._changed.clear()
+            counts = {event_id: len(v) for event_id, v in self.viewers.items() if v}
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.delete(self.key)
+                    if counts:
+                        pipe.hset(self.key, mapping=counts)
+                        pipe.expire(self.key, int(3 * BEAT))
+                    await pipe.execute()
+            except Exception as e:  # Redis away for a moment: the next beat reports again
+                log.warning("board viewers not reported: %s", e)
 
     async def _read(self, event_id: str) -> None:
         pubsub = self.redis.pubsub()
@@ -79,8 +109,10 @@ class Hub:
                 await pubsub.aclose()
 
     async def close(self) -> None:
-        for task in self.readers.values():
+        for task in [*self.readers.values(), *([self._beat] if self._beat else [])]:
             task.cancel()
+        with contextlib.suppress(Exception):
+            await self.redis.delete(self.key)
 
 
 def _allowed(request_event: str, token: str, engine: Any) -> bool:
