@@ -1,5 +1,6 @@
 """A synthetic audience for rehearsals: people who scan posters, join groups, enter the live room,
-comment, pay deposits, order and now and then refund, all through the real HTTP endpoints of a
+comment, pay deposits, order and now and then refund, and a few members who opt out before the
+live (so the reminders skip them), all through the real HTTP endpoints of a
 running web app, at moments spread over the event's own (accelerated) clock.
 
 What happens is decided up front by a seeded random generator (`plan`), so `--seed` gives the
@@ -32,13 +33,14 @@ log = logging.getLogger("orchestrator.rehearsal")
 SCAN_RATE = 0.30  # of the audience
 JOIN_RATE = {0: 0.62, 1: 0.45}  # by variant position; later variants as the second
 ENTER_RATE, COMMENT_RATE, DEPOSIT_RATE, ORDER_RATE, REFUND_RATE = 0.55, 0.45, 0.08, 0.12, 0.1
+OPTOUT_RATE = 0.02  # of the audience's members, before the live: some from everything, some from one channel
 COMMENTS = ("主播好！", "这款有现货吗", "已下单", "求链接", "好看", "什么时候发货", "老客来了", "尺寸多大")
 
 
 @dataclass(order=True)
 class Action:
     at: datetime
-    kind: str = field(compare=False)  # scan | join | enter | comment | deposit | order | refund
+    kind: str = field(compare=False)  # scan | join | enter | comment | deposit | order | refund | optout
     person: str = field(compare=False)
     data: dict[str, Any] = field(compare=False, default_factory=dict)
 
@@ -88,6 +90,9 @@ def plan_actions(loaded: LoadedPlaybook, start: datetime, codes: dict[tuple[str,
                     out.append(Action(ordered, "order", person, {"amount_fen": amount}))
                     if rng.random() < REFUND_RATE:
                         out.append(Action(between(ordered, live_end), "refund", person, {"amount_fen": amount}))
+    members = sorted(loaded.members)
+    for member in rng.sample(members, round(len(members) * OPTOUT_RATE)):  # they said no (a reply TD, an unsubscribe link)
+        out.append(Action(between(poster_at, live_start), "optout", member, {"channel": rng.choice(("*", "*", "sms", "email"))}))
     return sorted(out)
 
 
@@ -144,6 +149,9 @@ class Audience:
                              **({"product": a.data["product"]} if kind == "deposit" else {})})
         if pays:
             jobs.append(self._post(http, "payments", {"payments": pays}, kind="payment", n=len(pays)))
+        if "optout" in by_kind:  # global, not the event's: the API's own path
+            jobs.append(self._post(http, "/api/optouts", {"optouts": [{"member": a.person, "channel": a.data["channel"]} for a in by_kind["optout"]]},
+                                   bearer=True, kind="optout", n=len(by_kind["optout"])))
         await asyncio.gather(*jobs)
 
     async def _scan(self, http: aiohttp.ClientSession, a: Action) -> None:
@@ -163,7 +171,8 @@ class Audience:
             ts = str(int(time.time()))
             headers |= {"X-Orchestrator-Timestamp": ts, "X-Orchestrator-Signature": sign(self.secret, ts, raw)}
         try:
-            async with http.post(f"{self.base}/api/events/{self.event_id}/{resource}", data=raw, headers=headers) as r:
+            path = resource if resource.startswith("/") else f"/api/events/{self.event_id}/{resource}"
+            async with http.post(self.base + path, data=raw, headers=headers) as r:
                 if r.status == 200:
                     self.done[kind] += n
                 else:

@@ -16,7 +16,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from orchestrator import joins, welcome
+from orchestrator import joins, optouts, welcome
 from orchestrator.funnel import Funnel, Seen
 from orchestrator.errors import UnknownEvent
 from orchestrator.pool import groups_of
@@ -92,6 +92,29 @@ async def post_joins(request: Request) -> JSONResponse:
 
 
 MAX_QR_BYTES = 2_000_000
+
+
+async def post_optouts(request: Request) -> JSONResponse:
+    """`{"optouts": [{"member": id | "address": phone or e-mail, "channel": "*" | sms | ...}]}` (or one object):
+    global across events, in effect before the next send."""
+    denied = _authorised(request)
+    if denied is not None:
+        return denied
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "the body is not JSON")
+    items = body.get("optouts") if isinstance(body, dict) and "optouts" in body else [body]
+    if not isinstance(items, list) or not items:
+        return _error(422, "expected an opt-out object or {\"optouts\": [...]} with at least one")
+    if len(items) > MAX_BATCH:
+        return _error(422, f"at most {MAX_BATCH} opt-outs per request, got {len(items)}")
+    try:
+        said = optouts.parse(items)
+    except optouts.BadOptOut as e:
+        return _error(422, str(e), e.at)
+    recorded, already = await asyncio.to_thread(optouts.record, request.app.state.engine, said, "api")
+    return JSONResponse({"recorded": recorded, "already": already})
 
 
 async def post_group(request: Request) -> JSONResponse:

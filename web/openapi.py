@@ -41,6 +41,11 @@ VISIT = {"type": "object", "additionalProperties": False, "required": ["visit_id
 JOIN = {"type": "object", "additionalProperties": False, "required": ["person"], "properties": {
     "person": {"type": "string", "maxLength": 64}, "group": {"type": "integer"}, "guide": {"type": "string"}}}
 
+OPTOUT = {"type": "object", "additionalProperties": False, "properties": {
+    "member": {"type": "string", "maxLength": 64, "description": "a member id (give this or address)"},
+    "address": {"type": "string", "maxLength": 255, "description": "a phone number or e-mail address (matched lower-cased)"},
+    "channel": {"enum": ["*", "sms", "email", "wecom_customer", "wecom_group", "webhook", "console"], "default": "*"}}}
+
 
 def spec() -> dict[str, Any]:
     ingest = {"security": SIGNED, "parameters": [EVENT, SOURCE], "responses": STORED}
@@ -70,6 +75,10 @@ def spec() -> dict[str, Any]:
                                                    "requestBody": _batch("joins", JOIN, {"person": "m000001", "group": 1}),
                                                    "responses": {"200": {"description": "`{recorded, already}`"}, "401": {"description": "no or a wrong token"},
                                                                  "422": {"description": "a bad item, named; nothing stored"}}}},
+            "/api/optouts": {"post": {"security": [{"bearer": []}], "summary": "Opt-outs: global across events, in effect before the next send",
+                                      "requestBody": _batch("optouts", OPTOUT, {"address": "13900000001", "channel": "sms"}),
+                                      "responses": {"200": {"description": "`{recorded, already}`"}, "401": {"description": "no or a wrong token"},
+                                                    "422": {"description": "a bad item, named; nothing stored"}}}},
             "/api/events/{event}/groups": {"post": {
                 "security": [{"bearer": []}], "summary": "A group code added to the pool (the body is its picture), or ?wecom_chat=",
                 "parameters": [EVENT, {"name": "expires", "in": "query", "schema": {"type": "string"}},

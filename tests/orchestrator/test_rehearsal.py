@@ -30,4 +30,7 @@ def test_the_same_seed_plans_the_same_audience_and_variants_convert_differently(
     comments = [a for a in one if a.kind == "comment"]
     assert all(live.start.replace(tzinfo=loaded.playbook.tz) <= a.at <= live.end.replace(tzinfo=loaded.playbook.tz) for a in comments)
     assert any("焕新" in a.data["text"] for a in comments) and any("焕新" not in a.data["text"] for a in comments)
+    optouts = [a for a in one if a.kind == "optout"]
+    assert len(optouts) == round(len(loaded.members) * 0.02) > 0 and {a.person for a in optouts} <= set(loaded.members)
+    assert all(a.at < live.start.replace(tzinfo=loaded.playbook.tz) for a in optouts), "before the live, so reminders skip them"
 
