@@ -13,17 +13,12 @@ from datetime import datetime
 
 from sqlalchemy import Engine, and_, select
 
+from orchestrator.ingest import BadInput
 from orchestrator.playbook import Channel
 from orchestrator.store import OptOut, utc_now
 
 OPTOUT = OptOut.__table__  # type: ignore[attr-defined]
 CHANNELS = ("*", *(c.value for c in Channel))
-
-
-class BadOptOut(ValueError):
-    def __init__(self, message: str, at: str) -> None:
-        super().__init__(message)
-        self.at = at
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,23 +31,23 @@ class Said:
 
 
 def parse(items: list[object], where: str = "optouts") -> list[Said]:
-    """Checked opt-outs of an API body's items; BadOptOut names the first problem and where."""
+    """Checked opt-outs of an API body's items; BadInput names the first problem and where (as for ingested items)."""
     out = []
     for i, item in enumerate(items):
         at = f"{where}[{i}]"
         if not isinstance(item, dict):
-            raise BadOptOut("each opt-out must be an object", at)
+            raise BadInput("each opt-out must be an object", at)
         unknown = set(item) - {"member", "address", "channel"}
         if unknown:
-            raise BadOptOut(f"unknown field {sorted(unknown)[0]!r}; an opt-out has member or address, and channel", at)
+            raise BadInput(f"unknown field {sorted(unknown)[0]!r}; an opt-out has member or address, and channel", at)
         member, address, channel = item.get("member"), item.get("address"), item.get("channel", "*")
         for name, value in (("member", member), ("address", address)):
             if value is not None and (not isinstance(value, str) or not value.strip() or len(value) > (64 if name == "member" else 255)):
-                raise BadOptOut(f"'{name}' must be a non-empty string of at most {64 if name == 'member' else 255} characters", f"{at}.{name}")
+                raise BadInput(f"'{name}' must be a non-empty string of at most {64 if name == 'member' else 255} characters", f"{at}.{name}")
         if (member is None) == (address is None):
-            raise BadOptOut("give exactly one of 'member' (a member id) or 'address' (a phone number or e-mail address)", at)
+            raise BadInput("give exactly one of 'member' (a member id) or 'address' (a phone number or e-mail address)", at)
         if channel not in CHANNELS:
-            raise BadOptOut(f"'channel' {channel!r} is not one of {', '.join(CHANNELS)}", f"{at}.channel")
+            raise BadInput(f"'channel' {channel!r} is not one of {', '.join(CHANNELS)}", f"{at}.channel")
         out.append(Said(member.strip() if member else None, address.strip().lower() if address else None, channel))
     return out
 

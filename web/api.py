@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 from orchestrator import joins, optouts, welcome
 from orchestrator.funnel import Funnel, Seen
 from orchestrator.errors import UnknownEvent
+from orchestrator.ingest import BadInput
 from orchestrator.pool import groups_of
 from orchestrator.scheduling import get_event
 
@@ -111,7 +112,7 @@ async def post_optouts(request: Request) -> JSONResponse:
         return _error(422, f"at most {MAX_BATCH} opt-outs per request, got {len(items)}")
     try:
         said = optouts.parse(items)
-    except optouts.BadOptOut as e:
+    except BadInput as e:
         return _error(422, str(e), e.at)
     recorded, already = await asyncio.to_thread(optouts.record, request.app.state.engine, said, "api")
     return JSONResponse({"recorded": recorded, "already": already})
