@@ -20,16 +20,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from redis.asyncio import Redis
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from orchestrator import draws
 from orchestrator.copytext import mask
 from orchestrator.funnel import Funnel
 from orchestrator.scheduling import EVENT, STEP, event_clock, get_event, loaded_event
-from orchestrator.store import Comment
+from orchestrator.store import Comment, Member, Send
 
 log = logging.getLogger("orchestrator.board")
 COMMENT = Comment.__table__  # type: ignore[attr-defined]
+SEND = Send.__table__  # type: ignore[attr-defined]
+MEMBER = Member.__table__  # type: ignore[attr-defined]
 EVERY = 0.05  # seconds between publisher rounds: what changed reaches viewers within about this
 SIDE_TTL = 1.0  # seconds the store's part of a snapshot (steps, draws, comments ticker) is reused
 REFRESH = 5.0  # seconds between snapshots of running events that did not change
@@ -73,6 +75,7 @@ def _store_side(engine: Engine, event_id: str) -> dict[str, Any]:
         recent = conn.execute(select(COMMENT.c.name, COMMENT.c.user_id, COMMENT.c.text, COMMENT.c.at).where(COMMENT.c.event_id == event_id)
                               .order_by(COMMENT.c.at.desc(), COMMENT.c.id.desc()).limit(8)).all()
         state = conn.execute(select(EVENT.c.state).where(EVENT.c.id == event_id)).scalar_one()
+        unconfirmed = _unconfirmed(conn, event_id)
     draw_steps = [s for s in steps if s.stage in ("draw_screenshot", "draw_deposit")]
     upcoming = next((s for s in draw_steps if s.state in ("scheduled", "deferred") and s.at > now), None)
     cues = [s for s in steps if s.stage == "sop_cue"]
@@ -99,8 +102,24 @@ def _store_side(engine: Engine, event_id: str) -> dict[str, Any]:
         "cue": None if current_cue is None else current_cue.label, "next_cue": None if next_cue is None else
         {"label": next_cue.label, "at": next_cue.at.astimezone(tz).strftime("%H:%M")},
         "comments": [{"name": mask(r.name or r.user_id), "text": r.text, "at": r.at.astimezone(tz).strftime("%H:%M:%S")} for r in recent],
+        "unconfirmed": unconfirmed,
         "minute_of_show": max(0, int((now - ev.live_start) / timedelta(minutes=1))) if now >= ev.live_start else None,
     }
+
+
+def _unconfirmed(conn: Any, event_id: str) -> dict[str, int]:
+    """WeCom mass-message tasks created and not yet confirmed by their guide, per guide: a task to a
+    member counts to the member's guide, a task to a guide's groups (recipient `guide:<id>`) to that guide."""
+    rows = conn.execute(select(SEND.c.member_id, MEMBER.c.guide, func.count())
+                        .select_from(SEND.outerjoin(MEMBER, (MEMBER.c.event_id == SEND.c.event_id) & (MEMBER.c.member_id == SEND.c.member_id)))
+                        .where(SEND.c.event_id == event_id, SEND.c.state == "created", SEND.c.channel.in_(("wecom_customer", "wecom_group")))
+                        .group_by(SEND.c.member_id, MEMBER.c.guide)).all()
+    out: dict[str, int] = {}
+    for recipient, guide, n in rows:
+        owner = recipient[6:] if recipient.startswith("guide:") else guide
+        if owner:
+            out[owner] = out.get(owner, 0) + int(n)
+    return out
 
 
 _SIDES: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -143,7 +162,7 @@ async def snapshot(redis: Redis, engine: Engine, event_id: str, fresh: bool = Fa
         if found is not None:
             comparison = {"a": a["id"], "b": b["id"], "difference": round(found[0], 4), "low": round(found[1], 4), "high": round(found[2], 4),
                           "significant": found[1] > 0 or found[2] < 0, "enough": a["enough"] and b["enough"]}
-    guides = [{**g, **figures["guides"][g["id"]]} for g in side["guides"]]
+    guides = [{**g, **figures["guides"][g["id"]], "unconfirmed": side["unconfirmed"].get(g["id"], 0)} for g in side["guides"]]
     return {**side, "funnel": funnel, "gmv_fen": figures["gmv_fen"], "gmv_target_cny": kpi.get("gmv_cny"), "per_guide": guides,
             "per_variant": variants, "comparison": comparison, "per_minute": figures["minutes"]}
 

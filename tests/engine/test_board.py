@@ -225,3 +225,29 @@ def test_the_board_in_a_real_browser_changes_without_reload_and_shows_the_draw(
     assert (width, height) == (1400, 1000) and values > 50
     if os.environ.get("UPDATE_DOCS"):
         shutil.copy(tmp_path / "board.png", Path(__file__).resolve().parents[2] / "docs" / "img" / "board.png")
+
+
+def test_a_guides_unconfirmed_wecom_tasks_show_in_the_snapshot(
+        tmp_path: Path, engine: Engine, redis_url: str, make_settings: Callable[..., Settings]) -> None:
+    from sqlalchemy import update
+    from redis.asyncio import Redis
+
+    from orchestrator import ledger
+    from orchestrator.board import snapshot
+    from orchestrator.store import Send
+
+    send = Send.__table__  # type: ignore[attr-defined]
+    event_id = schedule(engine, make_settings(ORCH_ROUTES="sms=console,email=console"), redis_url, pool_event(tmp_path / "event", groups=2))
+    ledger.plan_sends(engine, event_id, "reminder:r1", [("guide:g1", "wecom_group", "wecom"), ("m000001", "wecom_customer", "wecom"),
+                                                        ("guide:g2", "wecom_group", "wecom"), ("guide:g1", "sms", "console")])
+    with engine.begin() as conn:  # the guide has not confirmed these tasks yet (g2's is still only planned)
+        conn.execute(update(send).where(send.c.event_id == event_id, send.c.member_id.in_(("guide:g1", "m000001"))).values(state="created"))
+
+    async def go() -> dict[str, Any]:
+        redis = Redis.from_url(redis_url)
+        try:
+            return await snapshot(redis, engine, event_id, fresh=True)
+        finally:
+            await redis.aclose()
+    guides = {g["id"]: g["unconfirmed"] for g in asyncio.run(go())["per_guide"]}
+    assert guides == {"g1": 1, "g2": 0}, "g1's group task; not its sms row, not g2's planned one, not a member without a guide"

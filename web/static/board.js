@@ -47,8 +47,9 @@
     snap = s;
     $("title").textContent = s.title;
     $("funnel").innerHTML = funnel(s);
-    table($("guides"), en ? ["Guide", "Scans", "Joins", "Deposits", "Orders", "GMV"] : ["导购", "扫码", "进群", "定金", "下单", "GMV"],
-      s.per_guide.map((g) => [g.name, fmt(g.scanned), fmt(g.joined), fmt(g.deposited), fmt(g.ordered), "¥" + fmt(Math.round(g.gmv_fen / 100))]));
+    table($("guides"), en ? ["Guide", "Scans", "Joins", "Deposits", "Orders", "GMV", "Unconfirmed tasks"] : ["导购", "扫码", "进群", "定金", "下单", "GMV", "待确认任务"],
+      s.per_guide.map((g) => [g.name, fmt(g.scanned), fmt(g.joined), fmt(g.deposited), fmt(g.ordered), "¥" + fmt(Math.round(g.gmv_fen / 100)),
+        fmt(g.unconfirmed || 0)]));
     table($("variants"), en ? ["Variant", "Scans", "Joins", "Rate"] : ["版本", "扫码", "进群", "转化"],
       s.per_variant.map((v) => [v.id + " " + v.hook, fmt(v.scanned), fmt(v.joined), pct(v.rate)]));
     const c = s.comparison;
