@@ -43,7 +43,21 @@ SETTINGS = (
     Setting("ORCH_WECOM_TOKEN", None, "the callback Token set in WeCom's admin console (回调 Token)"),
     Setting("ORCH_WECOM_AES_KEY", None, "the callback EncodingAESKey, 43 characters (回调 EncodingAESKey)"),
     Setting("ORCH_POSTER_FONT", None, "an OpenType/TrueType font for posters (default: the shipped Noto Sans CJK SC subset, GB 2312)"),
+    Setting("ORCH_SMS_API", "https://dysmsapi.aliyuncs.com/", "base URL of Aliyun's SMS API (SendSms, version 2017-05-25)"),
+    Setting("ORCH_SMS_ACCESS_KEY_ID", None, "the Aliyun AccessKey id of a RAM user allowed dysms:SendSms; with the secret, the sms channel is on"),
+    Setting("ORCH_SMS_ACCESS_KEY_SECRET", None, "that AccessKey's secret (never in a playbook)"),
+    Setting("ORCH_SMS_SIGNATURE", "v3", "how requests are signed: 'v3' (ACS3-HMAC-SHA256, the current SDK's) or 'v1' (HMAC-SHA1, the legacy one)"),
+    Setting("ORCH_SMTP_HOST", None, "SMTP server of the email channel; unset, the email channel is off"),
+    Setting("ORCH_SMTP_PORT", "587", "its port (465: implicit TLS, 587: STARTTLS, 25: plain)"),
+    Setting("ORCH_SMTP_USER", None, "SMTP login, if the server wants one"),
+    Setting("ORCH_SMTP_PASSWORD", None, "SMTP password (never in a playbook)"),
+    Setting("ORCH_SMTP_TLS", "starttls", "'starttls', 'tls' (implicit, port 465) or 'off' (loopback and tests only)"),
+    Setting("ORCH_MAIL_FROM", None, "the From address of reminders, e.g. '品牌 <live@brand.example>'"),
+    Setting("ORCH_LINK_SECRET", None, "HMAC-SHA256 key of one-click unsubscribe links in e-mails (never in a playbook)"),
 )
+
+
+TRANSPORTS = ("webhook", "console", "aliyun_sms", "smtp")
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,17 @@ class Settings:
     wecom_token: str | None
     wecom_aes_key: str | None
     poster_font: str | None
+    sms_api: str
+    sms_access_key_id: str | None
+    sms_access_key_secret: str | None
+    sms_signature: str
+    smtp_host: str | None
+    smtp_port: str
+    smtp_user: str | None
+    smtp_password: str | None
+    smtp_tls: str
+    mail_from: str | None
+    link_secret: str | None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, env_file: str | Path | None = ".env") -> Settings:
@@ -89,6 +114,12 @@ class Settings:
             raise ConfigError(f"ORCH_SEND_CONCURRENCY has value {values['send_concurrency']!r}; use a whole number of at least 1")
         if values["poster_font"] is not None and not Path(str(values["poster_font"])).is_file():
             raise ConfigError(f"ORCH_POSTER_FONT has value {values['poster_font']!r}; no such font file")
+        if values["sms_signature"] not in ("v3", "v1"):
+            raise ConfigError(f"ORCH_SMS_SIGNATURE has value {values['sms_signature']!r}; use 'v3' or 'v1'")
+        if values["smtp_tls"] not in ("starttls", "tls", "off"):
+            raise ConfigError(f"ORCH_SMTP_TLS has value {values['smtp_tls']!r}; use 'starttls', 'tls' or 'off'")
+        if not str(values["smtp_port"]).isdigit() or not 0 < int(str(values["smtp_port"])) < 65536:
+            raise ConfigError(f"ORCH_SMTP_PORT has value {values['smtp_port']!r}; use a port number")
         aes = values["wecom_aes_key"]
         if aes is not None and (len(str(aes)) != 43 or not re.fullmatch(r"[A-Za-z0-9+/]{43}", str(aes))):
             raise ConfigError("ORCH_WECOM_AES_KEY must be the 43-character EncodingAESKey WeCom shows (letters and digits)")
@@ -116,6 +147,14 @@ class Settings:
         return Path(self.poster_font) if self.poster_font else FONT
 
     @property
+    def sms_on(self) -> bool:
+        return bool(self.sms_access_key_id and self.sms_access_key_secret)
+
+    @property
+    def smtp_on(self) -> bool:
+        return bool(self.smtp_host)
+
+    @property
     def concurrency(self) -> int:
         return int(self.send_concurrency)
 
@@ -130,9 +169,10 @@ class Settings:
                 continue
             channel, sep, transport = part.partition("=")
             channel, transport = channel.strip(), transport.strip()
-            if not sep or channel not in channels or transport not in ("webhook", "console"):
+            if not sep or channel not in channels or transport not in TRANSPORTS:
                 raise ConfigError(
-                    f"ORCH_ROUTES: '{part.strip()}' is not channel=transport; channels are {', '.join(sorted(channels))}, transports webhook and console"
+                    f"ORCH_ROUTES: '{part.strip()}' is not channel=transport; channels are {', '.join(sorted(channels))},"
+                    f" transports {', '.join(TRANSPORTS)}"
                 )
             out[channel] = transport
         return out

@@ -11,7 +11,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.playbook import Channel
 from orchestrator.settings import Settings
 
-NATIVE = {Channel.WEBHOOK.value: "webhook", Channel.CONSOLE.value: "console"}
+NATIVE = {Channel.WEBHOOK.value: "webhook", Channel.CONSOLE.value: "console", Channel.SMS.value: "aliyun_sms", Channel.EMAIL.value: "smtp"}
 
 
 def routes(settings: Settings, mode: str) -> dict[str, str]:
@@ -34,6 +34,12 @@ def missing_routes(settings: Settings, mode: str, used: set[str]) -> list[str]:
             )
         elif transport == "webhook" and not (settings.webhook_url and settings.webhook_secret):
             problems.append(f"channel '{channel}' goes through the webhook, but ORCH_WEBHOOK_URL and ORCH_WEBHOOK_SECRET are not both set")
+        elif transport == "aliyun_sms" and not settings.sms_on:
+            problems.append(f"channel '{channel}' goes through Aliyun SMS, but ORCH_SMS_ACCESS_KEY_ID and ORCH_SMS_ACCESS_KEY_SECRET are not both set"
+                            " (or route it elsewhere with ORCH_ROUTES, e.g. sms=webhook)")
+        elif transport == "smtp" and not (settings.smtp_on and settings.mail_from and settings.link_secret):
+            problems.append(f"channel '{channel}' goes through SMTP, but ORCH_SMTP_HOST, ORCH_MAIL_FROM and ORCH_LINK_SECRET (unsubscribe links)"
+                            " are not all set (or route it elsewhere with ORCH_ROUTES, e.g. email=webhook)")
     return problems
 
 

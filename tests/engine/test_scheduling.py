@@ -70,9 +70,9 @@ def test_an_invalid_playbook_is_refused_with_the_validators_errors(tmp_path: Pat
         scheduling.get_event(engine, "engine-test")
 
 
-def test_a_channel_without_a_transport_is_refused(tmp_path: Path, engine: Engine, redis_url: str, make_settings: Callable[..., Settings]) -> None:
+def test_a_channel_whose_transport_is_not_configured_is_refused(tmp_path: Path, engine: Engine, redis_url: str, make_settings: Callable[..., Settings]) -> None:
     path = EventFiles(people=crowd(2)).write(tmp_path / "ev")
-    with pytest.raises(EventConflict, match="channel 'email' has no transport yet.*channel 'sms' has no transport yet"):
+    with pytest.raises(EventConflict, match="channel 'email' goes through SMTP, but ORCH_SMTP_HOST.*channel 'sms' goes through Aliyun SMS, but ORCH_SMS_ACCESS_KEY_ID"):
         schedule(engine, make_settings(), redis_url, path)
     rehearsal = schedule(engine, make_settings(), redis_url, path, rehearsal=True)
     assert rehearsal.created

@@ -25,6 +25,10 @@ def test_environment_wins_over_dotenv(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("name", "value", "words"), [
     ("ORCH_LANG", "fr", "ORCH_LANG has value 'fr'"),
     ("ORCH_PUBLIC_URL", "example.com", "ORCH_PUBLIC_URL has value 'example.com'"),
+    ("ORCH_SMS_SIGNATURE", "v2", "ORCH_SMS_SIGNATURE has value 'v2'; use 'v3' or 'v1'"),
+    ("ORCH_SMTP_TLS", "ssl", "ORCH_SMTP_TLS has value 'ssl'"),
+    ("ORCH_SMTP_PORT", "99999", "ORCH_SMTP_PORT has value '99999'"),
+    ("ORCH_ROUTES", "sms=carrier-pigeon", "transports webhook, console, aliyun_sms, smtp"),
 ])
 def test_bad_values_name_the_setting(name: str, value: str, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
