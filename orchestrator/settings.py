@@ -46,6 +46,7 @@ SETTINGS = (
     Setting("ORCH_SMS_API", "https://dysmsapi.aliyuncs.com/", "base URL of Aliyun's SMS API (SendSms, version 2017-05-25)"),
     Setting("ORCH_SMS_ACCESS_KEY_ID", None, "the Aliyun AccessKey id of a RAM user allowed dysms:SendSms; with the secret, the sms channel is on"),
     Setting("ORCH_SMS_ACCESS_KEY_SECRET", None, "that AccessKey's secret (never in a playbook)"),
+    Setting("ORCH_SMS_INBOUND_KEY", None, "the secret path key of the SMS reply webhook (/inbound/sms/<key>): replies TD, T, N, R, 退订 opt out"),
     Setting("ORCH_SMS_SIGNATURE", "v3", "how requests are signed: 'v3' (ACS3-HMAC-SHA256, the current SDK's) or 'v1' (HMAC-SHA1, the legacy one)"),
     Setting("ORCH_SMTP_HOST", None, "SMTP server of the email channel; unset, the email channel is off"),
     Setting("ORCH_SMTP_PORT", "587", "its port (465: implicit TLS, 587: STARTTLS, 25: plain)"),
@@ -84,6 +85,7 @@ class Settings:
     sms_api: str
     sms_access_key_id: str | None
     sms_access_key_secret: str | None
+    sms_inbound_key: str | None
     sms_signature: str
     smtp_host: str | None
     smtp_port: str

@@ -94,6 +94,14 @@ def spec() -> dict[str, Any]:
             "/ingest/wxlivespy/{event}/{key}": {"post": {"parameters": [EVENT, {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}],
                                                          "summary": "wxlivespy's forward (plain or gzipped JSON); the key in the path is the secret",
                                                          "responses": {"200": {"description": "`{stored, duplicates}`"}, "429": {"description": "too many a minute"}}}},
+            "/inbound/sms/{key}": {"post": {"parameters": [{"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}],
+                                             "summary": "Aliyun's push of SMS replies (上行); TD, T, N, R, 退订 opt the number out of SMS. "
+                                                        "The key in the path (ORCH_SMS_INBOUND_KEY) is the secret",
+                                             "requestBody": {"content": {"application/json": {"example": [
+                                                 {"phone_number": "13900000001", "content": "TD", "send_time": "2027-06-10 19:05:00",
+                                                  "sign_name": "品牌", "dest_code": "1234", "sequence_id": 1}]}}},
+                                             "responses": {"200": {"description": "`{\"code\": 0, \"msg\": \"成功\"}`"},
+                                                           "404": {"description": "a wrong key"}, "422": {"description": "a bad reply, named"}}}},
             "/wecom/callback": {"get": {"summary": "WeCom's URL check", "responses": {"200": {"description": "the decrypted echostr"}}},
                                 "post": {"summary": "WeCom member-change callbacks (encrypted, signed)",
                                          "responses": {"200": {"description": "success"}, "403": {"description": "signature, replay or corp id"}}}},

@@ -20,13 +20,14 @@ pytestmark = pytest.mark.db
 
 def test_the_description_names_every_api_route_and_its_examples_are_accepted(
         tmp_path: Path, engine: object, redis_url: str, make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(ORCH_ROUTES="sms=console,email=console", ORCH_INGEST_SECRET=SECRET, ORCH_API_TOKEN="tok", REDIS_URL=redis_url)
+    settings = make_settings(ORCH_ROUTES="sms=console,email=console", ORCH_INGEST_SECRET=SECRET, ORCH_API_TOKEN="tok", REDIS_URL=redis_url,
+                             ORCH_SMS_INBOUND_KEY="inkey")
     event_id = schedule(engine, settings, redis_url, pool_event(tmp_path / "event", groups=1))  # type: ignore[arg-type]
     app = create_app(settings)
     with TestClient(app) as api:
         spec = api.get("/openapi.json").json()
         routes = {r.path: {m.lower() for m in (r.methods or set())} - {"head"} for r in app.routes
-                  if isinstance(r, Route) and r.path.startswith(("/api/", "/ingest/", "/wecom/"))}
+                  if isinstance(r, Route) and r.path.startswith(("/api/", "/ingest/", "/wecom/", "/inbound/"))}
         described = {path: set(ops) for path, ops in spec["paths"].items()}
         assert described == routes, "the description and the routes differ"
         for path, ops in spec["paths"].items():
@@ -34,7 +35,7 @@ def test_the_description_names_every_api_route_and_its_examples_are_accepted(
             example = post.get("requestBody", {}).get("content", {}).get("application/json", {}).get("example")
             if example is None:
                 continue
-            url = path.replace("{event}", event_id)
+            url = path.replace("{event}", event_id).replace("{key}", "inkey")
             if post.get("security") == [{"signature": []}]:
                 body, headers = signed(example)
                 r = api.post(url, content=body, headers=headers)
