@@ -438,6 +438,61 @@ def status(event: str, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("event")
+@click.option("--step", "only_step", help="Only this step: preview or reminder:<id>.")
+@click.option("--people", "show_people", is_flag=True, help="List every person: the channel that reaches them, or why not.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write every person's line to this CSV file (UTF-8 with BOM).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def audience(event: str, only_step: str | None, show_people: bool, csv_path: str | None, as_json: bool) -> None:
+    """Who gets the preview and each reminder through which channel, and who is left out and why, as of now."""
+    from orchestrator import recipients
+
+    reasons = {"excluded": _("staff or shill account"), "no_address": _("no address for the message's channels"),
+               "no_consent": _("no consent on record"), "opted_out": _("opted out")}
+    from orchestrator.settings import Settings as _S
+
+    settings = _S.from_env()
+    engine = _open(settings.database_url)
+    steps = [s for s, _m in recipients.messages(engine, event)]
+    if only_step is not None and only_step not in steps:
+        raise click.BadParameter(_("{step} is not a message step of {event}; its steps: {steps}").format(
+            step=only_step, event=event, steps=", ".join(steps) or "-"), param_hint="--step")
+    views = recipients.summary(engine, settings, event, only_step)
+    people = list(recipients.decisions(engine, event, only_step)) if (show_people or csv_path or as_json) else []
+    if csv_path:
+        import csv
+
+        with open(csv_path, "w", newline="", encoding="utf-8-sig") as fh:
+            w = csv.writer(fh)
+            w.writerow(["step", "member", "name", "channel", "reason"])
+            w.writerows([d.step_id, d.member_id, d.name, d.channel or "", d.reason] for d in people)
+    if as_json:
+        click.echo(json.dumps({"steps": [{"step": v.step_id, "channels": dict(v.by_channel), "transports": v.transports, "group_posts": v.groups,
+                                          "left_out": dict(v.skipped)} for v in views],
+                               "people": [{"step": d.step_id, "member": d.member_id, "channel": d.channel, "reason": d.reason or None}
+                                          for d in people]}, ensure_ascii=False, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=_("who gets what ({event})").format(event=event))
+    for column in (_("step"), _("gets it"), _("left out")):
+        table.add_column(column)
+    for v in views:
+        gets = "\n".join([f"{n:,} {ch} → {v.transports.get(ch, '-')}" for ch, n in v.by_channel.most_common()]
+                         + [_("{channel} → {transport}: posted into the guides' groups").format(channel=ch, transport=v.transports.get(ch, "-"))
+                            for ch in v.groups]) or "0"
+        out = "\n".join(f"{n:,} {reasons.get(r, r)}" for r, n in v.skipped.most_common()) or "0"
+        table.add_row(v.step_id, gets, out)
+    console = _console()
+    console.print(table)
+    if show_people:
+        for d in people:
+            console.print(f"{d.step_id}  {d.member_id}  {d.name}  " + (d.channel or f"[dim]{reasons.get(d.reason, d.reason)}[/]"))
+    if csv_path:
+        click.echo(_("every person's line written to {path}").format(path=csv_path), err=True)
+
+
+@cli.command()
 @click.option("--burst", is_flag=True, help="Stop when the queue is empty instead of waiting for more work.")
 @click.option("--max-jobs", default=10, show_default=True, help="Jobs this worker runs at once.")
 def worker(burst: bool, max_jobs: int) -> None:

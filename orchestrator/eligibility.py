@@ -63,17 +63,23 @@ def select(people: Iterable[Person], msg: Message, consent: dict[tuple[str, str]
     if not channels:
         return Selection(chosen, skipped)
     for p in people:
-        if wanted is not None and not (p.segments & wanted):
-            continue
-        if p.excluded:
-            skipped["excluded"] += 1
-            continue
-        picked, reason = _first_channel(p.member, channels, consent, optouts)
-        if picked is None:
-            skipped[reason] += 1
-        else:
+        picked, reason = decide(p, wanted, channels, consent, optouts)
+        if picked is not None:
             chosen.append((p.member, picked))
+        elif reason:
+            skipped[reason] += 1
     return Selection(chosen, skipped)
+
+
+def decide(p: Person, wanted: set[str] | None, channels: Sequence[Channel], consent: dict[tuple[str, str], bool],
+           optouts: OptOuts) -> tuple[Channel | None, str]:
+    """One person: (the channel that reaches them, "") or (None, why not: excluded, no_address,
+    no_consent, opted_out); (None, "") when the message does not target their segments."""
+    if wanted is not None and not (p.segments & wanted):
+        return None, ""
+    if p.excluded:
+        return None, "excluded"
+    return _first_channel(p.member, channels, consent, optouts)
 
 
 def consent_of(engine: Engine, member_ids: Sequence[str]) -> dict[tuple[str, str], bool]:
