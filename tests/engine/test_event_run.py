@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -110,6 +111,11 @@ def test_a_whole_event_runs_by_itself_and_sends_each_message_once(tmp_path: Path
     assert report.exists() and "reminder:hour" in report.read_text(encoding="utf-8")
     csv_rows = (Path(settings.data_dir) / "reports" / f"{event_id}-sends.csv").read_text(encoding="utf-8-sig").splitlines()
     assert csv_rows[0].startswith("step,stage,at,channel,sent") and any(line.startswith("reminder:hour,reminder,") for line in csv_rows)
+    html = report.read_text(encoding="utf-8")
+    assert 'id="no-live-figures"' not in html and 'id="per-guide"' in html and 'id="per-minute"' in html, "the board's figures, at close"
+    funnel_csv = (Path(settings.data_dir) / "reports" / f"{event_id}-funnel.csv").read_text(encoding="utf-8-sig").splitlines()
+    funnel = {r["step"]: r for r in csv.DictReader(funnel_csv) if r["section"] == "funnel"}
+    assert funnel["reminded"]["count"] == str(len(eligible_sms | eligible_mail)) and funnel["scanned"]["count"] == "0"
 
 
 def test_temporary_failures_retry_with_backoff_and_permanent_ones_stop(tmp_path: Path, engine: Engine, redis_url: str, receiver: Receiver,
