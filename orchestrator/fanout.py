@@ -138,6 +138,7 @@ async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: dateti
     results += failed
     rates = pb.policy.rate_limits
     sent_members: list[str] = []
+    delivered: list[str] = []
     for transport_name, items in outgoing.items():
         transport = rt.transports.get(transport_name)
         if transport is None:
@@ -154,14 +155,16 @@ async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: dateti
                 outcomes = await transport.send_batch([m for _c, m in chunk])
                 for (c, _m), outcome in zip(chunk, outcomes, strict=True):
                     results.append(result_of(c, outcome))
-                    if outcome.state == "sent":
+                    if outcome.state in ("sent", "created"):  # a created task counts toward caps now; reminded once delivered
                         sent_members.append(c.member_id)
-    sent_ids = {r.id for r in results if r.state == "sent"}
+                        if outcome.state == "sent":
+                            delivered.append(c.member_id)
+    sent_ids = {r.id for r in results if r.state in ("sent", "created")}
     await rt.caps.release([c.member_id for c in reserved if c.id not in sent_ids], now)
     day, month = periods(now)
     increments: Counter[tuple[str, str]] = Counter()
-    if sent_members:  # the board's funnel: reminded (delivered), once per person
-        await Funnel(rt.pool).count(ev.id, "reminded", [Seen(m) for m in sent_members])
+    if delivered:  # the board's funnel: reminded (delivered), once per person
+        await Funnel(rt.pool).count(ev.id, "reminded", [Seen(m) for m in delivered])
     for member_id in sent_members:
         increments[(member_id, day)] += 1
         increments[(member_id, month)] += 1
@@ -175,6 +178,7 @@ def prepare(loaded: LoadedPlaybook, ev: Event, step_id: str, reserved: list[Clai
     outgoing: dict[str, list[tuple[Claimed, Outgoing]]] = defaultdict(list)
     failed: list[Result] = []
     renderer = step_renderer(loaded, step_id, ev.live_start)
+    senders = {g.id: g.wecom_userid for g in loaded.guides if g.wecom_userid}
     for c in reserved:
         m = members[c.id]
         assert m is not None
@@ -188,7 +192,10 @@ def prepare(loaded: LoadedPlaybook, ev: Event, step_id: str, reserved: list[Clai
             failed.append(Result(c.id, "failed", error=f"copy failed: {e}"[:500]))
             continue
         address = {k: v for k, v in (("phone", m.phone), ("email", m.email), ("wecom_external_userid", m.wecom_external_userid)) if v}
-        extra: dict[str, Any] = {"sms_template": r.sms_template, "sms_params": r.sms_params} if r.sms_template else {}
+        extra: dict[str, Any] = ({"sms_template": r.sms_template, "sms_params": r.sms_params, "sms_sign": r.sms_sign}
+                                 if r.sms_template else {})
+        if channel is Channel.WECOM_CUSTOMER:  # the task goes out from the member's guide
+            extra["wecom_sender"] = senders.get(m.guide or "")
         outgoing[c.transport].append((c, Outgoing(c.key, ev.id, step_id, m.id, c.channel, m.name, r.text, address, r.subject, r.html, extra)))
     return outgoing, failed
 
@@ -201,8 +208,8 @@ def _by_channel(items: list[tuple[Claimed, Outgoing]]) -> dict[str, list[tuple[C
 
 
 def result_of(c: Claimed, outcome: Outcome) -> Result:
-    if outcome.state == "sent":
-        return Result(c.id, "sent", provider_id=outcome.provider_id)
+    if outcome.state in ("sent", "created"):
+        return Result(c.id, outcome.state, provider_id=outcome.provider_id)
     if outcome.state == "retry" and c.attempts < MAX_ATTEMPTS:
         return Result(c.id, "planned", error=outcome.error, not_before=utc_now() + timedelta(seconds=backoff(c.attempts, outcome.retry_after)))
     return Result(c.id, "failed", error=outcome.error)

@@ -3,7 +3,7 @@
 States (open to later channels, which add their own):
 
     planned ──claim──► sending ──► sent | failed | unknown
-       ▲                  │
+       ▲                  │    └──► created ──► sent | failed | skipped   (WeCom tasks: orchestrator.taskwatch)
        └── retry later ◄──┘          planned/sending ──► skipped (opt-out, cap, quiet hours, cancelled)
 
 A row is claimed with one conditional UPDATE (planned -> sending, owner and time set), so two
@@ -261,3 +261,22 @@ def counts_of(engine: Engine, members: Sequence[str], periods: Sequence[str]) ->
                                         .where(COUNT.c.member_id.in_(members[i:i + 500]), COUNT.c.period.in_(periods))):
                 out[(m, p)] = n
     return out
+
+
+def created_tasks(engine: Engine, event_id: str) -> list[tuple[int, str, str, str | None]]:
+    """Rows whose platform task waits for a person's confirmation: (id, member, step, task id)."""
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(select(SEND.c.id, SEND.c.member_id, SEND.c.step_id, SEND.c.provider_id)
+                                               .where(SEND.c.event_id == event_id, SEND.c.state == "created"))]
+
+
+def settle(engine: Engine, outcomes: Sequence[tuple[int, str, str | None]]) -> int:
+    """Final states of created rows (sent, failed, skipped) with their reason; a row settled meanwhile is left alone."""
+    if not outcomes:
+        return 0
+    now = utc_now()
+    stmt = (update(SEND).where(SEND.c.id == bindparam("row"), SEND.c.state == "created")
+            .values(state=bindparam("new_state"), error=bindparam("reason"), sent_at=bindparam("at")))
+    with engine.begin() as conn:
+        done = conn.execute(stmt, [{"row": i, "new_state": s, "reason": e, "at": now if s == "sent" else None} for i, s, e in outcomes])
+    return done.rowcount or 0

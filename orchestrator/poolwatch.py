@@ -2,7 +2,7 @@
 
 Checked by every worker's upkeep; each warning goes out once per event (and per group for an
 expiring code), whichever worker sees it first: to the log, the event log, and the staff through the
-console channel until the WeCom robot channel exists. The text is the playbook's
+console channel and the WeCom group robot (ORCH_WECOM_ROBOT_KEY). The text is the playbook's
 `support.alerts.pool_low` copy when it has one.
 """
 
@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+import aiohttp
 from sqlalchemy import Engine, select
 
-from orchestrator import eventlog
+from orchestrator import eventlog, robot
 from orchestrator.channels.base import Outgoing
 from orchestrator.copytext import render_copy
 from orchestrator.load import LoadedPlaybook
@@ -22,6 +23,7 @@ from orchestrator.runtime import Runtime
 from orchestrator.scheduling import EVENT, get_event, loaded_event
 from orchestrator.store import utc_now
 from orchestrator.validate import copy_context
+from orchestrator.wecom import WeComError
 
 log = logging.getLogger("orchestrator.worker")
 ONCE = timedelta(days=30)  # how long "already warned" is remembered
@@ -68,9 +70,16 @@ def _text(loaded: LoadedPlaybook, copy: str | None, left: int, current: int, def
 
 
 async def staff_alert(rt: Runtime, event_id: str, kind: str, text: str, data: dict[str, int]) -> None:
-    """Tell the staff: the log, the event log, and the console channel (the WeCom robot later)."""
+    """Tell the staff: the log, the event log, the console channel, and the WeCom group robot when
+    ORCH_WECOM_ROBOT_KEY is set (a robot that refuses is logged; the alert is in the event log anyway)."""
     log.warning("%s: %s", event_id, text)
     await rt.db(eventlog.record, rt.engine, event_id, kind, text, data=data)
     console = rt.transports.get("console")
     if console is not None:
         await console.send(Outgoing(f"{event_id}:alert:{kind}:{utc_now():%Y%m%d%H%M%S}", event_id, "alert", "staff", "staff_alert", "值班同事", text))
+    key = rt.settings.wecom_robot_key
+    if key:
+        try:
+            await robot.post(rt.limiter, rt.settings.wecom_api, key, text)
+        except (WeComError, aiohttp.ClientError, TimeoutError, ValueError) as e:
+            log.log(logging.ERROR, "%s: the WeCom robot did not take the alert (%s): %s", event_id, kind, e)

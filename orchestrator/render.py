@@ -27,6 +27,7 @@ class Rendered:
     sms_template: str | None = None
     sms_params: dict[str, str] | None = None
     note: str | None = None
+    sms_sign: str | None = None  # the approved sign name (签名) the platform puts in front of the text
 
 
 def step_ids(loaded: LoadedPlaybook) -> list[str]:
@@ -87,7 +88,8 @@ def _render_channel(loaded: LoadedPlaybook, where: tuple[str | int, ...], msg: M
     if channel is Channel.SMS and msg.sms is not None:
         params = {k: render_copy(loaded.copies[where + ("sms", "params", k)].source, ctx) for k in msg.sms.params}
         filled = re.sub(r"\$\{(\w+)\}", lambda m: params.get(m.group(1), m.group(0)), msg.sms.text)
-        return Rendered(step_id, channel.value, f"【{msg.sms.sign}】{filled}", sms_template=msg.sms.template_code, sms_params=params)
+        return Rendered(step_id, channel.value, f"【{msg.sms.sign}】{filled}", sms_template=msg.sms.template_code, sms_params=params,
+                        sms_sign=msg.sms.sign)
     if channel is Channel.EMAIL:
         subject = render_copy(loaded.copies[where + ("email", "subject")].source, ctx) if msg.email else loaded.playbook.title
         html_copy = loaded.copies.get(where + ("email", "html"))

@@ -23,8 +23,9 @@ from orchestrator.scheduling import STEP, get_event, loaded_event
 from orchestrator.store import Event, Send
 
 SEND = Send.__table__  # type: ignore[attr-defined]
-STATES = ("sent", "failed", "unknown", "skipped", "planned", "sending")
-COLOURS = {"sent": "#2e7d32", "failed": "#c62828", "unknown": "#f9a825", "skipped": "#90a4ae", "planned": "#5c6bc0", "sending": "#8e24aa"}
+STATES = ("sent", "created", "failed", "unknown", "skipped", "planned", "sending")  # created: a WeCom task not yet confirmed
+COLOURS = {"sent": "#2e7d32", "created": "#00897b", "failed": "#c62828", "unknown": "#f9a825", "skipped": "#90a4ae", "planned": "#5c6bc0",
+           "sending": "#8e24aa"}
 SERIES = {"scanned": "#1565c0", "joined": "#2e7d32"}  # the per-minute chart's series and colours
 FUNNEL_FIELDS = ["section", "step", "label", "count", "target", "of_previous", "of_reached", "id", "name", "scanned", "joined", "deposited",
                  "ordered", "gmv_fen", "rate", "enough"]

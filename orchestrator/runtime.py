@@ -37,7 +37,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         if not self.transports:
-            self.transports = build_transports(self.settings)
+            self.transports = build_transports(self.settings, self.pool)
         self.limiter = RateLimiter(self.pool)
         self.caps = Caps(self.pool, self._seed_counts)
 

@@ -42,6 +42,8 @@ SETTINGS = (
     Setting("ORCH_WECOM_SECRET", None, "secret of the WeCom app with customer contact rights (客户联系 Secret)"),
     Setting("ORCH_WECOM_TOKEN", None, "the callback Token set in WeCom's admin console (回调 Token)"),
     Setting("ORCH_WECOM_AES_KEY", None, "the callback EncodingAESKey, 43 characters (回调 EncodingAESKey)"),
+    Setting("ORCH_WECOM_ROBOT_KEY", None, "key of the WeCom group robot that posts staff alerts into an internal group (its webhook URL's key=)"),
+    Setting("ORCH_WECOM_QUOTA", None, "mass messages a customer may receive a month through WeCom (unset: the month's number of days, WeCom's default)"),
     Setting("ORCH_POSTER_FONT", None, "an OpenType/TrueType font for posters (default: the shipped Noto Sans CJK SC subset, GB 2312)"),
     Setting("ORCH_SMS_API", "https://dysmsapi.aliyuncs.com/", "base URL of Aliyun's SMS API (SendSms, version 2017-05-25)"),
     Setting("ORCH_SMS_ACCESS_KEY_ID", None, "the Aliyun AccessKey id of a RAM user allowed dysms:SendSms; with the secret, the sms channel is on"),
@@ -58,7 +60,7 @@ SETTINGS = (
 )
 
 
-TRANSPORTS = ("webhook", "console", "aliyun_sms", "smtp")
+TRANSPORTS = ("webhook", "console", "aliyun_sms", "smtp", "wecom_tasks")
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ class Settings:
     wecom_secret: str | None
     wecom_token: str | None
     wecom_aes_key: str | None
+    wecom_robot_key: str | None
+    wecom_quota_text: str | None
     poster_font: str | None
     sms_api: str
     sms_access_key_id: str | None
@@ -122,6 +126,9 @@ class Settings:
             raise ConfigError(f"ORCH_SMTP_TLS has value {values['smtp_tls']!r}; use 'starttls', 'tls' or 'off'")
         if not str(values["smtp_port"]).isdigit() or not 0 < int(str(values["smtp_port"])) < 65536:
             raise ConfigError(f"ORCH_SMTP_PORT has value {values['smtp_port']!r}; use a port number")
+        quota = values["wecom_quota_text"]
+        if quota is not None and (not str(quota).isdigit() or int(str(quota)) < 1):
+            raise ConfigError(f"ORCH_WECOM_QUOTA has value {quota!r}; use a whole number of mass messages a month, at least 1")
         aes = values["wecom_aes_key"]
         if aes is not None and (len(str(aes)) != 43 or not re.fullmatch(r"[A-Za-z0-9+/]{43}", str(aes))):
             raise ConfigError("ORCH_WECOM_AES_KEY must be the 43-character EncodingAESKey WeCom shows (letters and digits)")
@@ -147,6 +154,10 @@ class Settings:
         from orchestrator.poster import FONT
 
         return Path(self.poster_font) if self.poster_font else FONT
+
+    @property
+    def wecom_quota(self) -> int | None:
+        return int(self.wecom_quota_text) if self.wecom_quota_text else None
 
     @property
     def sms_on(self) -> bool:

@@ -301,6 +301,7 @@ class Send(SQLModel, table=True):
         # (sending -> sent) touches no index at all
         Index("ix_send_planned", "event_id", "step_id", "id", sqlite_where=text("state = 'planned'"), postgresql_where=text("state = 'planned'")),
         Index("ix_send_sending", "event_id", "step_id", sqlite_where=text("state = 'sending'"), postgresql_where=text("state = 'sending'")),
+        Index("ix_send_created", "event_id", sqlite_where=text("state = 'created'"), postgresql_where=text("state = 'created'")),
     )
     id: int | None = Field(default=None, primary_key=True)
     event_id: str = Field(foreign_key="event.id", max_length=64)

@@ -138,3 +138,39 @@ class WeComClient:
         answer = await self.call("externalcontact/groupchat/get", {"chat_id": chat_id, "need_name": 1})
         chat: dict[str, Any] = answer["group_chat"]
         return chat
+
+    # --- mass messages (群发): tasks a guide confirms in the WeCom app ------------------------------
+
+    async def add_msg_template(self, *, sender: str, external_userids: list[str], text: str) -> tuple[str, list[str]]:
+        """Create a 1:1 mass-message task from `sender` (a guide's userid) to their customers; (msgid,
+        the customers WeCom refused at once: not the sender's, or unknown)."""
+        answer = await self.call("externalcontact/add_msg_template", {
+            "chat_type": "single", "external_userid": external_userids[:10_000], "sender": sender, "text": {"content": text}})
+        return str(answer["msgid"]), [str(x) for x in answer.get("fail_list", [])]
+
+    async def groupmsg_task(self, msgid: str) -> list[dict[str, Any]]:
+        """Each sender of a task and whether they confirmed it: [{userid, status 0 unsent | 2 sent, send_time}]."""
+        return await self._pages("externalcontact/get_groupmsg_task", {"msgid": msgid}, "task_list")
+
+    async def groupmsg_send_result(self, msgid: str, userid: str) -> list[dict[str, Any]]:
+        """Per recipient of a sender's task: [{external_userid, status 0 unsent | 1 sent | 2 not a friend | 3 quota reached}]."""
+        return await self._pages("externalcontact/get_groupmsg_send_result", {"msgid": msgid, "userid": userid}, "send_list")
+
+    async def remind_groupmsg_send(self, msgid: str) -> None:
+        """Remind the senders who have not confirmed (WeCom allows 3 a day per task)."""
+        await self.call("externalcontact/remind_groupmsg_send", {"msgid": msgid})
+
+    async def cancel_groupmsg_send(self, msgid: str) -> None:
+        """Stop the part of a task not sent yet."""
+        await self.call("externalcontact/cancel_groupmsg_send", {"msgid": msgid})
+
+    async def _pages(self, path: str, body: dict[str, Any], key: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        cursor = ""
+        for _page in range(1000):  # 1,000 pages of 1,000: more than any task has
+            answer = await self.call(path, {**body, "limit": 1000, **({"cursor": cursor} if cursor else {})})
+            out += list(answer.get(key, []))
+            cursor = str(answer.get("next_cursor", "") or "")
+            if not cursor:
+                break
+        return out

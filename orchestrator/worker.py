@@ -20,7 +20,7 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import Worker
 from sqlalchemy import Engine, func as sqlfunc, select
 
-from orchestrator import eventlog, jobs, ledger, poolwatch, welcome
+from orchestrator import eventlog, jobs, ledger, poolwatch, taskwatch, welcome
 from orchestrator.fanout import drain
 from orchestrator.instream import InStream
 from orchestrator.load import LoadedPlaybook
@@ -104,6 +104,7 @@ async def upkeep(rt: Runtime) -> None:
     for event_id, step_id in await rt.db(_stalled_steps, rt.engine):
         await _restart_drain(rt, event_id, step_id, "stalled")
     await poolwatch.check(rt)
+    await taskwatch.check(rt)
     await welcome.send_due(rt, lambda event_id: _loaded(rt, event_id))
     await InStream(rt.pool).move_all(rt.engine)
     for event_id, step_id, revision, at in await rt.db(_overdue_steps, rt.engine):

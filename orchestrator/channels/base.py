@@ -27,9 +27,10 @@ class Outgoing:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """`sent`; `retry` (temporary: try again later); `failed` (permanent)."""
+    """`sent`; `created` (a task the platform delivers once a person confirms it: WeCom mass
+    messages; followed up by orchestrator.taskwatch); `retry` (temporary: try again later); `failed` (permanent)."""
 
-    state: Literal["sent", "retry", "failed"]
+    state: Literal["sent", "created", "retry", "failed"]
     provider_id: str | None = None
     error: str | None = None
     retry_after: float | None = None  # seconds, when the peer said

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from redis.asyncio import Redis
+
 from orchestrator.channels.base import Transport
 from orchestrator.channels.console import ConsoleTransport
 from orchestrator.channels.webhook import WebhookTransport
@@ -11,7 +13,8 @@ from orchestrator.errors import ConfigError
 from orchestrator.playbook import Channel
 from orchestrator.settings import Settings
 
-NATIVE = {Channel.WEBHOOK.value: "webhook", Channel.CONSOLE.value: "console", Channel.SMS.value: "aliyun_sms", Channel.EMAIL.value: "smtp"}
+NATIVE = {Channel.WEBHOOK.value: "webhook", Channel.CONSOLE.value: "console", Channel.SMS.value: "aliyun_sms", Channel.EMAIL.value: "smtp",
+          Channel.WECOM_CUSTOMER.value: "wecom_tasks"}
 
 
 def routes(settings: Settings, mode: str) -> dict[str, str]:
@@ -34,6 +37,9 @@ def missing_routes(settings: Settings, mode: str, used: set[str]) -> list[str]:
             )
         elif transport == "webhook" and not (settings.webhook_url and settings.webhook_secret):
             problems.append(f"channel '{channel}' goes through the webhook, but ORCH_WEBHOOK_URL and ORCH_WEBHOOK_SECRET are not both set")
+        elif transport == "wecom_tasks" and not settings.wecom_api_on:
+            problems.append(f"channel '{channel}' goes through WeCom mass-message tasks, but ORCH_WECOM_CORP_ID and ORCH_WECOM_SECRET are not both set"
+                            " (or route it elsewhere with ORCH_ROUTES, e.g. wecom_customer=webhook)")
         elif transport == "aliyun_sms" and not settings.sms_on:
             problems.append(f"channel '{channel}' goes through Aliyun SMS, but ORCH_SMS_ACCESS_KEY_ID and ORCH_SMS_ACCESS_KEY_SECRET are not both set"
                             " (or route it elsewhere with ORCH_ROUTES, e.g. sms=webhook)")
@@ -43,12 +49,24 @@ def missing_routes(settings: Settings, mode: str, used: set[str]) -> list[str]:
     return problems
 
 
-def build_transports(settings: Settings) -> dict[str, Transport]:
-    """One transport of each kind the settings allow."""
+def build_transports(settings: Settings, redis: Redis | None = None) -> dict[str, Transport]:
+    """One transport of each kind the settings allow (WeCom's needs the workers' Redis: its token and quotas live there)."""
     out: dict[str, Transport] = {"console": ConsoleTransport(Path(settings.data_dir) / "console")}
     if settings.webhook_url:
         if not settings.webhook_secret:
             raise ConfigError("ORCH_WEBHOOK_URL is set but ORCH_WEBHOOK_SECRET is not; the webhook signs every request")
         out["webhook"] = WebhookTransport(settings.webhook_url, settings.webhook_secret,
                                           idempotent=settings.webhook_idempotency == "on", concurrency=settings.concurrency)
+    if settings.wecom_api_on and redis is not None:
+        from orchestrator.channels import wecom_tasks
+
+        out["wecom_tasks"] = wecom_tasks.from_settings(settings, redis)
+    if settings.sms_on:
+        from orchestrator.channels.aliyun_sms import AliyunSmsTransport
+
+        out["aliyun_sms"] = AliyunSmsTransport.from_settings(settings, redis)  # per-number limits shared by workers through Redis
+    if settings.smtp_on:
+        from orchestrator.channels.smtp import SmtpTransport
+
+        out["smtp"] = SmtpTransport.from_settings(settings)
     return out

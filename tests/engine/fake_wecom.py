@@ -1,9 +1,12 @@
 """A fake WeCom on loopback that speaks the server API's wire format (../shared/PLATFORMS.md):
-`gettoken`, the group join way calls and `groupchat/get`, errors as HTTP 200 with an errcode, and
-callbacks to our URL encrypted and signed exactly as WeCom does.
+`gettoken`, the group join way calls and `groupchat/get`, the mass-message task calls
+(`add_msg_template`, `get_groupmsg_task`, `get_groupmsg_send_result`, `remind_groupmsg_send` at most
+3 a day, `cancel_groupmsg_send`), errors as HTTP 200 with an errcode, and callbacks to our URL
+encrypted and signed exactly as WeCom does.
 
 Tests steer it: `expire_tokens()` makes every issued token answer 42001, `fail_next` queues
-errcodes per path, `join()` puts a customer into a chat and returns the callback WeCom would send.
+errcodes per path, `join()` puts a customer into a chat and returns the callback WeCom would send,
+`confirm()` is a guide confirming a task (with per-customer monthly quota and deleted friends).
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ class FakeWeCom:
     fail_next: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     join_ways: dict[str, dict[str, Any]] = field(default_factory=dict)
     chats: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    friends: dict[str, set[str]] | None = None  # sender -> their customers; None: everyone is everyone's
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # msgid -> the mass-message task
+    received: Counter[str] = field(default_factory=Counter)  # customer -> mass messages delivered this month
+    quota: int = 31  # mass messages a customer may receive a month; past it a recipient's status is 3
+    reminds: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # msgid -> when reminded
+    robot_key: str = "robot-key-for-tests"
+    robot_messages: list[dict[str, Any]] = field(default_factory=list)  # what the group robot posted, with when
     base: str = ""
     _tokens: set[str] = field(default_factory=set)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -50,7 +60,7 @@ class FakeWeCom:
 
     def env(self) -> dict[str, str]:
         return {"ORCH_WECOM_API": self.api, "ORCH_WECOM_CORP_ID": CORP_ID, "ORCH_WECOM_SECRET": SECRET,
-                "ORCH_WECOM_TOKEN": TOKEN, "ORCH_WECOM_AES_KEY": AES_KEY}
+                "ORCH_WECOM_TOKEN": TOKEN, "ORCH_WECOM_AES_KEY": AES_KEY, "ORCH_WECOM_ROBOT_KEY": self.robot_key}
 
     def expire_tokens(self) -> None:
         with self._lock:
@@ -82,7 +92,12 @@ class FakeWeCom:
         handler = {"externalcontact/groupchat/add_join_way": self._add_join_way,
                    "externalcontact/groupchat/get_join_way": self._get_join_way,
                    "externalcontact/groupchat/update_join_way": self._update_join_way,
-                   "externalcontact/groupchat/get": self._group_chat}.get(path)
+                   "externalcontact/groupchat/get": self._group_chat,
+                   "externalcontact/add_msg_template": self._add_msg_template,
+                   "externalcontact/get_groupmsg_task": self._groupmsg_task,
+                   "externalcontact/get_groupmsg_send_result": self._groupmsg_send_result,
+                   "externalcontact/remind_groupmsg_send": self._remind,
+                   "externalcontact/cancel_groupmsg_send": self._cancel}.get(path)
         if handler is None:
             return web.json_response({"errcode": 60011, "errmsg": f"no such api {path}"})
         return web.json_response(handler(body))
@@ -114,7 +129,87 @@ class FakeWeCom:
         return {"errcode": 0, "errmsg": "ok", "group_chat": {"chat_id": chat_id, "name": "客户群", "owner": "zhangsan",
                                                             "member_list": self.chats[chat_id], "member_version": "v1"}}
 
+    # --- mass messages: tasks a guide confirms ----------------------------------------------------
+
+    def _add_msg_template(self, body: dict[str, Any]) -> dict[str, Any]:
+        customers, sender, text = body.get("external_userid", []), body.get("sender", ""), body.get("text", {}).get("content", "")
+        if body.get("chat_type", "single") != "single" or not sender or not customers or len(customers) > 10_000 \
+                or not text or len(text.encode()) > 4000:
+            return {"errcode": 40058, "errmsg": "invalid parameter"}
+        fail = [c for c in customers if self.friends is not None and c not in self.friends.get(sender, set())]
+        msgid = f"msg{next(self._ids):05d}"
+        self.tasks[msgid] = {"sender": sender, "customers": [c for c in customers if c not in fail], "text": text, "confirmed": False,
+                             "cancelled": False, "results": {}}
+        return {"errcode": 0, "errmsg": "ok", "fail_list": fail, "msgid": msgid}
+
+    def _task(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        return self.tasks.get(body.get("msgid", ""))
+
+    def _groupmsg_task(self, body: dict[str, Any]) -> dict[str, Any]:
+        task = self._task(body)
+        if task is None:
+            return {"errcode": 41063, "errmsg": "invalid msgid"}
+        return {"errcode": 0, "errmsg": "ok", "next_cursor": "",
+                "task_list": [{"userid": task["sender"], "status": 2 if task["confirmed"] else 0, "send_time": int(time.time())}]}
+
+    def _groupmsg_send_result(self, body: dict[str, Any]) -> dict[str, Any]:
+        task = self._task(body)
+        if task is None:
+            return {"errcode": 41063, "errmsg": "invalid msgid"}
+        return {"errcode": 0, "errmsg": "ok", "next_cursor": "", "send_list": [
+            {"external_userid": c, "userid": task["sender"], "status": task["results"].get(c, 0), "send_time": int(time.time())}
+            for c in task["customers"] if body.get("userid") == task["sender"]]}
+
+    def _remind(self, body: dict[str, Any]) -> dict[str, Any]:
+        task = self._task(body)
+        if task is None:
+            return {"errcode": 41063, "errmsg": "invalid msgid"}
+        day = [t for t in self.reminds[body["msgid"]] if t > time.time() - 86400]
+        if len(day) >= 3:
+            return {"errcode": 41067, "errmsg": "remind limit: 3 a day per task"}
+        self.reminds[body["msgid"]].append(time.time())
+        return {"errcode": 0, "errmsg": "ok"}
+
+    def _cancel(self, body: dict[str, Any]) -> dict[str, Any]:
+        task = self._task(body)
+        if task is None:
+            return {"errcode": 41063, "errmsg": "invalid msgid"}
+        task["cancelled"] = True
+        return {"errcode": 0, "errmsg": "ok"}
+
+    def confirm(self, msgid: str, *, gone: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        """The guide taps send in the app: each customer gets it (1), unless they deleted the guide (2) or had their quota (3)."""
+        with self._lock:
+            task = self.tasks[msgid]
+            if task["cancelled"]:
+                return
+            task["confirmed"] = True
+            for c in task["customers"]:
+                if c in gone:
+                    task["results"][c] = 2
+                elif self.received[c] >= self.quota:
+                    task["results"][c] = 3
+                else:
+                    self.received[c] += 1
+                    task["results"][c] = 1
+
+    async def robot(self, request: web.Request) -> web.Response:
+        """The group robot: a key, 20 messages a minute (then 45009), text of at most 2,048 bytes."""
+        if request.query.get("key") != self.robot_key:
+            return web.json_response({"errcode": 93000, "errmsg": "invalid webhook url"})
+        body = json.loads(await request.read() or b"{}")
+        now = time.time()
+        with self._lock:
+            if len([m for m in self.robot_messages if m["at"] > now - 60]) >= 20:
+                return web.json_response({"errcode": 45009, "errmsg": "api freq out of limit"})
+            content = body.get("text", {}).get("content", "")
+            if body.get("msgtype") != "text" or not content or len(content.encode()) > 2048:
+                return web.json_response({"errcode": 40058, "errmsg": "invalid parameter"})
+            self.robot_messages.append({"at": now, "text": content})
+        return web.json_response({"errcode": 0, "errmsg": "ok"})
+
     def routes(self, app: web.Application) -> None:
+        app.router.add_post("/cgi-bin/webhook/send", self.robot)
         app.router.add_get("/cgi-bin/gettoken", self.gettoken)
         app.router.add_route("*", "/cgi-bin/{path:.+}", self.api_call)
 

@@ -96,7 +96,7 @@ def test_a_whole_event_runs_by_itself_and_sends_each_message_once(tmp_path: Path
     assert all(r.signed for r in receiver.requests)
     first = next(r for r in receiver.requests if r.body["member"]["id"] == "m000001" and r.body["step"] == "reminder:hour")
     assert first.body["text"] == "【测试品牌】顾客1，直播即将开始，回复TD退订"
-    assert first.body["extra"] == {"sms_template": "SMS_100001", "sms_params": {"name": "顾客1"}}
+    assert first.body["extra"] == {"sms_template": "SMS_100001", "sms_params": {"name": "顾客1"}, "sms_sign": "测试品牌"}
     mail = next(r for r in receiver.requests if r.body["member"]["id"] == "e000" and r.body["step"] == "reminder:hour")
     assert mail.body["subject"] == "引擎测试直播 提醒" and mail.body["text"].startswith("邮件0，引擎测试直播 即将开始")
     assert first.key == f"{event_id}:reminder:hour:m000001:sms"
