@@ -19,11 +19,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 from sqlalchemy import Engine
 
 from orchestrator import ingest
-from orchestrator.directredis import Direct
 from orchestrator.funnel import DIRTY
 from orchestrator.funnel import key as funnel_key
 from orchestrator.store import ScanLog
@@ -122,10 +120,9 @@ def counted(kind: str, row: dict[str, Any]) -> tuple[str | None, str, int]:
 
 
 class InStream:
-    def __init__(self, redis: Redis, direct: Direct | None = None) -> None:
+    def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._append = redis.register_script(APPEND)
-        self._call: Redis | Direct = direct or redis  # the web app's Direct: every ingestion request calls the script
 
     async def append(self, kind: str, event_id: str, rows: list[dict[str, Any]]) -> ingest.Stored:
         """Put rows in the event's stream unless seen before; (stored, duplicates). Durable on return."""
@@ -137,10 +134,7 @@ class InStream:
             step, person, gmv = counted(kind, r)
             marks.append((f"orch:seen:{kind}:{r['source']}:{r[id_field]}", funnel_key(event_id, step) if step else "", person, gmv))
         args: list[Any] = [SEEN_FOR, _encode(kind, rows), event_id, _ENCODE(marks)]
-        try:
-            stored = int(await self._call.evalsha(self._append.sha, len(keys), *keys, *args))  # type: ignore[misc]
-        except NoScriptError:  # Redis restarted or flushed its scripts: nothing was appended
-            stored = int(await self._append(keys=keys, args=args))
+        stored = int(await self._append(keys=keys, args=args))
         return ingest.Stored(stored, len(rows) - stored)
 
     async def move(self, engine: Engine, kind: str, event_id: str) -> int:

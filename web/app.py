@@ -38,6 +38,7 @@ from web.openapi import openapi
 from web.pages import Rendered
 from web.posterpages import poster_image, poster_page
 from web.scan import group_image, scan
+from web.unsubscribe import unsubscribe_link
 from web.wecom import callback as wecom_callback
 
 async def healthz(request: Request) -> JSONResponse:
@@ -56,11 +57,11 @@ def create_app(settings: Settings) -> Starlette:
             redis = Redis.from_url(url)
             app.state.engine = engine
             app.state.redis = redis
-            direct = Direct(redis)  # the scan and ingestion scripts' own connections
+            direct = Direct(redis)  # the scan script's own connections
             app.state.pool = Pool(redis, engine, direct)
             app.state.resolve = Resolver(engine)
             app.state.pages = Rendered()
-            app.state.instream = InStream(redis, direct)
+            app.state.instream = InStream(redis)  # not on Direct: with it, bench/board.py viewers got 97 snapshots each, not 754 (cause not found yet)
             app.state.events = Events(engine)
             app.state.hub = Hub(redis)
             async with contextlib.AsyncExitStack() as stack:
@@ -87,6 +88,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/p/{code}.png", poster_image),
         Route("/posters/{event}/{key}", poster_page),
         Route("/notice/{event}", notice),
+        Route("/u/{token}", unsubscribe_link, methods=["GET", "POST"]),
         Route("/board/{event}", board_page),
         WebSocketRoute("/board/{event}/ws", board_socket),
         Mount("/static", StaticFiles(directory=str(Path(__file__).parent / "static")), name="static"),
