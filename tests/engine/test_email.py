@@ -31,7 +31,6 @@ from tests.engine.fake_smtp import FakeSmtp
 from tests.engine.test_event_run import JUST_BEFORE, closed, run_event, sends, step_states
 from web.app import create_app
 
-pytestmark = pytest.mark.db
 OPTOUT = OptOut.__table__  # type: ignore[attr-defined]
 SECRET = "link-secret-for-tests"
 FROM = "测试品牌 <live@brand.example>"
@@ -66,6 +65,7 @@ def link_path(message: Any) -> str:
     return urlsplit(url).path
 
 
+@pytest.mark.db
 def test_a_whole_event_reminds_by_email_once_each_with_unsubscribe_headers(
         tmp_path: Path, engine: Engine, redis_url: str, smtp: FakeSmtp, make_settings: Callable[..., Settings]) -> None:
     people = crowd(6, sms=False, mail=True)
@@ -104,6 +104,7 @@ def test_a_whole_event_reminds_by_email_once_each_with_unsubscribe_headers(
     assert "1 no consent" in note and "1 opted out" in note
 
 
+@pytest.mark.db
 def test_an_unsubscribe_link_takes_effect_before_the_next_send(
         tmp_path: Path, engine: Engine, redis_url: str, smtp: FakeSmtp, make_settings: Callable[..., Settings]) -> None:
     people = crowd(3, sms=False, mail=True)
@@ -150,6 +151,7 @@ def test_an_unsubscribe_link_takes_effect_before_the_next_send(
     assert len(smtp.to(people[2].email)) == 2 and rows[("reminder:soon", people[2].id)].state == "sent"
 
 
+@pytest.mark.db
 def test_temporary_refusals_retry_permanent_ones_fail_and_bad_addresses_never_reach_the_server(
         tmp_path: Path, engine: Engine, redis_url: str, smtp: FakeSmtp, make_settings: Callable[..., Settings]) -> None:
     people = crowd(4, sms=False, mail=True)
@@ -172,6 +174,7 @@ def test_temporary_refusals_retry_permanent_ones_fail_and_bad_addresses_never_re
     assert by_member[people[3].id].state == "sent" and len(smtp.to(people[3].email)) == 1
 
 
+@pytest.mark.db
 def test_a_wrong_password_fails_clearly_without_a_login_per_member(
         tmp_path: Path, engine: Engine, redis_url: str, smtp: FakeSmtp, make_settings: Callable[..., Settings],
         caplog: pytest.LogCaptureFixture) -> None:
@@ -190,6 +193,7 @@ def test_a_wrong_password_fails_clearly_without_a_login_per_member(
     assert len([r for r in caplog.records if "refused the login" in r.getMessage()]) == 1, "logged once"
 
 
+@pytest.mark.db
 def test_tampered_or_unknown_links_are_refused_and_store_nothing(
         engine: Engine, redis_url: str, make_settings: Callable[..., Settings]) -> None:
     token = unsubscribe.link_token(SECRET, "m000001", "c1@example.com")

@@ -39,7 +39,6 @@ from tests.engine.eventfiles import EventFiles, Person, crowd
 from tests.engine.fake_aliyun import ACCESS_KEY_ID, ACCESS_KEY_SECRET, FakeAliyunSms, RunningAliyunSms
 from tests.engine.test_event_run import JUST_BEFORE, closed, sends
 
-pytestmark = pytest.mark.db
 MEMBER = MemberRow.__table__  # type: ignore[attr-defined]
 OPTOUT = OptOut.__table__  # type: ignore[attr-defined]
 ROUTES = "email=console"  # the e-mail part of the test playbooks goes to the console log
@@ -164,6 +163,7 @@ def test_the_fake_accepts_both_signatures_and_refuses_a_wrong_secret(fake: FakeA
 
 # --- whole events through a worker ---------------------------------------------------------------------
 
+@pytest.mark.db
 def test_a_whole_event_reaches_each_consenting_phone_once_per_message(tmp_path: Path, engine: Engine, redis_url: str,
                                                                      fake: FakeAliyunSms, make_settings: Callable[..., Settings]) -> None:
     people = crowd(12, sms=True)
@@ -204,6 +204,7 @@ def test_a_whole_event_reaches_each_consenting_phone_once_per_message(tmp_path: 
     assert len(counts) == 2 * len(people) and sorted(set(counts.values())) == [1, 2]
 
 
+@pytest.mark.db
 def test_a_malformed_number_is_never_sent_and_its_row_says_why(tmp_path: Path, engine: Engine, redis_url: str, fake: FakeAliyunSms,
                                                               make_settings: Callable[..., Settings]) -> None:
     path = EventFiles(people=crowd(4), preview=None, reminders=[("hour", "T-1h", "[sms]")]).write(tmp_path / "event")
@@ -222,6 +223,7 @@ def test_a_malformed_number_is_never_sent_and_its_row_says_why(tmp_path: Path, e
     assert fake.total_requests() == 3 and fake.answers["isv.MOBILE_NUMBER_ILLEGAL"] == 0
 
 
+@pytest.mark.db
 def test_a_wrong_secret_fails_the_rows_at_once_without_a_retry_storm(tmp_path: Path, engine: Engine, redis_url: str, fake: FakeAliyunSms,
                                                                     make_settings: Callable[..., Settings],
                                                                     caplog: pytest.LogCaptureFixture) -> None:
