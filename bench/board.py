@@ -1,13 +1,18 @@
 """How fast what happens reaches the host board's viewers, against a bare websocket broadcast.
 
 One uvicorn process serves the web app, one `orchestrator worker` moves ingested comments and
-publishes snapshots; VIEWERS websocket viewers are connected to the board while comments are posted
-(signed) at RATE per second for SECONDS, each from a new person, so the board's "commented" count
-is the number of comments acknowledged. For every snapshot a viewer gets, the latency is the time
-since the acknowledgement of the comment that brought the count to what it shows. Then a bare
-`websockets.broadcast()` server sends a snapshot of the same size at the same pace to the same
-number of viewers; its latency is from send to receipt. Finally the board run is repeated with one
-viewer that stops reading, to see that it does not hold the others back.
+publishes snapshots; VIEWERS websocket viewers are connected to the board while another process
+posts comments (signed) at RATE per second for SECONDS, each from a new person, so the board's
+"commented" count is the number of comments acknowledged. For every snapshot a viewer gets, the
+latency is the time since the acknowledgement of the comment that brought the count to what it
+shows. Then the same viewers connect to a bare `websockets.broadcast()` server (a process of its
+own, as the web app is) that sends a JSON message the size of the board's whole snapshot at the
+publisher's pace, with the same server settings (no per-message deflate, as
+orchestrator/webserver.py serves the board); its latency is from send to receipt, and the viewers
+parse its messages as they parse the board's. Of the viewers, MEASURED parse and time every
+message; the others take frames off the wire and answer pings (Drain), so that the bench's own
+process is not the bottleneck of either figure. Finally the board run is repeated with one viewer
+that stops reading, to see that it does not hold the others back.
 
     python bench/board.py [--viewers 1000] [--rate 2000] [--seconds 60]
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import bisect
 import json
 import os
@@ -34,11 +40,13 @@ import websockets  # noqa: E402
 
 from bench.ingest import SECRET, schedule  # noqa: E402
 from bench.scan import free_port, p99, serve  # noqa: E402
+from orchestrator.board import EVERY  # noqa: E402
 from orchestrator.channels.webhook import sign  # noqa: E402
 from orchestrator.embedded_redis import redis_url  # noqa: E402
 from orchestrator.store import Event, open_store  # noqa: E402
 
-TICK = 0.05  # the publisher's pace, which the bare broadcast copies
+TICK = EVERY  # the publisher's pace, which the bare broadcast copies
+MEASURED = 50  # viewers that parse and time every message; the others only take them off the wire (Drain)
 
 
 def cpu(pid: int) -> float:
@@ -46,11 +54,79 @@ def cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def viewers(url: str, n: int, on_message: Any, stalled: bool = False) -> list[Any]:
-    conns = []
+class Drain(asyncio.Protocol):
+    """A viewer that takes every frame off the wire and answers pings, without decoding messages.
+
+    The server's work for it is the same as for any viewer; it costs this process little, so one
+    process can hold 1,000 viewers and still time the MEASURED ones (full websocket clients that
+    parse every message) without its own backlog in the figures.
+    """
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.buf = b""
+        self.upgraded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.frames = 0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data
+        if not self.upgraded.done():
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            if not buf.startswith(b"HTTP/1.1 101"):
+                self.upgraded.set_exception(RuntimeError(buf[:end].decode(errors="replace")))
+                return
+            self.upgraded.set_result(None)
+            buf = buf[end + 4:]
+        pos, n = 0, len(buf)
+        while n - pos >= 2:
+            length, head = buf[pos + 1] & 0x7F, 2
+            if length == 126:
+                if n - pos < 4:
+                    break
+                length, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+            elif length == 127:
+                if n - pos < 10:
+                    break
+                length, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+            if n - pos < head + length:
+                break
+            opcode = buf[pos] & 0x0F
+            if opcode == 0x9 and self.transport is not None:  # ping: a pong with the same payload, masked (with a zero key)
+                self.transport.write(bytes([0x8A, 0x80 | length]) + b"\0\0\0\0" + buf[pos + head:pos + head + length])
+            elif opcode in (0x1, 0x2):
+                self.frames += 1
+            pos += head + length
+        self.buf = buf[pos:]
+
+    async def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def drain(url: str) -> Drain:
+    host, _, rest = url.removeprefix("ws://").partition("/")
+    address, port = host.split(":")
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (f"GET /{rest} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+    _transport, protocol = await asyncio.get_running_loop().create_connection(lambda: Drain(request), address, int(port))
+    await asyncio.wait_for(protocol.upgraded, 30)
+    return protocol
+
+
+async def viewers(url: str, n: int, on_message: Any, stalled: bool = False, measured: int = MEASURED) -> list[Any]:
+    """`n` viewers of `url`: the first `measured` full clients that call `on_message`, the others Drains."""
+    conns: list[Any] = []
     for i in range(n):
-        ws = await websockets.connect(url, max_size=None, open_timeout=30)
-        conns.append(ws)
+        conns.append(await websockets.connect(url, max_size=None, open_timeout=30) if i < measured else await drain(url))
 
     async def read(i: int, ws: Any) -> None:
         try:
@@ -59,27 +135,13 @@ async def viewers(url: str, n: int, on_message: Any, stalled: bool = False) -> l
         except websockets.ConnectionClosed:
             pass
 
-    tasks = [asyncio.create_task(read(i, ws)) for i, ws in enumerate(conns) if not (stalled and i == 0)]
+    tasks = [asyncio.create_task(read(i, ws)) for i, ws in enumerate(conns) if i < measured and not (stalled and i == 0)]
     return [conns, tasks]
 
 
-async def board_run(base: str, event_id: str, key: str, n: int, rate: int, seconds: float, stalled: bool) -> dict[str, Any]:
-    run = "s" if stalled else "f"  # each run's people are new: the count starts where the last run left it
-    acks: list[tuple[int, float]] = []  # (cumulative comments acknowledged, when)
-    seen: list[tuple[int, float]] = []
-    received = [0] * n
-
-    def on_message(i: int, message: Any, at: float) -> None:
-        snap = json.loads(message)
-        count = next(f["count"] for f in snap["funnel"] if f["step"] == "commented")
-        received[i] += 1
-        if i != 0 or not stalled:
-            seen.append((count, at))
-
-    conns, tasks = await viewers(f"ws://{base.split('://')[1]}/board/{event_id}/ws?t={key}", n, on_message, stalled)
-    await asyncio.sleep(1.0)  # the first snapshots
-    base_count = max((c for c, _t in seen), default=0)
-    seen.clear()
+async def post_comments(base: str, event_id: str, run: str, rate: int, seconds: float) -> dict[str, Any]:
+    """Post signed comments at `rate` a second for `seconds`, each from a new person; when each batch was acknowledged."""
+    acks: list[tuple[int, float]] = []  # (comments of this run acknowledged up to this batch, when)
     sent = 0
     batch = max(1, rate // 100)  # 100 posts a second
     async with aiohttp.ClientSession() as http:
@@ -95,17 +157,61 @@ async def board_run(base: str, event_id: str, key: str, n: int, rate: int, secon
                                  headers={"Content-Type": "application/json", "X-Orchestrator-Timestamp": ts,
                                           "X-Orchestrator-Signature": sign(SECRET, ts, raw)}) as r:
                 await r.read()
-            acks.append((base_count + first + batch, time.perf_counter()))
+                if r.status != 200:
+                    raise RuntimeError(f"comments answered {r.status}")
+            acks.append((first + batch, time.perf_counter()))
 
         while time.perf_counter() - start < seconds:
             posts.append(asyncio.create_task(post(sent)))
             sent += batch
             await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
         await asyncio.gather(*posts)
+    return {"sent": sent, "acks": acks}
+
+
+async def whole_size(base: str, event_id: str, key: str) -> int:
+    """The size of the board's whole snapshot (what a viewer gets first)."""
+    async with websockets.connect(f"ws://{base.split('://')[1]}/board/{event_id}/ws?t={key}", max_size=None) as ws:
+        return len(str(await ws.recv()).encode())
+
+
+async def board_run(base: str, event_id: str, key: str, n: int, rate: int, seconds: float, stalled: bool) -> dict[str, Any]:
+    """One run: `n` viewers on the board while comments come in."""
+    run = "s" if stalled else "f"  # each run's people are new: the count starts where the last run left it
+    seen: list[tuple[int, float]] = []
+    received = [0] * n
+    shown = [0] * n  # each viewer's "commented": from the whole snapshot, then from patches that carry the funnel
+    sizes: list[int] = []
+
+    def on_message(i: int, message: Any, at: float) -> None:
+        data = json.loads(message)
+        funnel = data["patch"].get("funnel") if "patch" in data else data["funnel"]
+        if funnel is not None:
+            shown[i] = next(f["count"] for f in funnel if f["step"] == "commented")
+        received[i] += 1
+        if i == 1:
+            sizes.append(len(message.encode()))
+        if i != 0 or not stalled:
+            seen.append((shown[i], at))
+
+    conns, tasks = await viewers(f"ws://{base.split('://')[1]}/board/{event_id}/ws?t={key}", n, on_message, stalled)
+    await asyncio.sleep(1.0)  # the first snapshots
+    base_count = max((c for c, _t in seen), default=0)
+    seen.clear()
+    # the load comes from a process of its own, so the viewers' process only reads (perf_counter is
+    # the system's monotonic clock: its acknowledgement times compare with the viewers' receipts)
+    poster = await asyncio.create_subprocess_exec(sys.executable, __file__, "--post", base, event_id, run, str(rate), str(seconds),
+                                                  stdout=asyncio.subprocess.PIPE)
+    out, _err = await poster.communicate()
+    posted = json.loads(out)
+    sent = posted["sent"]
+    acks = [(base_count + c, t) for c, t in posted["acks"]]
     await asyncio.sleep(3.0)  # the last snapshots
     for t in tasks:
         t.cancel()
-    for ws in conns:
+    for i, ws in enumerate(conns):
+        if isinstance(ws, Drain) and i < n:
+            received[i] = ws.frames
         await ws.close()
     acks.sort()
     counts = [c for c, _t in acks]
@@ -119,11 +225,11 @@ async def board_run(base: str, event_id: str, key: str, n: int, rate: int, secon
             latencies.append(at - reached[k])
     live = received[1:] if stalled else received
     return {"latencies": [max(0.0, v) for v in latencies], "sent": sent, "messages": statistics.mean(live) if live else 0,
-            "fewest": min(live) if live else 0}
+            "fewest": min(live) if live else 0, "size": statistics.median(sizes) if sizes else 0, "whole": sizes[0] if sizes else 0}
 
 
-async def bare_run(n: int, size: int, seconds: float) -> dict[str, Any]:
-    port = free_port()
+async def bare_server(port: int, size: int) -> None:
+    """A bare `websockets.broadcast()` of a JSON message of `size` bytes every TICK to whoever is connected, until killed."""
     clients: set[Any] = set()
 
     async def handler(ws: Any) -> None:
@@ -133,27 +239,40 @@ async def bare_run(n: int, size: int, seconds: float) -> dict[str, Any]:
         finally:
             clients.discard(ws)
 
+    async with websockets.serve(handler, "127.0.0.1", port, max_size=None, compression=None):  # as the web app serves the board
+        filler = "x" * max(0, size - 40)
+        print("ready", flush=True)
+        while True:
+            websockets.broadcast(clients, json.dumps({"sent": time.perf_counter(), "filler": filler}))
+            await asyncio.sleep(TICK)
+
+
+async def bare_run(url: str, n: int, seconds: float) -> list[float]:
+    """`n` viewers on the bare broadcast for `seconds`: its latencies, send to receipt."""
     latencies: list[float] = []
 
-    def on_message(_i: int, message: Any, at: float) -> None:
-        latencies.append(at - float(message[:20]))
+    def on_bare(_i: int, message: Any, at: float) -> None:  # parsed as the board's viewers parse theirs
+        latencies.append(at - json.loads(message)["sent"])
 
-    async with websockets.serve(handler, "127.0.0.1", port, max_size=None):
-        conns, tasks = await viewers(f"ws://127.0.0.1:{port}", n, on_message)
-        start = time.perf_counter()
-        filler = "x" * max(0, size - 20)
-        while time.perf_counter() - start < seconds:
-            websockets.broadcast(clients, f"{time.perf_counter():<20.6f}{filler}")
-            await asyncio.sleep(TICK)
-        await asyncio.sleep(1.0)
-        for t in tasks:
-            t.cancel()
-        for ws in conns:
-            await ws.close()
-    return {"latencies": latencies}
+    conns, tasks = await viewers(url, n, on_bare)
+    await asyncio.sleep(1.0)
+    latencies.clear()
+    await asyncio.sleep(seconds)
+    for t in tasks:
+        t.cancel()
+    for ws in conns:
+        await ws.close()
+    return latencies
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--post"]:  # the load of one run, from board_run
+        base, event_id, run, rate, seconds = sys.argv[2:7]
+        print(json.dumps(asyncio.run(post_comments(base, event_id, run, int(rate), float(seconds)))))
+        return
+    if sys.argv[1:2] == ["--bare"]:  # the bare broadcast, from main
+        asyncio.run(bare_server(int(sys.argv[2]), int(sys.argv[3])))
+        return
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--viewers", type=int, default=1000)
     parser.add_argument("--rate", type=int, default=2000)
@@ -172,22 +291,28 @@ def main() -> None:
             web, base = serve("web.app:app_from_env", env)
             worker = subprocess.Popen([sys.executable, "-c", "from orchestrator.cli import main; main()", "worker"], env={**os.environ, **env},
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            bare = None
             try:
                 time.sleep(3)  # the worker connects and starts its publisher
+                size = asyncio.run(whole_size(base, event_id, key))
                 before = {name: cpu(p.pid) for name, p in (("web", web), ("worker", worker))}
                 me = time.process_time()
                 board = asyncio.run(board_run(base, event_id, key, args.viewers, args.rate, args.seconds, stalled=False))
                 used = {name: cpu(p.pid) - before[name] for name, p in (("web", web), ("worker", worker))}
-                used["bench (viewers + load)"] = time.process_time() - me
+                used["bench viewers"] = time.process_time() - me
+                bare_port = free_port()
+                bare = subprocess.Popen([sys.executable, __file__, "--bare", str(bare_port), str(size)], stdout=subprocess.PIPE)
+                assert bare.stdout is not None and bare.stdout.readline().strip() == b"ready"
+                bare_latencies = asyncio.run(bare_run(f"ws://127.0.0.1:{bare_port}", args.viewers, args.seconds))
+                bare.terminate()
+                bare.wait()
                 stalled = asyncio.run(board_run(base, event_id, key, args.viewers, args.rate, args.seconds, stalled=True))
             finally:
-                worker.terminate()
-                web.terminate()
-                worker.wait()
-                web.wait()
-            size = 6000
-            bare = asyncio.run(bare_run(args.viewers, size, args.seconds))
-    b, s, r = board["latencies"], stalled["latencies"], bare["latencies"]
+                for proc in (worker, web, bare):
+                    if proc is not None and proc.poll() is None:
+                        proc.terminate()
+                        proc.wait()
+    b, s, r = board["latencies"], stalled["latencies"], bare_latencies
     print(f"board: {args.viewers:,} viewers, {args.rate:,} comments/s for {args.seconds:.0f} s ({board['sent']:,} sent), snapshots every {TICK} s")
     print(f"  {'':34} {'p50 ms':>8} {'p99 ms':>8}")
     print(f"  {'ack -> viewer (board)':34} {statistics.median(b) * 1000:>8.1f} {p99(b) * 1000:>8.1f}")
@@ -195,6 +320,8 @@ def main() -> None:
     print(f"  {'ack -> viewer, one viewer stalled':34} {statistics.median(s) * 1000:>8.1f} {p99(s) * 1000:>8.1f}")
     print(f"  board p99 ÷ bare p99: {p99(b) / p99(r):.2f} (target ≤ 1.5)  {'ok' if p99(b) <= 1.5 * p99(r) else 'MISSES'}")
     print(f"  stalled viewer: others' p99 {p99(s) / p99(b):.2f}x (target ≤ 1.2)  {'ok' if p99(s) <= 1.2 * p99(b) else 'MISSES'}")
+    print(f"  message sizes: the whole snapshot {board['whole']:,} bytes (what the bare broadcast sends each time), "
+          f"then patches of the parts that changed: median {board['size']:,.0f} bytes")
     print(f"  snapshots per viewer: {board['messages']:.0f} on average, fewest {board['fewest']} (a viewer with fewer skipped ahead; "
           f"none is ever queued more than the latest)")
     print("  (latency runs from the HTTP answer; the count is raised inside the same script that acknowledges, so a viewer can see it first: "

@@ -33,6 +33,7 @@ from orchestrator.pool import GROUP, Pool, group_values
 from orchestrator.scans import scan_counts
 from orchestrator.scheduling import SCANCODE
 from orchestrator.store import Event, open_store, utc_now
+from orchestrator.webserver import APP, command
 
 HERE = Path(__file__).resolve()
 MARGIN = 45
@@ -62,8 +63,9 @@ def free_port() -> int:
 
 def serve(target: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", target, "--factory", "--port", str(port), "--log-level", "warning",
-                             "--no-access-log", "--loop", "uvloop", "--http", "httptools"], env={**os.environ, **env})
+    cmd = command(port)
+    cmd[cmd.index(APP)] = target  # the bare apps run with the same server settings
+    proc = subprocess.Popen(cmd, env={**os.environ, **env})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -32,7 +32,7 @@ log = logging.getLogger("orchestrator.board")
 COMMENT = Comment.__table__  # type: ignore[attr-defined]
 SEND = Send.__table__  # type: ignore[attr-defined]
 MEMBER = Member.__table__  # type: ignore[attr-defined]
-EVERY = 0.05  # seconds between publisher rounds: what changed reaches viewers within about this
+EVERY = 0.05  # seconds between the starts of two publisher rounds: what changed reaches viewers within about this
 SIDE_TTL = 1.0  # seconds the store's part of a snapshot (steps, draws, comments ticker) is reused
 REFRESH = 5.0  # seconds between snapshots of running events that did not change
 FUNNEL = (("reached", "kpi_reached"), ("scanned", "scanned"), ("joined", "joined"), ("reminded", "reminded"),
@@ -123,19 +123,25 @@ def _unconfirmed(conn: Any, event_id: str) -> dict[str, int]:
 
 
 _SIDES: dict[str, tuple[float, dict[str, Any]]] = {}
+_REFRESHING: dict[str, asyncio.Task[None]] = {}
 
 
 async def snapshot(redis: Redis, engine: Engine, event_id: str, fresh: bool = False) -> dict[str, Any]:
-    """The snapshot: Redis's counts as they are now, the store's part as of at most SIDE_TTL ago."""
+    """The snapshot: Redis's counts as they are now, the store's part as of about SIDE_TTL ago.
+
+    The store's part is read again in the background when it is older than SIDE_TTL, and the
+    snapshot meanwhile uses the one it has, so a slow read never holds up the counts; when the new
+    one differs, the event is marked for the publisher's next round. `fresh` waits for a new read.
+    """
     loop = asyncio.get_running_loop()
     hit = _SIDES.get(event_id)
-    if fresh or hit is None or hit[0] < loop.time():
+    if fresh or hit is None:
         side = await asyncio.to_thread(_store_side, engine, event_id)
-        if len(_SIDES) > 100:
-            _SIDES.clear()
-        _SIDES[event_id] = (loop.time() + SIDE_TTL, side)
+        _keep_side(event_id, side, loop.time())
     else:
         side = hit[1]
+        if hit[0] < loop.time() and event_id not in _REFRESHING:
+            _REFRESHING[event_id] = asyncio.create_task(_refresh_side(redis, engine, event_id, side))
     figures = await Funnel(redis).figures(event_id, [g["id"] for g in side["guides"]], [v["id"] for v in side["variants"]])
     totals = figures["totals"]
     kpi = side["kpi"]
@@ -167,6 +173,32 @@ async def snapshot(redis: Redis, engine: Engine, event_id: str, fresh: bool = Fa
             "per_variant": variants, "comparison": comparison, "per_minute": figures["minutes"]}
 
 
+def _keep_side(event_id: str, side: dict[str, Any], now: float) -> None:
+    if len(_SIDES) > 100:
+        _SIDES.clear()
+    _SIDES[event_id] = (now + SIDE_TTL, side)
+
+
+def _news(side: dict[str, Any]) -> dict[str, Any]:
+    """The store's part without what only says the time (which the publisher's rounds carry anyway)."""
+    out = {k: v for k, v in side.items() if k not in ("now", "window")}
+    if out.get("next_draw"):
+        out["next_draw"] = {k: v for k, v in out["next_draw"].items() if k != "in_seconds"}
+    return out
+
+
+async def _refresh_side(redis: Redis, engine: Engine, event_id: str, before: dict[str, Any]) -> None:
+    try:
+        side = await asyncio.to_thread(_store_side, engine, event_id)
+        _keep_side(event_id, side, asyncio.get_running_loop().time())
+        if _news(side) != _news(before):
+            await Funnel(redis).mark_dirty(event_id)
+    except Exception:  # kept for the next round: the snapshot goes on with the part it has
+        log.exception("the board's store part of %s was not read", event_id)
+    finally:
+        _REFRESHING.pop(event_id, None)
+
+
 async def publish(redis: Redis, engine: Engine, event_id: str) -> dict[str, Any]:
     snap = await snapshot(redis, engine, event_id)
     text = json.dumps(snap, ensure_ascii=False, separators=(",", ":"))
@@ -183,11 +215,13 @@ def _running(engine: Engine) -> list[str]:
 
 
 async def publisher(redis: Redis, engine: Engine) -> None:
-    """Publish changed events several times a second and running ones every few seconds, forever."""
+    """Publish changed events every EVERY seconds and running ones every REFRESH seconds anyway (the
+    countdown and the SOP cue move with the clock), forever."""
     f = Funnel(redis)
     last_refresh = 0.0
     loop = asyncio.get_running_loop()
     while True:
+        began = loop.time()
         try:
             due = set(await f.take_dirty())
             if loop.time() - last_refresh >= REFRESH:
@@ -199,4 +233,4 @@ async def publisher(redis: Redis, engine: Engine) -> None:
             raise
         except Exception:  # the board must outlive a hiccup of the store or of one event
             log.exception("board publisher round failed; trying again")
-        await asyncio.sleep(EVERY)
+        await asyncio.sleep(max(0.0, began + EVERY - loop.time()))  # rounds start EVERY apart, however long one took

@@ -118,6 +118,10 @@ class Funnel:
             per_minute[step] = {(k.decode() if isinstance(k, bytes) else k): int(n) for k, n in raw.items() if k not in (b"", "")}
         return {"totals": totals, "gmv_fen": int(next(it) or 0), "guides": per_guide, "variants": per_variant, "minutes": per_minute}
 
+    async def mark_dirty(self, event_id: str) -> None:
+        """Have the publisher send the event's snapshot again (something outside the counters changed)."""
+        await self.redis.sadd(DIRTY, event_id)  # type: ignore[misc]
+
     async def take_dirty(self) -> list[str]:
         """The events that changed since the last call (each taken by one caller)."""
         taken = await self.redis.spop(DIRTY, 1000)  # type: ignore[misc]

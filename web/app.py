@@ -25,6 +25,7 @@ from orchestrator.instream import InStream
 from orchestrator.pool import Pool
 from orchestrator.scans import Resolver
 from orchestrator.settings import Settings
+from orchestrator.steadygc import steady_gc
 from orchestrator.store import make_engine
 from orchestrator.wecom import WeComClient
 from orchestrator.wecom_crypto import WeComCrypto
@@ -110,4 +111,6 @@ def create_app(settings: Settings) -> Starlette:
 
 def app_from_env() -> Starlette:
     """The app with settings from the environment (uvicorn's factory in `orchestrator web`)."""
-    return create_app(Settings.from_env())
+    app = create_app(Settings.from_env())
+    steady_gc()  # a process of its own: what exists now lives as long as it does
+    return app

@@ -1,10 +1,10 @@
 """The host board: `GET /board/<event>?t=<token>` (the page) and its websocket `/board/<event>/ws?t=`.
 
-Each web process keeps one Redis subscription per event that has viewers here and hands every
-published snapshot to each viewer. A viewer holds at most one snapshot waiting: a newer one
-replaces it (a slow viewer skips ahead to the latest), and a viewer that cannot take a message
-within SEND_WITHIN seconds is dropped, so nobody slows the others. On connect a viewer gets the
-latest snapshot at once (from Redis, or built now when the event has none yet).
+Each web process keeps one Redis subscription per event that has viewers here and numbers the
+snapshots it gets. A viewer gets the whole snapshot when it connects, then patches: the top-level
+parts that changed since the version it has (`{"patch": {...}, "gone": [...]}`). Whatever came
+meanwhile, a viewer is sent one message that brings it to the newest (a slow viewer skips ahead),
+and one that cannot take a message within SEND_WITHIN seconds is dropped, so nobody slows the others.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import secrets
 from typing import Any
@@ -29,17 +30,106 @@ log = logging.getLogger("web.board")
 SEND_WITHIN = 10.0
 
 
-class Viewer:
-    def __init__(self, ws: WebSocket) -> None:
-        self.ws = ws
-        self.waiting: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
-        self.skipped = 0
+class Screen:
+    """What this process last got of an event's snapshot: the text, and each top-level part's JSON,
+    numbered, with the few versions before it, so a viewer that has version n gets only the parts
+    that changed since n (a "patch"), and one further behind gets the whole snapshot."""
 
-    def offer(self, text: str) -> None:
-        if self.waiting.full():  # never queue more than the latest: skip ahead
-            self.waiting.get_nowait()
-            self.skipped += 1
-        self.waiting.put_nowait(text)
+    KEEP = 8
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.full = ""
+        self.parts: dict[str, str] = {}
+        self.history: dict[int, dict[str, str]] = {}
+        self._patches: dict[int, str] = {}  # from version -> the patch to the current one
+
+    def take(self, text: str) -> None:
+        snap = json.loads(text)
+        self.version += 1
+        self.full = text
+        self.parts = {k: json.dumps(v, ensure_ascii=False, separators=(",", ":")) for k, v in snap.items()}
+        self.history[self.version] = self.parts
+        self.history.pop(self.version - self.KEEP, None)
+        self._patches.clear()
+
+    def message_for(self, has: int) -> str | None:
+        """What a viewer holding version `has` (0: nothing) needs to be current; None when it is."""
+        if has == self.version:
+            return None
+        patch = self._patches.get(has)
+        if patch is not None:
+            return patch
+        before = self.history.get(has)
+        if before is None:
+            return self.full
+        changed = [f"{json.dumps(k, ensure_ascii=False)}:{v}" for k, v in self.parts.items() if before.get(k) != v]
+        gone = [k for k in before if k not in self.parts]
+        patch = '{"patch":{' + ",".join(changed) + "}" + (f',"gone":{json.dumps(gone, ensure_ascii=False)}' if gone else "") + "}"
+        self._patches[has] = patch
+        return patch
+
+
+class Viewer:
+    """One board websocket: the version it has, and the send still in flight, if any (latest wins:
+    however many snapshots came meanwhile, it is then sent one message that brings it to the newest)."""
+
+    def __init__(self, ws: WebSocket, screen: Screen) -> None:
+        self.ws = ws
+        self.screen = screen
+        self.has = 0
+        self.sending: asyncio.Task[None] | None = None  # a send that could not finish at once
+        self.sending_since = 0.0
+        self.visit: asyncio.Task[None] | None = None  # what ends the visit: reading until the viewer leaves
+        self.gone = False
+
+    def catch_up(self) -> None:
+        """Send what brings the viewer to the newest version, unless a send is in flight (it catches up when done).
+
+        The send is driven right here: on a connection that takes it, uvicorn's send finishes without
+        waiting, so a snapshot goes to every viewer in one plain loop (a task per viewer per message
+        costs twice as much: ../shared/PERFORMANCE.md). Only a send that has to wait (the viewer's
+        buffer is full) becomes a task, which catches up again when it is done.
+        """
+        if self.sending is not None or self.gone:
+            return
+        version = self.screen.version
+        text = self.screen.message_for(self.has)
+        if text is None:
+            return
+        send = self.ws.send_text(text)
+        try:
+            waits_for = send.send(None)
+        except StopIteration:
+            self.has = version
+            return
+        except Exception:  # the connection is gone: its visit ends by itself
+            self.gone = True
+            return
+        self.sending_since = asyncio.get_running_loop().time()
+        self.sending = asyncio.create_task(self._finish(send, waits_for, version))
+
+    async def _finish(self, send: Any, waits_for: Any, version: int) -> None:
+        try:
+            while True:
+                if waits_for is None:  # a bare yield: the coroutine only let others run
+                    await asyncio.sleep(0)
+                else:
+                    await waits_for
+                try:
+                    waits_for = send.send(None)
+                except StopIteration:
+                    break
+        except asyncio.CancelledError:
+            send.close()
+            raise
+        except Exception:
+            send.close()
+            self.gone = True
+            return
+        self.sending = None
+        self.has = version
+        self.catch_up()
 
 
 VIEWERS = "orch:viewers:"  # + a process id: a hash event -> viewers connected to that process
@@ -50,6 +140,7 @@ class Hub:
     def __init__(self, redis: Any) -> None:
         self.redis = redis
         self.viewers: dict[str, set[Viewer]] = {}
+        self.screens: dict[str, Screen] = {}
         self.readers: dict[str, asyncio.Task[None]] = {}
         self.key = VIEWERS + secrets.token_hex(6)
         self._changed = asyncio.Event()
@@ -58,6 +149,9 @@ class Hub:
     @property
     def count(self) -> int:
         return sum(len(v) for v in self.viewers.values())
+
+    def screen(self, event_id: str) -> Screen:
+        return self.screens.setdefault(event_id, Screen())
 
     def join(self, event_id: str, viewer: Viewer) -> None:
         self.viewers.setdefault(event_id, set()).add(viewer)
@@ -73,15 +167,28 @@ class Hub:
         if not left and event_id in self.readers:
             self.readers.pop(event_id).cancel()
             self.viewers.pop(event_id, None)
+            self.screens.pop(event_id, None)
         self._changed.set()
+
+    def show(self, event_id: str, text: str) -> None:
+        """A new snapshot of the event: every viewer here is sent what it lacks of it."""
+        screen = self.screens.get(event_id)
+        if screen is None:
+            return
+        screen.take(text)
+        for viewer in list(self.viewers.get(event_id, ())):
+            viewer.catch_up()
 
     async def _report(self) -> None:
         """Keep this process's viewers per event in Redis (for /metrics of any process): at once
-        after a change, every BEAT seconds anyway; a process that dies leaves it for 3 beats."""
+        after a change, every BEAT seconds anyway; a process that dies leaves it for 3 beats.
+        Also drops the viewers that have been taking a message for more than SEND_WITHIN seconds."""
+        loop = asyncio.get_running_loop()
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), BEAT)
+                await asyncio.wait_for(self._changed.wait(), min(BEAT, SEND_WITHIN / 2))
             self._changed.clear()
+            self._drop_stuck(loop.time())
             counts = {event_id: len(v) for event_id, v in self.viewers.items() if v}
             try:
                 async with self.redis.pipeline(transaction=True) as pipe:
@@ -93,6 +200,14 @@ class Hub:
             except Exception as e:  # Redis away for a moment: the next beat reports again
                 log.warning("board viewers not reported: %s", e)
 
+    def _drop_stuck(self, now: float) -> None:
+        for event_id, viewers in self.viewers.items():
+            for viewer in viewers:
+                if viewer.sending is not None and now - viewer.sending_since > SEND_WITHIN and viewer.visit is not None:
+                    log.warning("board viewer of %s dropped: it took more than %.0f s to take a snapshot", event_id, SEND_WITHIN)
+                    viewer.sending.cancel()
+                    viewer.visit.cancel()
+
     async def _read(self, event_id: str) -> None:
         pubsub = self.redis.pubsub()
         try:
@@ -101,9 +216,7 @@ class Hub:
                 if message.get("type") != "message":
                     continue
                 data = message["data"]
-                text = data.decode() if isinstance(data, bytes) else str(data)
-                for viewer in list(self.viewers.get(event_id, ())):
-                    viewer.offer(text)
+                self.show(event_id, data.decode() if isinstance(data, bytes) else str(data))
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
@@ -139,40 +252,34 @@ async def board_socket(ws: WebSocket) -> None:
         await ws.close(code=4403)
         return
     await ws.accept()
-    viewer = Viewer(ws)
     hub: Hub = state.hub
+    screen = hub.screen(event_id)
+    viewer = Viewer(ws, screen)
     hub.join(event_id, viewer)
-    tasks: list[asyncio.Task[Any]] = []
     try:
-        latest = await state.redis.get(channel(event_id))
-        if latest is None:
-            import json
-
-            latest = json.dumps(await publish(state.redis, state.engine, event_id), ensure_ascii=False)
-        viewer.offer(latest.decode() if isinstance(latest, bytes) else latest)
-        receiving = asyncio.create_task(ws.receive_text())  # notices a closed connection
-        tasks.append(receiving)
-        while True:
-            sending = asyncio.create_task(viewer.waiting.get())
-            tasks.append(sending)
-            done, _ = await asyncio.wait({sending, receiving}, return_when=asyncio.FIRST_COMPLETED)
-            if receiving in done:
-                sending.cancel()
-                receiving.result()  # raises WebSocketDisconnect when the viewer left
-                receiving = asyncio.create_task(ws.receive_text())
-                tasks.append(receiving)
-                continue
-            try:
-                await asyncio.wait_for(ws.send_text(sending.result()), SEND_WITHIN)
-            except asyncio.TimeoutError:
-                log.warning("board viewer of %s dropped: it took more than %.0f s to take a snapshot", event_id, SEND_WITHIN)
-                return
+        if not screen.version:  # the first viewer here: the latest snapshot from Redis, or one built now
+            latest = await state.redis.get(channel(event_id))
+            if not screen.version:
+                if latest is None:
+                    latest = json.dumps(await publish(state.redis, state.engine, event_id), ensure_ascii=False, separators=(",", ":"))
+                hub.show(event_id, latest.decode() if isinstance(latest, bytes) else latest)
+        viewer.catch_up()
+        viewer.visit = asyncio.create_task(_until_closed(ws))
+        await asyncio.wait((viewer.visit,))  # ends when the viewer leaves, or is dropped
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:
         hub.leave(event_id, viewer)
-        for task in tasks:
-            if not task.done():
+        for task in (viewer.visit, viewer.sending):
+            if task is not None and not task.done():
                 task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+                with contextlib.suppress(BaseException):
+                    await task
+
+
+async def _until_closed(ws: WebSocket) -> None:
+    """Read (and ignore) what the viewer sends until it leaves."""
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return

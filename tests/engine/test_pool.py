@@ -31,6 +31,7 @@ from orchestrator.cli import cli
 from orchestrator.errors import OrchestratorError, UnknownEvent
 from orchestrator.pool import Pool, add_group, groups_of
 from orchestrator.scans import scan_counts
+from orchestrator.webserver import command
 from orchestrator.settings import Settings
 from orchestrator.store import ScanCode
 from tests.engine.conftest import arq_pool
@@ -87,8 +88,7 @@ class WebProcess:
     def __init__(self, env: dict[str, str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "web.app:app_from_env", "--factory", "--port", str(self.port),
-                                      "--log-level", "warning"], env={**os.environ, **env})
+        self.proc = subprocess.Popen(command(self.port), env={**os.environ, **env})
 
     def wait(self, timeout: float = 30.0) -> None:
         import urllib.request

@@ -79,7 +79,18 @@
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const ws = new WebSocket(`${scheme}://${location.host}/board/${encodeURIComponent(event)}/ws?t=${encodeURIComponent(token)}`);
     ws.onopen = () => { $("conn").className = "conn on"; wait = 500; };
-    ws.onmessage = (m) => render(JSON.parse(m.data));
+    let state = null;
+    ws.onmessage = (m) => {  // the whole snapshot first, then patches: the parts that changed
+      const d = JSON.parse(m.data);
+      if (d.patch) {
+        if (!state) return;
+        Object.assign(state, d.patch);
+        (d.gone || []).forEach((k) => delete state[k]);
+      } else {
+        state = d;
+      }
+      render(state);
+    };
     ws.onclose = () => { $("conn").className = "conn off"; setTimeout(connect, wait); wait = Math.min(wait * 2, 10000); };
   }
   connect();
