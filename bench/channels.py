@@ -7,7 +7,7 @@ all) and skips a channel whose function is not written yet.
          as real reminders are), through AliyunSmsTransport.send_batch in batches of fanout.BATCH on
          stages.LANES concurrent lanes, as the drain calls it; beside it, a bare aiohttp loop sending
          the same signed requests (signed beforehand, outside the timing) at the same concurrency. The
-         fake Aliyun (tests/engine/fake_aliyun.py, V3/V1 signatures checked) runs in its own process.
+         fake Aliyun (orchestrator/fakes/aliyun_sms.py, V3/V1 signatures checked) runs in its own process.
          Rates are N over the wall time of the run, beside the client process's CPU time per send
          (both sides share one fake, which checks every signature and is usually the bottleneck).
 
@@ -109,10 +109,10 @@ async def _sms_bare_run(settings: Settings, messages: list[Outgoing]) -> tuple[f
 
 
 def bench_sms(args: argparse.Namespace) -> None:
-    from tests.engine.fake_aliyun import ACCESS_KEY_ID, ACCESS_KEY_SECRET
+    from orchestrator.fakes.aliyun_sms import ACCESS_KEY_ID, ACCESS_KEY_SECRET
 
     n = args.recipients
-    proc = subprocess.Popen([sys.executable, "-m", "tests.engine.fake_aliyun"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.fakes.aliyun_sms"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         base = f"http://127.0.0.1:{int(proc.stdout.readline())}"
@@ -149,7 +149,7 @@ class _FakeSmtpProcess:
     """tests/engine/fake_smtp.py in its own process, asked for its counts over stdin/stdout."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.engine.fake_smtp"], cwd=ROOT, stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "orchestrator.fakes.smtp"], cwd=ROOT, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())

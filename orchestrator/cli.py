@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
@@ -19,7 +20,7 @@ import click
 from rich.console import Console
 
 from orchestrator.diagnostics import Diagnostic
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.i18n import _, language_from_env, set_language
 from orchestrator.load import LoadedPlaybook
 from orchestrator.plan import localize, plan
@@ -98,14 +99,21 @@ def cli(lang: str | None) -> None:
 @click.option("--strict", is_flag=True, help="Fail on warnings too.")
 @click.option("--json", "as_json", is_flag=True, help="Print findings as JSON.")
 @click.option("--start", help="Check as if the live started at this moment (ISO 8601).")
-def validate(files: tuple[str, ...], strict: bool, as_json: bool, start: str | None) -> None:
+@click.option("--offline", is_flag=True, help="Do not ask the platforms (with ORCH_SMS_* set, SMS templates and signs are checked on Aliyun).")
+def validate(files: tuple[str, ...], strict: bool, as_json: bool, start: str | None, offline: bool) -> None:
     """Check playbooks; print every problem as file:line:col: message."""
     moment = _start_option(start)
     failed = False
     out = _console()
     results: list[dict[str, Any]] = []
+    platforms = None if offline else _platform_settings()
     for file in files:
-        _loaded, diags = _check(file, moment)
+        loaded, diags = _check(file, moment)
+        if platforms is not None and loaded is not None and not any(d.is_error for d in diags):
+            from orchestrator.diagnostics import sorted_diagnostics
+            from orchestrator.smstemplates import check as check_sms
+
+            diags = sorted_diagnostics(diags + asyncio.run(check_sms(platforms, loaded)))
         errors = sum(d.is_error for d in diags)
         warnings = len(diags) - errors
         failed |= bool(errors) or (strict and bool(warnings))
@@ -117,6 +125,16 @@ def validate(files: tuple[str, ...], strict: bool, as_json: bool, start: str | N
     if as_json:
         click.echo(json.dumps(results, ensure_ascii=False, indent=2))
     sys.exit(1 if failed else 0)
+
+
+def _platform_settings() -> Settings | None:
+    """The settings, when they let `validate` ask Aliyun about SMS templates (else None: nothing to ask)."""
+    try:
+        settings = Settings.from_env()
+    except ConfigError as e:
+        click.echo(_("warning: the settings are unusable ({error}); the platforms are not asked").format(error=e), err=True)
+        return None
+    return settings if settings.sms_on else None
 
 
 @cli.command("plan")
@@ -243,7 +261,8 @@ def render(file: str, step: str, member_id: str | None, start: str | None) -> No
 @click.option("--dir", "directory", default="demo-event", show_default=True, type=click.Path(file_okay=False), help="Where to write the template when no example is at hand.")
 @click.option("--seconds", default=90.0, show_default=True, help="About how long, in real seconds, the whole timeline takes.")
 @click.option("--port", default=8000, show_default=True, help="Port of the web app started beside the worker (posters, scans, join pages); 0: none.")
-def demo(playbook_file: str | None, directory: str, seconds: float, port: int) -> None:
+@click.option("--fake-platforms", is_flag=True, help="Deliver SMS, e-mail and WeCom tasks to local fakes of the platforms through the real clients.")
+def demo(playbook_file: str | None, directory: str, seconds: float, port: int, fake_platforms: bool) -> None:
     """Rehearse a whole event on this machine: plan it, run it on a fast clock, show it live, write the report."""
     from orchestrator.demo import run_demo
     from orchestrator.table import print_plan
@@ -269,12 +288,16 @@ def demo(playbook_file: str | None, directory: str, seconds: float, port: int) -
     out = _console()
     p = plan(loaded)
     print_plan(p, out)
-    with _services() as (settings, engine, url):
+    from orchestrator.demo import speed_for
+
+    with _fakes(fake_platforms, speed_for(p.steps[0].at, p.steps[-1].at, seconds)) as fakes, \
+            _services(fakes.env() if fakes else None) as (settings, engine, url):
         page = settings.data_path / "plan.html"
         settings.data_path.mkdir(parents=True, exist_ok=True)
         write_timeline(p, loaded, page)
         out.print(_("the timeline is drawn in {path}").format(path=page.resolve().as_uri()))
         result = asyncio.run(run_demo(settings, engine, url, Path(playbook_file), seconds=seconds, console=out, web_port=port or None))
+        _said_by_fakes(fakes, out)
     out.print(_("event {event} closed after {seconds:.0f} s").format(event=result.event_id, seconds=result.seconds))
     if result.report is not None:
         out.print(_("report: {path}").format(path=result.report.resolve().as_uri()))
@@ -304,7 +327,9 @@ def _open(url: str) -> Any:
 @click.option("--speed", type=float, default=600, show_default=True, help="Clock speed: 600 turns an event hour into 6 real seconds.")
 @click.option("--seed", type=int, default=1, show_default=True, help="The synthetic audience's seed: the same seed, the same audience.")
 @click.option("--port", default=8000, show_default=True, help="Port of the web app the audience and the board use.")
-def rehearse(file: str, speed: float, seed: int, port: int) -> None:
+@click.option("--fake-platforms", is_flag=True, help="Send SMS, e-mail and WeCom tasks through the real clients to local fakes of "
+              "Aliyun SMS, an SMTP server and WeCom (instead of the console log), and say what each received.")
+def rehearse(file: str, speed: float, seed: int, port: int, fake_platforms: bool) -> None:
     """Rehearse FILE on a fast clock with a synthetic audience on the real endpoints: posters
     scanned, groups joined, the room entered, comments, deposits, orders; the board shows it live."""
     from orchestrator.demo import run_demo
@@ -312,20 +337,40 @@ def rehearse(file: str, speed: float, seed: int, port: int) -> None:
     _speed_option(speed)
     _checked_or_exit(file, None)  # errors printed, exit 1
     out = _console()
-    with _services() as (settings, engine, url):
+    with _fakes(fake_platforms, speed) as fakes, _services(fakes.env() if fakes else None) as (settings, engine, url):
         result = asyncio.run(run_demo(settings, engine, url, Path(file), seconds=0, console=out, web_port=port, speed=speed, seed=seed))
+        _said_by_fakes(fakes, out)
     out.print(_("event {event} closed after {seconds:.0f} s").format(event=result.event_id, seconds=result.seconds))
     if result.report is not None:
         out.print(_("report: {path}").format(path=result.report.resolve().as_uri()))
 
 
 @contextlib.contextmanager
-def _services() -> Iterator[tuple[Settings, Any, str]]:
-    """Settings, the migrated store and a Redis URL (the embedded server when REDIS_URL is unset)."""
+def _fakes(wanted: bool, speed: float) -> Iterator[Any]:
+    """The platforms' fakes for a rehearsal at `speed` when `wanted` (else None)."""
+    if not wanted:
+        yield None
+        return
+    from orchestrator.fakes.platforms import running
+
+    with running(speed) as fakes:
+        yield fakes
+
+
+def _said_by_fakes(fakes: Any, out: Console) -> None:
+    if fakes is not None:
+        out.print(_("what the fake platforms received:"))
+        for line in fakes.summary():
+            out.print("  " + line)
+
+
+@contextlib.contextmanager
+def _services(overrides: dict[str, str] | None = None) -> Iterator[tuple[Settings, Any, str]]:
+    """Settings (the environment's, with `overrides`), the migrated store and a Redis URL (the embedded server when REDIS_URL is unset)."""
     from orchestrator.embedded_redis import redis_url
     from orchestrator.store import open_store
 
-    settings = Settings.from_env()
+    settings = Settings.from_env({**os.environ, **overrides} if overrides else None)
     engine = open_store(settings.database_url)
     try:
         with redis_url(settings.redis_url, settings.data_path) as url:
@@ -505,6 +550,9 @@ def worker(burst: bool, max_jobs: int) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     with _services() as (settings, engine, url):
         w = make_worker(settings, url, engine=engine, burst=burst, max_jobs=max_jobs)
+        from orchestrator.steadygc import steady_gc
+
+        steady_gc()  # a process of its own: what exists now lives as long as it does
         click.echo(_("worker running on {redis}; Ctrl-C stops it").format(redis=url), err=True)
         w.run()
 
@@ -515,8 +563,6 @@ def worker(burst: bool, max_jobs: int) -> None:
 @click.option("--workers", default=1, show_default=True, help="Web processes (they share nothing but the store and Redis).")
 def web(host: str, port: int, workers: int) -> None:
     """Serve the web app: poster scans and join pages (uvicorn; Ctrl-C stops it)."""
-    import os
-
     import uvicorn
 
     if workers < 1:
@@ -525,8 +571,9 @@ def web(host: str, port: int, workers: int) -> None:
         os.environ["REDIS_URL"] = url  # the processes share this Redis (the embedded one when REDIS_URL was unset)
         click.echo(_("web app on http://{host}:{port} ({n} processes); QR links point at {public}").format(
             host=host, port=port, n=workers, public=settings.public_url), err=True)
-        uvicorn.run("web.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="warning",
-                    access_log=False)
+        from orchestrator.webserver import APP, OPTIONS
+
+        uvicorn.run(APP, host=host, port=port, workers=workers, **OPTIONS)
 
 
 @cli.command()

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +27,7 @@ from sqlalchemy import Engine
 
 from orchestrator import eventlog, scheduling
 from orchestrator.settings import Settings
+from orchestrator.webserver import command
 from orchestrator.worker import make_worker, pool_for
 
 KIND_STYLE = {"scheduled": "bold", "fanout": "cyan", "step-done": "green", "live_start": "bold green", "live_end": "bold green",
@@ -56,8 +56,7 @@ class WebApp:
         env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": redis_url, "ORCH_DATA_DIR": settings.data_dir,
                "ORCH_PUBLIC_URL": settings.public_url, "ORCH_INGEST_SECRET": settings.ingest_secret or "",
                "ORCH_API_TOKEN": settings.api_token or ""}
-        self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "web.app:app_from_env", "--factory", "--host", "127.0.0.1",
-                                      "--port", str(port), "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(command(port), env=env, stdout=subprocess.DEVNULL)
 
     async def ready(self, timeout: float = 20.0) -> bool:
         import aiohttp
@@ -124,7 +123,7 @@ async def _run(settings: Settings, engine: Engine, redis_url: str, playbook: Pat
     try:
         result = await scheduling.schedule(engine, pool, settings, playbook, event_id=event_id, speed=speed, rehearsal=True)
         console.print(f"[bold]{p.title}[/] → event [bold]{event_id}[/]: {result.steps} steps, {result.audience} people, "
-                      f"clock ×{speed:,.0f} (an event day in {86400 / speed:.0f} s), channels → console")
+                      f"clock ×{speed:,.0f} (an event day in {86400 / speed:.0f} s), channels → {_deliveries(settings)}")
         ev = scheduling.get_event(engine, event_id)
         console.print(f"host board: [bold]{settings.public_url.rstrip('/')}/board/{event_id}?t={ev.board_key}[/]")
         crowd = None
@@ -152,6 +151,15 @@ async def _run(settings: Settings, engine: Engine, redis_url: str, playbook: Pat
     closing = [e for e in eventlog.entries(engine, event_id) if e["kind"] == "closed"]
     report = Path(closing[-1]["data"]["html"]) if closing and closing[-1]["data"] else None
     return DemoResult(event_id, report, Path(settings.data_dir) / "console" / f"{event_id}.jsonl", time.monotonic() - started)
+
+
+def _deliveries(settings: Settings) -> str:
+    """Where a rehearsal's channels go: the console, unless ORCH_ROUTES sends some elsewhere."""
+    from orchestrator.channels.registry import routes
+
+    table = routes(settings, "rehearsal")
+    elsewhere = {c: t for c, t in sorted(table.items()) if t != "console"}
+    return "console" + ("".join(f", {c} → {t}" for c, t in elsewhere.items()) if elsewhere else "")
 
 
 async def _follow(engine: Engine, event_id: str, tz: ZoneInfo, console: Console) -> None:

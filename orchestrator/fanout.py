@@ -147,11 +147,12 @@ async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: dateti
             continue
         for channel_name, group in _by_channel(items).items():
             rate = rates.get(Channel(channel_name)) if transport_name != "console" else None  # limits protect real peers
-            size = int(rate) if rate else len(group)
+            calls = getattr(transport, "calls", None)  # a transport whose one call carries many messages (a WeCom task per guide)
+            size = len(group) if calls is not None or not rate else int(rate)
             for i in range(0, len(group), size):
                 chunk = group[i:i + size]
                 if rate:
-                    await rt.limiter.acquire(channel_name, len(chunk), float(rate))
+                    await rt.limiter.acquire(channel_name, calls([m for _c, m in chunk]) if calls is not None else len(chunk), float(rate))
                 outcomes = await transport.send_batch([m for _c, m in chunk])
                 for (c, _m), outcome in zip(chunk, outcomes, strict=True):
                     results.append(result_of(c, outcome))

@@ -23,13 +23,13 @@ from sqlmodel import Session
 
 from orchestrator import draws, eventlog, jobs, ledger
 from orchestrator.bundle import Bundle, freeze, thaw
-from orchestrator.channels.registry import missing_routes
+from orchestrator.channels.registry import missing_routes, routes
 from orchestrator.clock import Clock
 from orchestrator.errors import EventConflict, OrchestratorError, PlaybookError, UnknownEvent
 from orchestrator.load import LoadedPlaybook
 from orchestrator.plan import Plan, localize, plan
 from orchestrator.pool import BadGroup, group_values
-from orchestrator.playbook import PER_MEMBER_CHANNELS
+from orchestrator.playbook import PER_MEMBER_CHANNELS, Channel
 from orchestrator.reach import is_excluded
 from orchestrator.settings import Settings
 from orchestrator.store import ChatGroup, Consent, Event, FrozenPlaybook, Guide, Member, ScanCode, Step, utc_now
@@ -110,6 +110,12 @@ async def schedule(engine: Engine, pool: ArqRedis, settings: Settings, path: str
     problems = missing_routes(settings, mode, used_channels(loaded))
     if problems:
         raise EventConflict("; ".join(problems))
+    if routes(settings, mode).get(Channel.SMS.value) == "aliyun_sms" and Channel.SMS.value in used_channels(loaded):
+        from orchestrator import smstemplates
+
+        unusable = await smstemplates.check(settings, loaded)  # an unknown or unapproved template fails now, not at the send
+        if unusable:
+            raise PlaybookError(unusable)
     bundle = freeze(path, loaded)
     p = plan(loaded, start)
     eid = event_id or loaded.playbook.id

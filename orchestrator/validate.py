@@ -356,6 +356,11 @@ def _copies(f: _Findings, loaded: LoadedPlaybook) -> None:
                     "this message only goes into groups (wecom_group), where one text reaches everyone: its copy cannot use '{name}'").format(name=name))
             if personal:
                 continue
+        if path[-1] == "copy" and Channel.WECOM_CUSTOMER in _channels_for(path, pb) and "member" in used_names(copy.source):
+            f.at_copy(copy, 1, "copy-personal-in-wecom-task", _(
+                "WeCom sends a guide's mass message as one text to all their customers: copy that uses 'member' makes a task per "
+                "customer, each confirmed by the guide in the app; greet them all alike (e.g. '亲爱的老客'), or leave wecom_customer out"),
+                Severity.WARNING)
         problems = check_copy(copy.source, names, incentive_ids)
         for p in problems:
             f.at_copy(copy, p.line, p.code, p.message)

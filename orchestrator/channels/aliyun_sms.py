@@ -120,9 +120,9 @@ def _host(url: URL) -> str:
 
 
 def v3_request(api: URL, access_key_id: str, secret: str, params: Mapping[str, str], *, moment: float | None = None,
-               nonce: str | None = None) -> tuple[str, URL, dict[str, str]]:
-    """(method, URL, headers) of a signed V3 SendSms call: the parameters in the query, an empty body."""
-    headers = {"host": _host(api), "x-acs-action": ACTION, "x-acs-version": API_VERSION,
+               nonce: str | None = None, action: str = ACTION) -> tuple[str, URL, dict[str, str]]:
+    """(method, URL, headers) of a signed V3 call (SendSms unless `action` says): the parameters in the query, an empty body."""
+    headers = {"host": _host(api), "x-acs-action": action, "x-acs-version": API_VERSION,
                "x-acs-date": utc_stamp(time.time() if moment is None else moment),
                "x-acs-signature-nonce": nonce or secrets.token_hex(16), "x-acs-content-sha256": EMPTY_SHA256}
     path = api.raw_path or "/"
@@ -131,9 +131,9 @@ def v3_request(api: URL, access_key_id: str, secret: str, params: Mapping[str, s
 
 
 def v1_request(api: URL, access_key_id: str, secret: str, params: Mapping[str, str], *, moment: float | None = None,
-               nonce: str | None = None) -> tuple[str, URL, dict[str, str]]:
-    """(method, URL, headers) of a signed V1 SendSms call: every parameter and the signature in the query of a GET."""
-    query = {**params, "AccessKeyId": access_key_id, "Action": ACTION, "Format": "JSON", "RegionId": "cn-hangzhou",
+               nonce: str | None = None, action: str = ACTION) -> tuple[str, URL, dict[str, str]]:
+    """(method, URL, headers) of a signed V1 call (SendSms unless `action` says): every parameter and the signature in the query of a GET."""
+    query = {**params, "AccessKeyId": access_key_id, "Action": action, "Format": "JSON", "RegionId": "cn-hangzhou",
              "SignatureMethod": "HMAC-SHA1", "SignatureNonce": nonce or secrets.token_hex(16), "SignatureVersion": "1.0",
              "Timestamp": utc_stamp(time.time() if moment is None else moment), "Version": API_VERSION}
     query["Signature"] = v1_signature(secret, "GET", query)
@@ -411,6 +411,32 @@ class AliyunSmsTransport:
             log.error("Aliyun SMS %s (%s). Every further SMS of this worker fails without a request until it restarts "
                       "with working credentials.", self.config_error, message[:200])
         return self._config_failure()
+
+    async def ask(self, action: str, params: Mapping[str, str]) -> dict[str, Any]:
+        """The JSON answer of one signed call of another action (QuerySmsTemplate, QuerySmsSign).
+
+        Wrong credentials raise ConfigError; no answer (network, timeout) raises ConnectionError.
+        """
+        from orchestrator.errors import ConfigError
+
+        build = v3_request if self.signature == "v3" else v1_request
+        method, url, headers = build(self.api, self.access_key_id, self._secret, params, action=action)
+        try:
+            async with self._client().request(method, url, headers=headers) as resp:
+                answer, status = await resp.read(), resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            raise ConnectionError(f"Aliyun SMS at {self.api} did not answer {action} ({type(e).__name__}: {e})") from e
+        try:
+            data = json.loads(answer.decode())
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise ConnectionError(f"Aliyun SMS at {self.api} answered {action} with HTTP {status} and no JSON: {answer[:200]!r}")
+        code = str(data.get("Code", ""))
+        if any(code == c or code.startswith(c + ".") for c in CREDENTIAL_CODES):
+            raise ConfigError(f"Aliyun answered {code} to {action}: check ORCH_SMS_ACCESS_KEY_ID / ORCH_SMS_ACCESS_KEY_SECRET"
+                              f"{' (the RAM user needs dysms:' + action + ')' if code.startswith('Forbidden') else ''}")
+        return data
 
     def _config_failure(self) -> Outcome:
         return Outcome("failed", error=self.config_error)

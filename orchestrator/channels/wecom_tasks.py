@@ -50,6 +50,10 @@ class WeComTaskTransport:
     async def send(self, message: Outgoing) -> Outcome:
         return (await self.send_batch([message]))[0]
 
+    def calls(self, messages: Sequence[Outgoing]) -> int:
+        """Platform calls a batch makes: one task per guide and text (what a channel's rate limit counts here)."""
+        return max(1, len({(m.extra.get("wecom_sender"), m.text) for m in messages}))
+
     async def send_batch(self, messages: Sequence[Outgoing]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(messages)
         now = datetime.now(CST)

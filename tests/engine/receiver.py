@@ -11,13 +11,13 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from orchestrator.channels.webhook import verify
+from orchestrator.fakes.serving import RunningApp
 
 
 @dataclass
@@ -101,45 +101,6 @@ class Receiver:
         for r in self.requests:
             out.setdefault(r.body["step"], Counter())[r.body["member"]["id"]] += 1
         return out
-
-
-class RunningApp:
-    """An aiohttp.web application on loopback, on its own thread and event loop, for a `with` block."""
-
-    def __init__(self, add_routes: Callable[[web.Application], None]) -> None:
-        self.add_routes = add_routes
-        self.base = ""
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.runner: web.AppRunner | None = None
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        app = web.Application()
-        self.add_routes(app)
-        self.runner = web.AppRunner(app, access_log=None)
-        self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        self.loop.run_until_complete(site.start())
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.base = f"http://127.0.0.1:{port}"
-        self.ready.set()
-        self.loop.run_forever()
-
-    def start(self) -> str:
-        self.thread.start()
-        self.ready.wait(10)
-        return self.base
-
-    def stop(self) -> None:
-        async def stop() -> None:
-            if self.runner is not None:
-                await self.runner.cleanup()
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 class RunningReceiver:

@@ -41,3 +41,22 @@ def test_the_demo_runs_an_event_to_its_report_on_embedded_defaults(tmp_path: Pat
     console_log = next((tmp_path / ".orchestrator" / "console").glob("*.jsonl")).read_text(encoding="utf-8").splitlines()
     assert console_log and all('"key"' in line for line in console_log)
     assert not (tmp_path / ".orchestrator" / "redis" / "port").exists(), "the embedded Redis was stopped"
+
+
+def test_a_rehearsal_with_fake_platforms_sends_through_the_real_clients(tmp_path: Path) -> None:
+    """`--fake-platforms`: SMS, e-mail and WeCom tasks leave through our real transports for local fakes, which say what they got."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "ORCH_DATA_DIR", "ORCH_ROUTES", "ORCH_WEBHOOK_URL")}
+    env |= {"ORCH_LANG": "en", "COLUMNS": "160"}
+    done = subprocess.run([sys.executable, "-c", "from orchestrator.cli import main; main()", "demo", "--seconds", "12", "--port", str(free_port()),
+                           "--fake-platforms"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-2000:]
+    assert "email → smtp, sms → aliyun_sms, wecom_customer → wecom_tasks" in out
+    sms = re.search(r"Aliyun SMS \(fake\): (\d+) messages to (\d+) numbers", out)
+    mail = re.search(r"SMTP \(fake\): (\d+) e-mails", out)
+    wecom = re.search(r"WeCom \(fake\): (\d+) mass-message tasks, (\d+) confirmed by their guides", out)
+    assert sms and mail and wecom, out[-2000:]
+    assert int(sms.group(1)) > 0 and int(mail.group(1)) > 0 and int(wecom.group(1)) > 0
+    assert wecom.group(1) == wecom.group(2), "every task was confirmed by its (fake) guide"
+    console_log = next((tmp_path / ".orchestrator" / "console").glob("*.jsonl")).read_text(encoding="utf-8")
+    assert '"channel": "sms"' not in console_log and '"channel":"sms"' not in console_log, "no SMS went to the console log"

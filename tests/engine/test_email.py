@@ -27,7 +27,7 @@ from orchestrator.settings import Settings
 from orchestrator.store import OptOut
 from tests.engine.conftest import arq_pool, running_worker, until
 from tests.engine.eventfiles import EventFiles, Person, crowd
-from tests.engine.fake_smtp import FakeSmtp
+from orchestrator.fakes.smtp import FakeSmtp
 from tests.engine.test_event_run import JUST_BEFORE, closed, run_event, sends, step_states
 from web.app import create_app
 

@@ -36,7 +36,7 @@ from orchestrator.store import Member as MemberRow
 from orchestrator.store import OptOut
 from tests.engine.conftest import arq_pool, running_worker, until
 from tests.engine.eventfiles import EventFiles, Person, crowd
-from tests.engine.fake_aliyun import ACCESS_KEY_ID, ACCESS_KEY_SECRET, FakeAliyunSms, RunningAliyunSms
+from orchestrator.fakes.aliyun_sms import ACCESS_KEY_ID, ACCESS_KEY_SECRET, FakeAliyunSms, RunningAliyunSms, Template
 from tests.engine.test_event_run import JUST_BEFORE, closed, sends
 
 MEMBER = MemberRow.__table__  # type: ignore[attr-defined]
@@ -51,13 +51,14 @@ def fake() -> Iterator[FakeAliyunSms]:
 
 
 async def run_event(engine: Engine, settings: Settings, redis_url: str, path: Path, *, edit: Callable[[str], None] | None = None,
-                    speed: float = 3600, timeout: float = 90, **kw: Any) -> str:
-    """Schedule, let `edit` change the store before any step runs, then run one worker until the event closes."""
+                    speed: float = 3600, timeout: float = 90, worker_settings: Settings | None = None, **kw: Any) -> str:
+    """Schedule, let `edit` change the store before any step runs, then run one worker (with `worker_settings`,
+    if given) until the event closes."""
     async with arq_pool(redis_url) as pool:
         result = await scheduling.schedule(engine, pool, settings, path, speed=speed, **kw)
     if edit is not None:
         edit(result.event_id)
-    async with running_worker(settings, redis_url, engine):
+    async with running_worker(worker_settings or settings, redis_url, engine):
         await until(closed(engine, result.event_id), timeout, f"event {result.event_id} to close")
     return result.event_id
 
@@ -220,7 +221,7 @@ def test_a_malformed_number_is_never_sent_and_its_row_says_why(tmp_path: Path, e
     assert rows["m000002"].attempts == 1
     assert {rows[m].state for m in ("m000001", "m000003", "m000004")} == {"sent"}
     assert sorted(a.phone for a in fake.snapshot()) == ["13800000001", "13800000003", "13800000004"]
-    assert fake.total_requests() == 3 and fake.answers["isv.MOBILE_NUMBER_ILLEGAL"] == 0
+    assert fake.actions["SendSms"] == 3 and fake.answers["isv.MOBILE_NUMBER_ILLEGAL"] == 0
 
 
 @pytest.mark.db
@@ -229,15 +230,17 @@ def test_a_wrong_secret_fails_the_rows_at_once_without_a_retry_storm(tmp_path: P
                                                                     caplog: pytest.LogCaptureFixture) -> None:
     people = crowd(40)
     path = EventFiles(people=people, preview=None, reminders=[("hour", "T-1h", "[sms]"), ("soon", "T-10m", "[sms]")]).write(tmp_path / "event")
-    settings = make_settings(**fake.env(secret="a-wrong-secret"))
+    # scheduled with working credentials (schedule checks the templates with them); the worker's secret is wrong
+    wrong = make_settings(**fake.env(secret="a-wrong-secret"))
     with caplog.at_level(logging.ERROR, logger="orchestrator.channels.aliyun_sms"):
-        event_id = asyncio.run(run_event(engine, settings, redis_url, path))
+        event_id = asyncio.run(run_event(engine, make_settings(**fake.env()), redis_url, path, worker_settings=wrong))
     rows = sends(engine, event_id)
     assert len(rows) == 2 * len(people) and {r.state for r in rows} == {"failed"}
     assert all(r.error.startswith("configuration:") and "ORCH_SMS_ACCESS_KEY_ID / ORCH_SMS_ACCESS_KEY_SECRET" in r.error for r in rows)
     assert {r.attempts for r in rows} == {1}, "never retried"
-    assert fake.total_requests() == 1, "one request found the credentials wrong; no other was made"
-    assert fake.answers == {"SignatureDoesNotMatch": 1} and fake.snapshot() == []
+    asked = fake.actions["QuerySmsTemplate"] + fake.actions["QuerySmsSign"]  # by schedule, with the right secret
+    assert asked == 2 and fake.total_requests() - asked == 1, "one request found the credentials wrong; no other was made"
+    assert fake.answers["SignatureDoesNotMatch"] == 1 and fake.actions["SendSms"] == 0 and fake.snapshot() == []  # none got past the signature
     assert len([r for r in caplog.records if "configuration" in r.getMessage()]) == 1, "logged once"
 
 
@@ -365,3 +368,131 @@ def test_the_transport_is_built_from_settings_and_is_not_idempotent(fake: FakeAl
     t = build_transports(make_settings(**fake.env(signature="v1")))["aliyun_sms"]
     assert isinstance(t, AliyunSmsTransport) and t.name == "aliyun_sms" and t.idempotent is False and t.signature == "v1"
     assert t.access_key_id == ACCESS_KEY_ID
+
+
+# --- templates and signs checked on the account before anything is sent ---------------------------------
+
+ACCOUNT = {"SMS_100001": Template("${name}，直播即将开始，回复TD退订", type=1), "SMS_100002": Template("${name}，直播预告，回复TD退订", type=1)}
+
+
+@pytest.fixture
+def account() -> Iterator[FakeAliyunSms]:
+    """An Aliyun account that has exactly the test playbooks' templates and sign, approved."""
+    with RunningAliyunSms(FakeAliyunSms(templates=dict(ACCOUNT), signs={"测试品牌": 1})) as f:
+        yield f
+
+
+def validate_with(fake: FakeAliyunSms, tmp_path: Path, *args: str) -> Any:
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    return CliRunner().invoke(cli, ["--lang", "en", "validate", *args], env={**fake.env(), "ORCH_DATA_DIR": str(tmp_path / "data")})
+
+
+def at_line(path: Path, needle: str, nth: int = 0) -> str:
+    """`file:line:` of the nth line of the playbook that holds `needle`."""
+    lines = [i for i, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1) if needle in text]
+    return f"{path}:{lines[nth]}:"
+
+
+def test_a_playbook_whose_templates_the_account_has_is_valid_and_each_is_asked_once(tmp_path: Path, account: FakeAliyunSms) -> None:
+    path = EventFiles(people=crowd(2)).write(tmp_path / "event")
+    result = validate_with(account, tmp_path, str(path))
+    assert result.exit_code == 0, result.output
+    assert account.total_requests() == 3, "two templates and one sign, each asked once (two reminders share a template)"
+
+
+def test_validate_names_an_unknown_template_and_one_under_review_at_their_lines(tmp_path: Path, account: FakeAliyunSms) -> None:
+    assert account.templates is not None
+    del account.templates["SMS_100002"]
+    account.templates["SMS_100001"] = Template(ACCOUNT["SMS_100001"].content, type=1, status=0)
+    path = EventFiles(people=crowd(2)).write(tmp_path / "event")
+    result = validate_with(account, tmp_path, str(path))
+    assert result.exit_code == 1
+    assert f"{at_line(path, 'SMS_100002')}" in result.output and "no usable template SMS_100002" in result.output
+    assert "isv.SMS_TEMPLATE_ILLEGAL" in result.output
+    for nth in (0, 1):  # both reminders use the template under review: each is named at its own line
+        assert at_line(path, "SMS_100001", nth) in result.output
+    assert "SMS_100001 is 审核中 (under review)" in result.output
+
+
+def test_validate_names_a_text_that_is_not_the_approved_one_and_an_unmarked_marketing_template(tmp_path: Path, account: FakeAliyunSms) -> None:
+    assert account.templates is not None
+    account.templates["SMS_100001"] = Template("${name}，今晚八点直播，回复TD退订", type=1)
+    path = EventFiles(people=crowd(2)).write(tmp_path / "event")
+    path.write_text(path.read_text(encoding="utf-8").replace("template_code: SMS_100002,", "template_code: SMS_100002, marketing: false,"),
+                    encoding="utf-8")
+    result = validate_with(account, tmp_path, str(path))
+    assert result.exit_code == 1
+    assert "is not template SMS_100001's approved text: ${name}，今晚八点直播，回复TD退订" in result.output
+    assert f"{at_line(path, 'SMS_100002')}" in result.output and "SMS_100002 is a marketing template (推广短信) on Aliyun" in result.output
+
+
+def test_validate_names_an_unknown_sign_and_one_not_approved(tmp_path: Path, account: FakeAliyunSms) -> None:
+    account.signs = {"测试品牌": 0}
+    path = EventFiles(people=crowd(2)).write(tmp_path / "event")
+    result = validate_with(account, tmp_path, str(path))
+    assert result.exit_code == 1 and "sign '测试品牌' is not approved yet" in result.output
+    account.signs = {}
+    result = validate_with(account, tmp_path, str(path))
+    assert result.exit_code == 1 and "Aliyun has no sign '测试品牌' on this account (isv.SMS_SIGNATURE_ILLEGAL" in result.output
+
+
+def test_validate_offline_asks_nobody(tmp_path: Path, account: FakeAliyunSms) -> None:
+    assert account.templates is not None
+    account.templates.clear()
+    path = EventFiles(people=crowd(2)).write(tmp_path / "event")
+    assert validate_with(account, tmp_path, "--offline", str(path)).exit_code == 0
+    assert account.total_requests() == 0
+
+
+def test_wrong_credentials_make_validate_a_configuration_error_after_one_request(tmp_path: Path, account: FakeAliyunSms) -> None:
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+    from orchestrator.errors import ConfigError
+
+    path = EventFiles(people=crowd(2)).write(tmp_path / "event")
+    result = CliRunner().invoke(cli, ["--lang", "en", "validate", str(path)], env={**account.env(secret="wrong"), "ORCH_DATA_DIR": str(tmp_path)})
+    assert isinstance(result.exception, ConfigError) and "SignatureDoesNotMatch" in str(result.exception)
+    assert "ORCH_SMS_ACCESS_KEY_SECRET" in str(result.exception)
+
+
+def test_an_aliyun_that_does_not_answer_is_an_error_not_a_pass(tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
+    import socket
+
+    from orchestrator import smstemplates
+    from orchestrator.validate import check
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    path = EventFiles(people=crowd(2)).write(tmp_path / "event")
+    loaded, _diags = check(path)
+    assert loaded is not None
+    settings = make_settings(ORCH_SMS_API=f"http://127.0.0.1:{port}/", ORCH_SMS_ACCESS_KEY_ID=ACCESS_KEY_ID, ORCH_SMS_ACCESS_KEY_SECRET="x")
+    found = asyncio.run(smstemplates.check(settings, loaded))
+    assert [d.code for d in found] == ["sms-unchecked"] and found[0].is_error and f"127.0.0.1:{port}" in found[0].message
+
+
+@pytest.mark.db
+def test_schedule_refuses_a_template_the_account_lacks_and_stores_nothing(tmp_path: Path, engine: Engine, redis_url: str,
+                                                                          account: FakeAliyunSms, make_settings: Callable[..., Settings]) -> None:
+    from orchestrator.errors import PlaybookError, UnknownEvent
+
+    assert account.templates is not None
+    del account.templates["SMS_100002"]
+    path = EventFiles(people=crowd(2)).write(tmp_path / "event")
+
+    async def go() -> None:
+        async with arq_pool(redis_url) as pool:
+            await scheduling.schedule(engine, pool, make_settings(**account.env(), ORCH_ROUTES=ROUTES), path)
+
+    with pytest.raises(PlaybookError) as refused:
+        asyncio.run(go())
+    assert [d.code for d in refused.value.diagnostics] == ["sms-template-unknown"]
+    assert str(refused.value).startswith(at_line(path, "SMS_100002"))
+    with pytest.raises(UnknownEvent):
+        scheduling.get_event(engine, "engine-test")
+    assert not [a for a in account.snapshot()], "nothing was sent"

@@ -27,7 +27,7 @@ from orchestrator.wecom import WeComClient, WeComError
 from orchestrator.wecom_crypto import CallbackRejected, WeComCrypto, parse_event
 from orchestrator.wecomjoins import open_join_ways
 from tests.engine.eventfiles import EventFiles, crowd
-from tests.engine.fake_wecom import AES_KEY, CORP_ID, SECRET, TOKEN, FakeWeCom, RunningWeCom
+from orchestrator.fakes.wecom import AES_KEY, CORP_ID, SECRET, TOKEN, FakeWeCom, RunningWeCom
 from tests.engine.test_event_run import run_event, step_states
 from tests.engine.test_pool import WebProcess, codes_of, quiet, schedule
 

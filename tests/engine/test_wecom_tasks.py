@@ -14,7 +14,7 @@ from orchestrator.settings import Settings
 from orchestrator.store import LogEntry
 from tests.engine.conftest import arq_pool, running_worker, until
 from tests.engine.eventfiles import EventFiles, crowd
-from tests.engine.fake_wecom import FakeWeCom, RunningWeCom
+from orchestrator.fakes.wecom import FakeWeCom, RunningWeCom
 from tests.engine.test_event_run import JUST_BEFORE, sends
 
 LOG = LogEntry.__table__  # type: ignore[attr-defined]

@@ -359,3 +359,15 @@ def test_a_message_allowed_in_quiet_hours_is_a_warning_not_an_error(tmp_path: Pa
     strict = runner.invoke(cli, ["--lang", "en", "validate", "--strict", str(path)])
     assert strict.exit_code == 1
     assert f"{path}:54:11: warning: reminder:hour at 22:00 goes out in quiet hours" in strict.stdout
+
+
+def test_personal_copy_for_wecom_tasks_is_a_warning_at_the_copy(tmp_path: Path) -> None:
+    path = write_playbook(tmp_path, (("channels: [sms, console]", "channels: [sms, wecom_customer]"),))
+    diags = findings(path)
+    assert not any(d.is_error for d in diags)
+    personal = [d for d in diags if d.code == "copy-personal-in-wecom-task"]
+    assert [(d.line, d.col) for d in personal] == [(56, 13)]
+    assert "a task per customer" in personal[0].message
+    generic = write_playbook(tmp_path / "generic", (("channels: [sms, console]", "channels: [sms, wecom_customer]"),
+                                                    ('copy: "{{ member.name }}', 'copy: "老朋友')))
+    assert not [d for d in findings(generic) if d.code == "copy-personal-in-wecom-task"]

@@ -172,7 +172,8 @@ def test_spring_reminders_render_chinese_copy_per_channel() -> None:
     wecom = render_step(loaded, "reminder:eve", wecom_id)
     guide = next(g for g in loaded.guides if g.id == loaded.members[wecom_id].guide)
     assert wecom.channel == "wecom_customer"
-    assert wecom.text.startswith(loaded.members[wecom_id].name) and guide.name in wecom.text
+    assert wecom.text.startswith("老朋友您好，") and guide.name in wecom.text
+    assert loaded.members[wecom_id].name not in wecom.text, "one WeCom text goes to all of a guide's customers: no names"
 
     email_id = _member(loaded, EMAIL, SMS | WECOM, guide=False)
     email = render_step(loaded, "reminder:eve", email_id)

@@ -1,17 +1,19 @@
-"""A fake Aliyun SMS API on loopback that speaks `SendSms` (version 2017-05-25) as ../shared/PLATFORMS.md
-describes it: V3 (ACS3-HMAC-SHA256, `Authorization` header) and V1 (HMAC-SHA1, `Signature` query
+"""A fake Aliyun SMS API on loopback that speaks `SendSms`, `QuerySmsTemplate` and `QuerySmsSign`
+(version 2017-05-25) as ../shared/PLATFORMS.md and Aliyun's API reference describe them: V3 (ACS3-HMAC-SHA256, `Authorization` header) and V1 (HMAC-SHA1, `Signature` query
 parameter) requests, both checked against the secret it was given.
 
 Signatures are verified by recomputation written here from the public spec, not with the
 transport's signer, so a bug in ours shows up as `SignatureDoesNotMatch`. Errors come as Aliyun's
 gateway sends them: HTTP 400 `SignatureDoesNotMatch`, 404 `InvalidAccessKeyId.NotFound`, 400
 `MissingPhoneNumbers`; business errors as HTTP 200 with a `Code` (`isv.MOBILE_NUMBER_ILLEGAL`,
-`isv.BUSINESS_LIMIT_CONTROL` past `daily_limit` per number, sign and template, ...).
+`isv.BUSINESS_LIMIT_CONTROL` past `daily_limit` per number, sign and template, ...). Given
+`templates` and `signs`, it is an account that has those (with their review status) and no others;
+without, any template and sign is an approved one.
 
 Tests steer it: `fail_next` queues (code, HTTP status) answers, `hang` delays every answer, and
 read `accepted` (one entry per number of each accepted call), `requests` and `counts`.
 
-Runs on a thread (`RunningAliyunSms`) or in its own process: `python -m tests.engine.fake_aliyun`
+Runs on a thread (`RunningAliyunSms`) or in its own process: `python -m orchestrator.fakes.aliyun_sms`
 prints its port and serves until killed.
 """
 
@@ -34,6 +36,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from aiohttp import web
+
+from orchestrator.fakes.serving import RunningApp
 
 ACCESS_KEY_ID = "LTAI5tFakeSmsKeyForTests"
 ACCESS_KEY_SECRET = "fake-sms-secret-for-tests"
@@ -64,17 +68,35 @@ class Accepted:
 
 
 @dataclass
+class Template:
+    """A template of the fake account, as the SMS console shows it (the text without the sign)."""
+
+    content: str
+    type: int = 0  # TemplateType: 0 notification, 1 marketing (推广), 2 verification code
+    status: int = 1  # TemplateStatus: 0 under review, 1 approved, 2 rejected
+    reason: str = ""
+
+    @property
+    def params(self) -> set[str]:
+        return set(re.findall(r"\$\{(\w+)\}", self.content))
+
+
+ACTIONS = ("SendSms", "QuerySmsTemplate", "QuerySmsSign")
+
+
+@dataclass
 class FakeAliyunSms:
     access_key_id: str = ACCESS_KEY_ID
     secret: str = ACCESS_KEY_SECRET
     daily_limit: int = 50  # per number, sign and template, a day
-    templates: dict[str, set[str]] | None = None  # approved template code -> its parameter names; None: any
-    signs: set[str] | None = None  # approved sign names; None: any
+    templates: dict[str, Template] | None = None  # the account's templates by code; None: any code is an approved template
+    signs: dict[str, int] | None = None  # the account's sign names -> SignStatus (0 under review, 1 approved, 2 rejected); None: any
     hang: float = 0.0  # seconds before each answer
     fail_next: list[tuple[str, int]] = field(default_factory=list)  # (Code, HTTP status) answered to the next requests
     accepted: list[Accepted] = field(default_factory=list)
     requests: Counter[str] = field(default_factory=Counter)  # v3 | v1 | unsigned -> requests seen
     answers: Counter[str] = field(default_factory=Counter)  # Code -> times answered
+    actions: Counter[str] = field(default_factory=Counter)  # SendSms | QuerySmsTemplate | QuerySmsSign -> authenticated requests
     counts: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)  # (day, phone, sign, template) -> accepted
     base: str = ""
     _nonces: set[str] = field(default_factory=set)
@@ -124,7 +146,33 @@ class FakeAliyunSms:
             return self._answer(*problem)
         if injected is not None:
             return self._answer(injected[0], injected[1], "injected by the test")
+        action = str(request.headers.get("x-acs-action") if kind == "v3" else query.get("Action"))
+        with self._lock:
+            self.actions[action] += 1
+        if action == "QuerySmsTemplate":
+            return self._query_template(params)
+        if action == "QuerySmsSign":
+            return self._query_sign(params)
         return self._send_sms(params, kind)
+
+    def _query_template(self, params: dict[str, str]) -> web.Response:
+        code = params.get("TemplateCode", "")
+        if not code:
+            return self._answer("MissingTemplateCode", 400, "TemplateCode is mandatory for this action.")
+        t = Template("") if self.templates is None else self.templates.get(code)  # any: approved, its text not known
+        if t is None:
+            return self._answer("isv.SMS_TEMPLATE_ILLEGAL", 200, "该账号下找不到对应模板")
+        return self._answer("OK", 200, "OK", TemplateCode=code, TemplateStatus=t.status, TemplateType=t.type, TemplateContent=t.content,
+                            TemplateName=code, Reason=t.reason, CreateDate="2026-11-01 10:00:00")
+
+    def _query_sign(self, params: dict[str, str]) -> web.Response:
+        name = params.get("SignName", "")
+        if not name:
+            return self._answer("MissingSignName", 400, "SignName is mandatory for this action.")
+        status = 1 if self.signs is None else self.signs.get(name)
+        if status is None:
+            return self._answer("isv.SMS_SIGNATURE_ILLEGAL", 200, "该账号下找不到对应签名")
+        return self._answer("OK", 200, "OK", SignName=name, SignStatus=status, Reason="", CreateDate="2026-11-01 10:00:00")
 
     def _answer(self, code: str, status: int, message: str, **extra: Any) -> web.Response:
         with self._lock:
@@ -139,7 +187,7 @@ class FakeAliyunSms:
         if not REQUIRED_V3_HEADERS <= set(signed) or signed != sorted(signed):
             return "IncompleteSignature", 400, f"SignedHeaders must list, sorted, at least {sorted(REQUIRED_V3_HEADERS)}"
         h = request.headers
-        if h.get("x-acs-action") != "SendSms" or h.get("x-acs-version") != "2017-05-25":
+        if h.get("x-acs-action") not in ACTIONS or h.get("x-acs-version") != "2017-05-25":
             return "InvalidAction.NotFound", 404, "Specified api is not found, please check your url and method."
         if h.get("x-acs-content-sha256") != hashlib.sha256(body).hexdigest():
             return "ContentSHA256NotMatched", 400, "The content sha256 of the request does not match its body."
@@ -160,7 +208,7 @@ class FakeAliyunSms:
             return "InvalidAccessKeyId.NotFound", 404, "Specified access key is not found."
         if query.get("SignatureMethod") != "HMAC-SHA1" or query.get("SignatureVersion") != "1.0":
             return "InvalidSignatureMethod", 400, "Specified signature method is not valid."
-        if query.get("Action") != "SendSms" or query.get("Version") != "2017-05-25":
+        if query.get("Action") not in ACTIONS or query.get("Version") != "2017-05-25":
             return "InvalidAction.NotFound", 404, "Specified api is not found, please check your url and method."
         problem = self._fresh(query.get("Timestamp", ""), query.get("SignatureNonce", ""))
         if problem:
@@ -195,9 +243,9 @@ class FakeAliyunSms:
             return self._answer("isv.PARAM_LENGTH_LIMIT", 200, "参数超出长度限制")
         if not all(MAINLAND.fullmatch(n) for n in numbers):
             return self._answer("isv.MOBILE_NUMBER_ILLEGAL", 200, "非法手机号")
-        if self.signs is not None and sign not in self.signs:
+        if self.signs is not None and self.signs.get(sign) != 1:
             return self._answer("isv.SMS_SIGNATURE_ILLEGAL", 200, "该账号下找不到对应签名")
-        if self.templates is not None and template not in self.templates:
+        if self.templates is not None and (template not in self.templates or self.templates[template].status != 1):
             return self._answer("isv.SMS_TEMPLATE_ILLEGAL", 200, "该账号下找不到对应模板")
         try:
             values = json.loads(params.get("TemplateParam") or "{}")
@@ -205,7 +253,7 @@ class FakeAliyunSms:
             return self._answer("isv.INVALID_JSON_PARAM", 200, "JSON参数不合法，只接受字符串值")
         if not isinstance(values, dict):
             return self._answer("isv.INVALID_JSON_PARAM", 200, "JSON参数不合法，只接受字符串值")
-        if self.templates is not None and self.templates[template] - set(values):
+        if self.templates is not None and self.templates[template].params - set(values):
             return self._answer("isv.TEMPLATE_MISSING_PARAMETERS", 200, "模板缺少变量")
         day = datetime.now(BEIJING).strftime("%Y-%m-%d")
         with self._lock:
@@ -237,40 +285,19 @@ def application(fake: FakeAliyunSms) -> web.Application:
 
 
 class RunningAliyunSms:
-    """The fake on its own thread and event loop, for a `with` block (like receiver.RunningApp)."""
+    """The fake on its own thread and event loop, for a `with` block."""
 
     def __init__(self, fake: FakeAliyunSms | None = None) -> None:
         self.fake = fake or FakeAliyunSms()
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.runner: web.AppRunner | None = None
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.runner = web.AppRunner(application(self.fake), access_log=None)
-        self.loop.run_until_complete(self.runner.setup())
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.loop.run_until_complete(web.SockSite(self.runner, sock).start())
-        self.fake.base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.ready.set()
-        self.loop.run_forever()
+        # a request line may be long: 1,000 numbers in the query of one call (Aliyun takes them)
+        self.app = RunningApp(self.fake.routes, handler_args={"max_line_size": 65536, "max_field_size": 65536})
 
     def __enter__(self) -> FakeAliyunSms:
-        self.thread.start()
-        if not self.ready.wait(10):
-            raise RuntimeError("the fake Aliyun SMS did not start")
+        self.fake.base = self.app.start()
         return self.fake
 
     def __exit__(self, *exc: object) -> None:
-        async def stop() -> None:
-            if self.runner is not None:
-                await self.runner.cleanup()
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+        self.app.stop()
 
 
 def main() -> None:

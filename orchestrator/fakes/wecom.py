@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from orchestrator.wecom_crypto import WeComCrypto
-from tests.engine.receiver import RunningApp
+from orchestrator.fakes.serving import RunningApp
 
 CORP_ID = "ww0123456789abcdef"
 SECRET = "app-secret-for-tests"
@@ -47,6 +47,7 @@ class FakeWeCom:
     received: Counter[str] = field(default_factory=Counter)  # customer -> mass messages delivered this month
     quota: int = 31  # mass messages a customer may receive a month; past it a recipient's status is 3
     reminds: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # msgid -> when reminded
+    confirm_after: float | None = None  # seconds after which a guide confirms each new task by itself (rehearsals); None: the test does
     robot_key: str = "robot-key-for-tests"
     robot_messages: list[dict[str, Any]] = field(default_factory=list)  # what the group robot posted, with when
     base: str = ""
@@ -140,6 +141,10 @@ class FakeWeCom:
         msgid = f"msg{next(self._ids):05d}"
         self.tasks[msgid] = {"sender": sender, "customers": [c for c in customers if c not in fail], "text": text, "confirmed": False,
                              "cancelled": False, "results": {}}
+        if self.confirm_after is not None:
+            timer = threading.Timer(self.confirm_after, self.confirm, args=(msgid,))
+            timer.daemon = True
+            timer.start()
         return {"errcode": 0, "errmsg": "ok", "fail_list": fail, "msgid": msgid}
 
     def _task(self, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -251,8 +256,8 @@ class FakeWeCom:
 
 
 class RunningWeCom:
-    def __init__(self) -> None:
-        self.fake = FakeWeCom()
+    def __init__(self, fake: FakeWeCom | None = None) -> None:
+        self.fake = fake or FakeWeCom()
         self.app = RunningApp(self.fake.routes)
 
     def __enter__(self) -> FakeWeCom:

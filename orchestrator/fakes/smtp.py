@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.policy import default
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -35,12 +35,12 @@ class Received:
     @property
     def text(self) -> str:
         part = self.message.get_body(("plain",))
-        return "" if part is None else str(part.get_content())  # type: ignore[attr-defined]
+        return "" if part is None else str(part.get_content())
 
     @property
     def html(self) -> str:
         part = self.message.get_body(("html",))
-        return "" if part is None else str(part.get_content())  # type: ignore[attr-defined]
+        return "" if part is None else str(part.get_content())
 
 
 @dataclass
@@ -115,7 +115,7 @@ class FakeSmtp:
         if any(rcpt.lower() in self.vanish for rcpt in envelope.rcpt_tos) and server.transport is not None:
             with self._lock:
                 self.vanished += 1
-            server.transport.abort()  # the message arrived, the answer never does
+            cast(asyncio.Transport, server.transport).abort()  # the message arrived, the answer never does
             return "250 2.0.0 Message accepted for delivery"
         parsed = email.message_from_bytes(raw, policy=default) if self.keep else None
         with self._lock:
@@ -125,7 +125,7 @@ class FakeSmtp:
                     self.first = now
                 self.last = now
                 if parsed is not None:
-                    self.messages.append(Received(str(envelope.mail_from), rcpt, parsed, raw, now))  # type: ignore[arg-type]
+                    self.messages.append(Received(str(envelope.mail_from), rcpt, parsed, raw, now))
         return "250 2.0.0 Message accepted for delivery"
 
     def authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any) -> AuthResult:
@@ -150,7 +150,7 @@ class FakeSmtp:
         with socket.socket() as s:  # aiosmtpd cannot listen on port 0 (it connects to itself to check): pick a free port first
             s.bind((self.host, 0))
             self.port = s.getsockname()[1]
-        auth = {"authenticator": self.authenticate, "auth_require_tls": False} if self.password is not None else {}
+        auth: dict[str, Any] = {"authenticator": self.authenticate, "auth_require_tls": False} if self.password is not None else {}
         self._controller = Controller(self, hostname=self.host, port=self.port, server_hostname="fake-smtp.test", **auth)
         self._controller.start()
         return self
@@ -175,7 +175,7 @@ class FakeSmtp:
 
 
 def main() -> None:
-    """`python -m tests.engine.fake_smtp`: serve on a free port (printed first), counting only (the bench's peer).
+    """`python -m orchestrator.fakes.smtp`: serve on a free port (printed first), counting only (the bench's peer).
 
     Each line read on stdin is a command answered with one JSON line: `stats` (accepted, sessions,
     first, last) or `reset`; end of input stops the server.
