@@ -33,7 +33,8 @@ from orchestrator.scheduling import STEP, event_clock, get_event, loaded_event
 from orchestrator.store import Event, utc_now
 
 log = logging.getLogger("orchestrator.worker")
-BUDGET = 15.0  # seconds of work per drain job
+BUDGET = 15.0  # seconds of work per drain job: no new batch is claimed after it
+HARD_STOP = 33.0  # seconds into a drain job after which a batch stops waiting for rate-limit tokens and gives its rows back (JOB_TIMEOUT is 45)
 BATCH = 200
 MAX_ATTEMPTS = 5
 
@@ -55,17 +56,18 @@ async def drain(ctx: dict[str, Any], event_id: str, step_id: str, revision: int,
     loaded = await rt.db(loaded_event, rt.engine, ev, members=False)
     clock = event_clock(ev)
     due = await rt.db(_step_time, rt, event_id, step_id)
-    deadline = time.monotonic() + BUDGET
+    began = time.monotonic()
+    deadline = began + BUDGET
     sent = 0
     full = False
     while True:
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= min(deadline, began + HARD_STOP):
             full = True
             break
         claimed, people = await rt.db(claim_batch, rt, event_id, step_id)
         if not claimed:
             break
-        sent += await send_batch(rt, ev, loaded, due, step_id, claimed, people)
+        sent += await send_batch(rt, ev, loaded, due, step_id, claimed, people, until=began + HARD_STOP)
     planned, sending, earliest = await rt.db(ledger.open_rows, rt.engine, event_id, step_id)
     if planned:
         delay = 0.0 if full or earliest is None else max(0.0, (earliest - utc_now()).total_seconds())
@@ -106,10 +108,12 @@ def _step_time(rt: Runtime, event_id: str, step_id: str) -> datetime:
 
 
 async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: datetime, step_id: str, claimed: list[Claimed],
-                     people: dict[str, Member]) -> int:
+                     people: dict[str, Member], until: float | None = None) -> int:
     """Send one claimed batch and record every outcome; returns how many were sent.
 
     Caps count the message on the day and month of its step's time (`due`), whatever the clock.
+    Messages a channel's rate limit would only let out after `until` (time.monotonic()) are not
+    sent: their rows are given back for the next drain, so a job never outlives its timeout.
     """
     pb = loaded.playbook
     now = due.astimezone(pb.tz)
@@ -139,6 +143,7 @@ async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: dateti
     rates = pb.policy.rate_limits
     sent_members: list[str] = []
     delivered: list[str] = []
+    given_back: list[int] = []
     for transport_name, items in outgoing.items():
         transport = rt.transports.get(transport_name)
         if transport is None:
@@ -151,8 +156,10 @@ async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: dateti
             size = len(group) if calls is not None or not rate else int(rate)
             for i in range(0, len(group), size):
                 chunk = group[i:i + size]
-                if rate:
-                    await rt.limiter.acquire(channel_name, calls([m for _c, m in chunk]) if calls is not None else len(chunk), float(rate))
+                if rate and not await rt.limiter.acquire(channel_name, calls([m for _c, m in chunk]) if calls is not None else len(chunk),
+                                                         float(rate), until=until):
+                    given_back += [c.id for c, _m in group[i:]]
+                    break
                 outcomes = await transport.send_batch([m for _c, m in chunk])
                 for (c, _m), outcome in zip(chunk, outcomes, strict=True):
                     results.append(result_of(c, outcome))
@@ -170,6 +177,9 @@ async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: dateti
         increments[(member_id, day)] += 1
         increments[(member_id, month)] += 1
     await rt.db(ledger.finish, rt.engine, rt.worker_id, results, dict(increments))  # outcomes and counts: one transaction
+    if given_back:
+        await rt.db(ledger.give_back, rt.engine, rt.worker_id, ev.id, given_back)
+        log.info("%s %s: %d sends wait for the next drain (the channel's rate limit outlasted this job)", ev.id, step_id, len(given_back))
     return len(sent_members)
 
 

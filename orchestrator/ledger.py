@@ -26,9 +26,10 @@ from sqlalchemy import Engine, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from orchestrator.store import Send, SendCount, UtcDateTime, utc_now
+from orchestrator.store import Event, Send, SendCount, UtcDateTime, utc_now
 
 SEND = Send.__table__  # type: ignore[attr-defined]
+EVENT = Event.__table__  # type: ignore[attr-defined]
 COUNT = SendCount.__table__  # type: ignore[attr-defined]
 
 
@@ -102,6 +103,20 @@ class Result:
     provider_id: str | None = None
     error: str | None = None
     not_before: datetime | None = None
+
+
+def give_back(engine: Engine, worker: str, event_id: str, ids: Sequence[int]) -> int:
+    """Rows `worker` claimed and did not try to send (its job ran out of time): planned again, the
+    claim's attempt not counted, for the next drain; skipped instead if the event has meanwhile
+    closed or been cancelled (its close swept the planned rows already)."""
+    if not ids:
+        return 0
+    with engine.begin() as conn:
+        state = conn.execute(select(EVENT.c.state).where(EVENT.c.id == event_id)).scalar_one_or_none()
+        mine = update(SEND).where(SEND.c.id.in_(list(ids)), SEND.c.state == "sending", SEND.c.claimed_by == worker)
+        if state in ("closed", "cancelled"):
+            return conn.execute(mine.values(state="skipped", error=f"the event was {state} before it was sent")).rowcount or 0
+        return conn.execute(mine.values(state="planned", attempts=SEND.c.attempts - 1)).rowcount or 0
 
 
 def finish(engine: Engine, worker: str, results: Sequence[Result], counts: dict[tuple[str, str], int] | None = None) -> int:

@@ -9,6 +9,7 @@ happen. Counts missing from Redis (a restart, a new month) are seeded from the s
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
@@ -28,6 +29,14 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 local wait = 0
 if take < want then wait = (1 - (tokens - math.floor(tokens))) / rate end
 return {take, tostring(wait)}
+"""
+
+REFUND = """
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+if b[1] then
+  redis.call('HSET', KEYS[1], 'tokens', tostring(math.min(tonumber(ARGV[1]), tonumber(b[1]) + tonumber(ARGV[2]))))
+end
+return 1
 """
 
 RESERVE = """
@@ -63,16 +72,25 @@ class RateLimiter:
         self.redis = redis
         self.prefix = prefix
         self._take = redis.register_script(TAKE)
+        self._refund = redis.register_script(REFUND)
 
-    async def acquire(self, channel: str, n: int, rate: float, burst: float | None = None) -> None:
-        """Wait until `n` tokens of `channel`'s bucket are taken."""
+    async def acquire(self, channel: str, n: int, rate: float, burst: float | None = None, until: float | None = None) -> bool:
+        """Wait until `n` tokens of `channel`'s bucket are taken: True. False, at once, when the wait
+        would go past `until` (time.monotonic()); the tokens taken so far are then put back, so a
+        caller that gives up does not starve the next one."""
         burst = burst if burst is not None else max(1.0, rate)
         left = n
         while left > 0:
             took, wait = await self._take(keys=[f"{self.prefix}:{channel}"], args=[rate, burst, min(left, int(burst))])
             left -= int(took)
             if left > 0:
-                await asyncio.sleep(max(float(wait), 0.001))
+                pause = max(float(wait), 0.001)
+                if until is not None and time.monotonic() + pause > until:
+                    if n - left:
+                        await self._refund(keys=[f"{self.prefix}:{channel}"], args=[burst, n - left])
+                    return False
+                await asyncio.sleep(pause)
+        return True
 
 
 def periods(moment: datetime) -> tuple[str, str]:

@@ -193,6 +193,44 @@ def test_rate_limits_hold(tmp_path: Path, engine: Engine, redis_url: str, receiv
     assert busiest <= 60, f"{busiest} requests within one second; the limit is 30/s with bursts of 30"
 
 
+def test_a_batch_the_rate_limit_would_hold_past_the_job_gives_its_rows_back(tmp_path: Path, engine: Engine, redis_url: str, receiver: Receiver,
+                                                                           make_settings: Callable[..., Settings],
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drain job stops waiting for tokens before arq's timeout would kill it: the rest of its batch goes back to planned,
+    without using up an attempt, and the next drains send it; everyone still gets the message once."""
+    from orchestrator import fanout
+
+    monkeypatch.setattr(fanout, "HARD_STOP", 0.5)  # seconds into a job (45 s in production); 30 tokens a second: a batch of 200 cannot finish
+    files = EventFiles(people=crowd(90), preview=None, reminders=[("hour", "T-1h", "[sms]")], policy="rate_limits: {sms: 30}")
+    event_id = asyncio.run(run_event(engine, make_settings(receiver), redis_url, files.write(tmp_path / "event"), speed=300, clock_from=JUST_BEFORE))
+    rows = sends(engine, event_id)
+    assert len(rows) == 90 and {r.state for r in rows} == {"sent"}
+    assert sorted(Counter(receiver.by_step()["reminder:hour"].values()).items()) == [(1, 90)], "each person once"
+    assert {r.attempts for r in rows} == {1}, "a row given back did not use up an attempt"
+
+
+def test_a_rate_limit_wait_that_would_pass_the_deadline_is_refused_at_once(redis_url: str) -> None:
+    import time
+
+    from redis.asyncio import Redis
+
+    from orchestrator.limits import RateLimiter
+
+    async def go() -> tuple[bool, bool, float]:
+        redis = Redis.from_url(redis_url)
+        try:
+            limiter = RateLimiter(redis)
+            first = await limiter.acquire("sms", 10, rate=10.0, until=time.monotonic() + 5)  # the burst is there
+            started = time.monotonic()
+            second = await limiter.acquire("sms", 10, rate=10.0, until=time.monotonic() + 0.2)  # a second's worth: past the deadline
+            return first, second, time.monotonic() - started
+        finally:
+            await redis.aclose()
+
+    first, second, _waited = asyncio.run(go())
+    assert first and not second
+
+
 def test_two_workers_on_one_event_send_nothing_twice(tmp_path: Path, engine: Engine, redis_url: str, receiver: Receiver,
                                                      make_settings: Callable[..., Settings]) -> None:
     files = EventFiles(people=crowd(1500), preview=None, reminders=[("hour", "T-1h", "[sms]")])
