@@ -27,6 +27,7 @@ from orchestrator.i18n import _
 from orchestrator.load import LoadedPlaybook
 from orchestrator.playbook import SmsTemplate
 from orchestrator.settings import Settings
+from orchestrator.validate import all_messages
 
 TEMPLATE_STATUS = {0: "审核中 (under review)", 1: "approved", 2: "未通过 (rejected)", 10: "已取消 (cancelled)"}
 MARKETING = 1  # TemplateType of 推广短信
@@ -34,12 +35,9 @@ MARKETING = 1  # TemplateType of 推广短信
 
 def sms_messages(loaded: LoadedPlaybook) -> Iterator[tuple[tuple[Any, ...], SmsTemplate]]:
     """(path in the playbook, SMS template) of every message that has one."""
-    pb = loaded.playbook
-    if pb.path.preview is not None and pb.path.preview.sms is not None:
-        yield ("path", "preview", "sms"), pb.path.preview.sms
-    for i, r in enumerate(pb.path.reminders):
-        if r.sms is not None:
-            yield ("path", "reminders", i, "sms"), r.sms
+    for where, msg in all_messages(loaded.playbook):
+        if msg.sms is not None:
+            yield tuple(where) + ("sms",), msg.sms
 
 
 def _same_text(a: str, b: str) -> bool:

@@ -150,14 +150,15 @@ def _references(f: _Findings, pb: Playbook, loaded: LoadedPlaybook) -> None:
             f.error(("mechanism", name, "prize"), "unknown-prize", _("prize '{id}' is not in mechanism.prizes").format(
                 id=draw.prize) + (did_you_mean(draw.prize, prizes) or " " + _("(known: {known})").format(known=", ".join(prizes) or "-")))
     segments = [s.id for s in pb.audience.segments]
-    for where, msg in _all_messages(pb):
+    for where, msg in all_messages(pb):
         for j, seg in enumerate(msg.segments or []):
             if seg not in segments:
                 f.error(where + ("segments", j), "unknown-segment", _("segment '{id}' is not in audience.segments").format(
                     id=seg) + (did_you_mean(seg, segments) or " " + _("(known: {known})").format(known=", ".join(segments))))
 
 
-def _all_messages(pb: Playbook) -> Iterator[tuple[Path_, Any]]:
+def all_messages(pb: Playbook) -> Iterator[tuple[Path_, Any]]:
+    """(path in the playbook, message) of the preview and each reminder."""
     if pb.path.preview is not None:
         yield ("path", "preview"), pb.path.preview
     for i, r in enumerate(pb.path.reminders):
@@ -257,7 +258,7 @@ def _poster(f: _Findings, pb: Playbook) -> None:
 
 
 def _messages(f: _Findings, pb: Playbook) -> None:
-    for where, msg in _all_messages(pb):
+    for where, msg in all_messages(pb):
         if len(set(msg.channels)) != len(msg.channels):
             f.error(where + ("channels",), "duplicate-channel", _("a channel is listed twice"))
         if Channel.SMS in msg.channels and msg.sms is None:
