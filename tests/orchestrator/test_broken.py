@@ -371,3 +371,16 @@ def test_personal_copy_for_wecom_tasks_is_a_warning_at_the_copy(tmp_path: Path) 
     generic = write_playbook(tmp_path / "generic", (("channels: [sms, console]", "channels: [sms, wecom_customer]"),
                                                     ('copy: "{{ member.name }}', 'copy: "老朋友')))
     assert not [d for d in findings(generic) if d.code == "copy-personal-in-wecom-task"]
+
+
+def test_a_malformed_phone_or_email_is_named_at_its_csv_line_and_the_member_kept(tmp_path: Path) -> None:
+    members = "id,name,phone,email,consent_sms,consent_email\nm1,张三,13800000001,a@example.com,1,1\n" \
+              "m2,李四,+1 415 555 0100,b@example.com,1,1\nm3,王五,13800000003,not-an-address,1,1\n"
+    path = write_playbook(tmp_path, (), {"members.csv": members})
+    diags = findings(path)
+    bad = {d.code: d for d in diags if d.code in ("csv-bad-phone", "csv-bad-email")}
+    assert not any(d.is_error for d in bad.values()), "a warning: the member stays, without that channel"
+    assert (Path(bad["csv-bad-phone"].file).name, bad["csv-bad-phone"].line, bad["csv-bad-phone"].col) == ("members.csv", 3, 7)
+    assert "'+1 415 555 0100' is not a mainland mobile number" in bad["csv-bad-phone"].message
+    assert (Path(bad["csv-bad-email"].file).name, bad["csv-bad-email"].line) == ("members.csv", 4)
+    assert "'not-an-address' is not an address" in bad["csv-bad-email"].message
