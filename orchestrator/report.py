@@ -18,7 +18,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy import Engine, func, select
 
-from orchestrator import draws, eventlog, ledger
+from orchestrator import draws, eventlog, ledger, smsreceipts
 from orchestrator.scheduling import STEP, get_event, loaded_event
 from orchestrator.store import Event, Send
 
@@ -184,6 +184,7 @@ def report_data(engine: Engine, event_id: str, state: str | None = None, board: 
     if state is not None:
         ev.state = state
     counts = ledger.step_counts(engine, event_id)
+    receipts = smsreceipts.delivery(engine, event_id)
     with engine.connect() as conn:
         steps = conn.execute(select(STEP).where(STEP.c.event_id == event_id).order_by(STEP.c.at, STEP.c.step_id)).all()
         reminded = conn.execute(select(func.count(func.distinct(SEND.c.member_id))).where(
@@ -191,10 +192,13 @@ def report_data(engine: Engine, event_id: str, state: str | None = None, board: 
     rows = []
     for s in steps:
         for channel, states in sorted(counts.get(s.step_id, {}).items()):
+            got = receipts.get(s.step_id, {}) if channel == "sms" else {}
             rows.append({"step": s.step_id, "stage": s.stage, "at": s.at.isoformat(), "channel": channel,
-                         **{state: states.get(state, 0) for state in STATES}})
+                         **{state: states.get(state, 0) for state in STATES},
+                         "sms_delivered": got.get("delivered", "" if not got else 0), "sms_undelivered": got.get("undelivered", "" if not got else 0)})
     for channel, states in sorted(counts.get("welcome", {}).items()):  # welcomes follow joins, not a step of the timeline
-        rows.append({"step": "welcome", "stage": "join", "at": "", "channel": channel, **{state: states.get(state, 0) for state in STATES}})
+        rows.append({"step": "welcome", "stage": "join", "at": "", "channel": channel, **{state: states.get(state, 0) for state in STATES},
+                     "sms_delivered": "", "sms_undelivered": ""})
     per_step: dict[str, dict[str, int]] = {}
     for r in rows:
         agg = per_step.setdefault(r["step"], {})
@@ -206,7 +210,7 @@ def report_data(engine: Engine, event_id: str, state: str | None = None, board: 
               for g in (board or {}).get("per_guide", [])]
     commitment = board.get("commitment") if board is not None else (draws.commitment_of(engine, event_id) or {}).get("commitment")
     return {
-        "event": ev, "rows": rows,
+        "event": ev, "rows": rows, "receipts": bool(receipts),
         "steps": [{"id": s.step_id, "stage": s.stage, "at": s.at.astimezone(_tz(ev.timezone)), "state": s.state, "note": s.note} for s in steps],
         "bars": _bars(list(per_step.items()), 600.0),
         "funnel": _bars([(f"{r['label']} {r['step']}", {"sent": r["count"]}) for r in funnel_rows], 600.0),
@@ -251,7 +255,7 @@ def write_report(engine: Engine, event_id: str, directory: Path, state: str | No
     directory.mkdir(parents=True, exist_ok=True)
     csv_path = directory / f"{event_id}-sends.csv"
     with csv_path.open("w", newline="", encoding="utf-8-sig") as fh:  # with BOM: opens cleanly in Excel
-        w = csv.DictWriter(fh, fieldnames=["step", "stage", "at", "channel", *STATES])
+        w = csv.DictWriter(fh, fieldnames=["step", "stage", "at", "channel", *STATES, "sms_delivered", "sms_undelivered"])
         w.writeheader()
         w.writerows(data["rows"])
     funnel_path = directory / f"{event_id}-funnel.csv"

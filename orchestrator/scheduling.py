@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
-from orchestrator import draws, eventlog, jobs, ledger
+from orchestrator import draws, eventlog, jobs, ledger, smsreceipts
 from orchestrator.bundle import Bundle, freeze, thaw
 from orchestrator.channels.registry import missing_routes, routes
 from orchestrator.clock import Clock
@@ -329,6 +329,7 @@ def status(engine: Engine, event_id: str) -> dict[str, Any]:
     """The event, each step with its state and send counts, and sends whose outcome is unknown."""
     ev = get_event(engine, event_id)
     counts = ledger.step_counts(engine, event_id)
+    receipts = smsreceipts.delivery(engine, event_id)
     with engine.connect() as conn:
         steps = conn.execute(select(STEP).where(STEP.c.event_id == event_id).order_by(STEP.c.at, STEP.c.step_id)).all()
     clock = event_clock(ev)
@@ -338,13 +339,14 @@ def status(engine: Engine, event_id: str) -> dict[str, Any]:
         "clock": {"speed": clock.speed, "now": clock.now().isoformat()}, "audience": ev.audience, "revision": ev.revision,
         "steps": [
             {"id": s.step_id, "stage": s.stage, "at": s.at.isoformat(), "state": s.state, "label": s.label, "note": s.note,
-             "sends": _totals(counts.get(s.step_id, {})), "channels": counts.get(s.step_id, {})}
+             "sends": _totals(counts.get(s.step_id, {})), "channels": counts.get(s.step_id, {}), "sms_receipts": receipts.get(s.step_id, {})}
             for s in steps
         ],
         "welcomes": _totals(counts.get("welcome", {})),
         "draws": {**(draws.commitment_of(engine, event_id) or {}), "made": draws.summaries(engine, event_id)},
         "board_key": ev.board_key,
         "unknown": ledger.unknown_rows(engine, event_id),
+        "undelivered": smsreceipts.undelivered(engine, event_id),
     }
 
 

@@ -321,6 +321,24 @@ class Send(SQLModel, table=True):
     sent_at: datetime | None = _ts(default=None)
 
 
+class SmsReceipt(SQLModel, table=True):
+    """A delivery receipt (状态报告) Aliyun pushed for one number of one SendSms call, kept as it came.
+
+    A ledger row's delivery is found by joining: its provider id is the call's BizId, its member's
+    phone the number. Receipts may arrive before the send's outcome is recorded, in any order, and
+    more than once: kept once per (BizId, number), the first one wins.
+    """
+
+    __tablename__ = "smsreceipt"
+    biz_id: str = Field(primary_key=True, max_length=128)
+    phone: str = Field(primary_key=True, max_length=32)
+    delivered: bool
+    code: str = Field(max_length=64)  # DELIVERED, or the carrier's reason (e.g. MK:0001, UNDELIV, IC:0015)
+    message: str | None = None
+    reported_at: datetime | None = _ts(default=None)  # when the carrier reported it (report_time, Beijing time)
+    received_at: datetime = _ts(default_factory=utc_now)
+
+
 class SendCount(SQLModel, table=True):
     """Messages sent to a person per day ('d:2027-03-20') and month ('m:2027-03'), across events."""
 

@@ -122,27 +122,42 @@ def print_status(data: dict[str, Any], console: Console) -> None:
     promise = data.get("draws") or {}
     if promise.get("commitment"):
         console.print(_("draw commitment (公示): {commitment} · rules {rules}").format(commitment=promise["commitment"], rules=promise["rules_hash"][:16]))
+    receipts = any(s.get("sms_receipts") for s in data["steps"])  # the column only when Aliyun pushes delivery receipts
+    numbers = (_("sent"), _("failed"), _("unknown"), _("skipped"), _("open"), _("SMS delivered"))
     table = Table(show_edge=False, header_style="bold")
-    for title in (_("time"), _("step"), _("state"), _("sent"), _("failed"), _("unknown"), _("skipped"), _("open"), _("note")):
-        table.add_column(title, no_wrap=title not in (_("note"),), justify="right" if title in (_("sent"), _("failed"), _("unknown"), _("skipped"), _("open")) else "left")
+    for title in (_("time"), _("step"), _("state"), _("sent"), _("failed"), _("unknown"), _("skipped"), _("open"),
+                  *((_("SMS delivered"),) if receipts else ()), _("note")):
+        table.add_column(title, no_wrap=title not in (_("note"),), justify="right" if title in numbers else "left")
     for s in data["steps"]:
         sends = s["sends"]
         open_rows = sends.get("planned", 0) + sends.get("sending", 0)
+        got = s.get("sms_receipts") or {}
+        delivered = [_("{delivered} of {reported}").format(delivered=got.get("delivered", 0), reported=sum(got.values())) if got else ""]
         table.add_row(
             datetime.fromisoformat(s["at"]).astimezone(tz).strftime("%m-%d %H:%M"), s["id"], Text(s["state"], style=STATE_STYLE.get(s["state"], "")),
             *(str(sends.get(k, "")) if sends.get(k) else "" for k in ("sent", "failed", "unknown", "skipped")),
-            str(open_rows) if open_rows else "", s["note"] or "",
+            str(open_rows) if open_rows else "", *(delivered if receipts else []), s["note"] or "",
         )
     welcomes = data.get("welcomes") or {}
     if welcomes:  # they follow joins, not the timeline
         open_rows = welcomes.get("planned", 0) + welcomes.get("sending", 0)
         table.add_row("", "welcome", "", *(str(welcomes.get(k, "")) if welcomes.get(k) else "" for k in ("sent", "failed", "unknown", "skipped")),
-                      str(open_rows) if open_rows else "", _("one to each person who joined"))
+                      str(open_rows) if open_rows else "", *([""] if receipts else []), _("one to each person who joined"))
     console.print(table)
+    undelivered = data.get("undelivered") or []
+    _listed(console, _("{n} SMS did not reach the phone, as the carrier reported:").format(n=len(undelivered)),
+            [f"{u['step_id']}  {u['member_id']}  {u['phone']}  {u['code']}  {u['message'] or ''}" for u in undelivered], 20)
     unknown = data["unknown"]
-    if unknown:
-        console.print(Text(_("{n} sends have an unknown outcome (in flight when a worker stopped; not repeated):").format(n=len(unknown)), style="bold yellow"))
-        for u in unknown[:50]:
-            console.print(f"  {u['step_id']}  {u['member_id']}  {u['channel']}  {u['idempotency_key']}")
-        if len(unknown) > 50:
-            console.print(_("  ... and {n} more (--json lists them all)").format(n=len(unknown) - 50))
+    _listed(console, _("{n} sends have an unknown outcome (in flight when a worker stopped; not repeated):").format(n=len(unknown)),
+            [f"{u['step_id']}  {u['member_id']}  {u['channel']}  {u['idempotency_key']}" for u in unknown], 50)
+
+
+def _listed(console: Console, title: str, lines: list[str], shown: int) -> None:
+    """A warning and its first `shown` lines (nothing when there are none)."""
+    if not lines:
+        return
+    console.print(Text(title, style="bold yellow"))
+    for line in lines[:shown]:
+        console.print("  " + line)
+    if len(lines) > shown:
+        console.print(_("  ... and {n} more (--json lists them all)").format(n=len(lines) - shown))

@@ -32,7 +32,7 @@ from orchestrator.wecom_crypto import WeComCrypto
 from web.api import post_group, post_joins, post_optouts
 from web.board import Hub, board_page, board_socket
 from web.ingestapi import Events, post_comments, post_douyin, post_payments, post_visits, post_wxlivespy
-from web.inbound import sms_replies
+from web.inbound import sms_replies, sms_reports
 from web.metrics import metrics
 from web.noticepage import notice
 from web.openapi import openapi
@@ -96,6 +96,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/api/events/{event}/joins", post_joins, methods=["POST"]),
         Route("/api/optouts", post_optouts, methods=["POST"]),
         Route("/inbound/sms/{key}", sms_replies, methods=["POST"]),
+        Route("/inbound/sms-report/{key}", sms_reports, methods=["POST"]),
         Route("/api/events/{event}/groups", post_group, methods=["POST"]),
         Route("/api/events/{event}/comments", post_comments, methods=["POST"]),
         Route("/api/events/{event}/payments", post_payments, methods=["POST"]),

@@ -102,6 +102,15 @@ def spec() -> dict[str, Any]:
                                                   "sign_name": "品牌", "dest_code": "1234", "sequence_id": 1}]}}},
                                              "responses": {"200": {"description": "`{\"code\": 0, \"msg\": \"成功\"}`"},
                                                            "404": {"description": "a wrong key"}, "422": {"description": "a bad reply, named"}}}},
+            "/inbound/sms-report/{key}": {"post": {"parameters": [{"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}],
+                                                    "summary": "Aliyun's push of SMS delivery receipts (状态报告, SmsReport); each is matched "
+                                                               "to its send by BizId and number. The key in the path (ORCH_SMS_INBOUND_KEY) is the secret",
+                                                    "requestBody": {"content": {"application/json": {"example": [
+                                                        {"phone_number": "13900000001", "send_time": "2027-06-10 19:05:00",
+                                                         "report_time": "2027-06-10 19:05:03", "success": True, "err_code": "DELIVERED",
+                                                         "err_msg": "用户接收成功", "sms_size": "1", "biz_id": "900619746936498440^0", "out_id": ""}]}}},
+                                                    "responses": {"200": {"description": "`{\"code\": 0, \"msg\": \"成功\"}`"},
+                                                                  "404": {"description": "a wrong key"}, "422": {"description": "a bad receipt, named"}}}},
             "/wecom/callback": {"get": {"summary": "WeCom's URL check", "responses": {"200": {"description": "the decrypted echostr"}}},
                                 "post": {"summary": "WeCom member-change callbacks (encrypted, signed)",
                                          "responses": {"200": {"description": "success"}, "403": {"description": "signature, replay or corp id"}}}},

@@ -11,7 +11,10 @@ gateway sends them: HTTP 400 `SignatureDoesNotMatch`, 404 `InvalidAccessKeyId.No
 without, any template and sign is an approved one.
 
 Tests steer it: `fail_next` queues (code, HTTP status) answers, `hang` delays every answer, and
-read `accepted` (one entry per number of each accepted call), `requests` and `counts`.
+read `accepted` (one entry per number of each accepted call), `requests` and `counts`. Given
+`report_to`, it pushes a delivery receipt (SmsReport, HTTP push mode) for every accepted number to
+that URL, as the console's 回执消息 setting makes Aliyun do: `undeliverable` numbers get
+`success: false` with a carrier code; a push not answered `{"code": 0}` is pushed again.
 
 Runs on a thread (`RunningAliyunSms`) or in its own process: `python -m orchestrator.fakes.aliyun_sms`
 prints its port and serves until killed.
@@ -98,10 +101,16 @@ class FakeAliyunSms:
     answers: Counter[str] = field(default_factory=Counter)  # Code -> times answered
     actions: Counter[str] = field(default_factory=Counter)  # SendSms | QuerySmsTemplate | QuerySmsSign -> authenticated requests
     counts: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)  # (day, phone, sign, template) -> accepted
+    report_to: str | None = None  # URL receipts are pushed to; None: no pushes
+    undeliverable: dict[str, tuple[str, str]] = field(default_factory=dict)  # phone -> (err_code, err_msg) its receipt says
+    report_delay: float = 0.05  # seconds between a call's answer and its receipts (the carrier's time)
+    report_tries: int = 4
+    pushes: list[tuple[int, Any]] = field(default_factory=list)  # (HTTP status, answer) of every push made
     base: str = ""
     _nonces: set[str] = field(default_factory=set)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _pushing: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def url(self) -> str:
@@ -267,7 +276,37 @@ class FakeAliyunSms:
                 self.accepted += [Accepted(n, sign, template, values, params.get("OutId"), biz_id, kind) for n in numbers]
         if over:
             return self._answer("isv.BUSINESS_LIMIT_CONTROL", 200, f"触发号码天级流控Permits:{self.daily_limit}")
+        if self.report_to:
+            task = asyncio.get_running_loop().create_task(self._push(biz_id, numbers, params.get("OutId") or ""))
+            self._pushing.add(task)
+            task.add_done_callback(self._pushing.discard)
         return self._answer("OK", 200, "OK", BizId=biz_id)
+
+    def receipt(self, biz_id: str, phone: str, out_id: str = "") -> dict[str, Any]:
+        """The receipt Aliyun pushes for one number of one call."""
+        now = datetime.now(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
+        code, message = self.undeliverable.get(phone, ("DELIVERED", "用户接收成功"))
+        return {"phone_number": phone, "send_time": now, "report_time": now, "success": phone not in self.undeliverable,
+                "err_code": code, "err_msg": message, "sms_size": "1", "biz_id": biz_id, "out_id": out_id}
+
+    async def _push(self, biz_id: str, numbers: list[str], out_id: str) -> None:
+        import aiohttp
+
+        assert self.report_to is not None
+        body = [self.receipt(biz_id, n, out_id) for n in numbers]
+        async with aiohttp.ClientSession() as session:
+            for _try in range(self.report_tries):
+                await asyncio.sleep(self.report_delay)
+                try:
+                    async with session.post(self.report_to, json=body) as r:
+                        answer: Any = await r.json(content_type=None)
+                        status = r.status
+                except (aiohttp.ClientError, ValueError) as e:
+                    status, answer = 0, str(e)
+                with self._lock:
+                    self.pushes.append((status, answer))
+                if status == 200 and isinstance(answer, dict) and answer.get("code") == 0:
+                    return
 
     def routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/", self.handle)

@@ -7,7 +7,9 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import logging
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -17,9 +19,10 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
-from sqlalchemy import Engine, insert, update
+from rich.console import Console
+from sqlalchemy import Engine, func, insert, select, update
 
-from orchestrator import scheduling
+from orchestrator import scheduling, smsreceipts
 from orchestrator.channels.aliyun_sms import (
     EMPTY_SHA256,
     AliyunSmsTransport,
@@ -33,14 +36,17 @@ from orchestrator.channels.aliyun_sms import (
 from orchestrator.channels.base import Outgoing
 from orchestrator.settings import Settings
 from orchestrator.store import Member as MemberRow
-from orchestrator.store import OptOut
+from orchestrator.store import OptOut, SmsReceipt
+from orchestrator.table import print_status
 from tests.engine.conftest import arq_pool, running_worker, until
 from tests.engine.eventfiles import EventFiles, Person, crowd
 from orchestrator.fakes.aliyun_sms import ACCESS_KEY_ID, ACCESS_KEY_SECRET, FakeAliyunSms, RunningAliyunSms, Template
 from tests.engine.test_event_run import JUST_BEFORE, closed, sends
+from tests.engine.test_pool import WebProcess
 
 MEMBER = MemberRow.__table__  # type: ignore[attr-defined]
 OPTOUT = OptOut.__table__  # type: ignore[attr-defined]
+RECEIPT = SmsReceipt.__table__  # type: ignore[attr-defined]
 ROUTES = "email=console"  # the e-mail part of the test playbooks goes to the console log
 
 
@@ -203,6 +209,44 @@ def test_a_whole_event_reaches_each_consenting_phone_once_per_message(tmp_path: 
     finally:
         client.close()
     assert len(counts) == 2 * len(people) and sorted(set(counts.values())) == [1, 2]
+
+
+@pytest.mark.db
+def test_delivery_receipts_aliyun_pushes_mark_each_sms_delivered_or_not(tmp_path: Path, engine: Engine, redis_url: str, database_url: str,
+                                                                       fake: FakeAliyunSms, make_settings: Callable[..., Settings]) -> None:
+    people = crowd(5, sms=True)
+    path = EventFiles(people=people, preview=None, reminders=[("hour", "T-1h", "[sms]"), ("soon", "T-10m", "[sms]")]).write(tmp_path / "event")
+    web = WebProcess({"DATABASE_URL": database_url, "REDIS_URL": redis_url, "ORCH_DATA_DIR": str(tmp_path / "data"),
+                      "ORCH_SMS_INBOUND_KEY": "k3y"})
+    try:
+        web.wait()
+        fake.report_to = web.url + "/inbound/sms-report/k3y"  # the console's 回执消息 (HTTP push) setting
+        fake.undeliverable = {people[2].phone: ("MK:0001", "空号")}
+        event_id = asyncio.run(run_event(engine, make_settings(**fake.env(), ORCH_ROUTES=ROUTES), redis_url, path, clock_from=JUST_BEFORE))
+        asyncio.run(until(lambda: sum(sum(d.values()) for d in smsreceipts.delivery(engine, event_id).values()) == 2 * len(people), 30,
+                          "every SMS's receipt"))
+        first = list(fake.pushes)
+        pushed_again = [fake.receipt(a.biz_id, a.phone) for a in fake.snapshot()]
+        again = urllib.request.urlopen(urllib.request.Request(web.url + "/inbound/sms-report/k3y", data=json.dumps(pushed_again).encode(),
+                                                              headers={"Content-Type": "application/json"}), timeout=10)
+        answer = json.loads(again.read())  # a push repeated changes nothing
+    finally:
+        web.stop()
+    assert first and all(status == 200 and answer["code"] == 0 for status, answer in first), first
+    assert again.status == 200 and answer["code"] == 0
+    data = scheduling.status(engine, event_id)
+    by_step = {s["id"]: s for s in data["steps"]}
+    for step in ("reminder:hour", "reminder:soon"):
+        assert by_step[step]["sends"]["sent"] == len(people), "a receipt does not change the send's own state"
+        assert by_step[step]["sms_receipts"] == {"delivered": len(people) - 1, "undelivered": 1}
+    assert [(u["step_id"], u["member_id"], u["code"], u["message"]) for u in data["undelivered"]] == \
+        [("reminder:hour", people[2].id, "MK:0001", "空号"), ("reminder:soon", people[2].id, "MK:0001", "空号")]
+    console = Console(record=True, width=200)
+    print_status(data, console)
+    text = console.export_text()
+    assert "SMS delivered" in text and "4 of 5" in text and "2 SMS did not reach the phone" in text and "MK:0001" in text
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(RECEIPT)).scalar_one() == 2 * len(people), "kept once each"
 
 
 @pytest.mark.db

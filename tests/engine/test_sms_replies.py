@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 from orchestrator import scheduling
 from orchestrator.settings import Settings
 from orchestrator.smsreplies import is_opt_out
-from orchestrator.store import OptOut
+from orchestrator.store import OptOut, SmsReceipt
 from tests.engine.conftest import arq_pool, running_worker, until
 from tests.engine.eventfiles import EventFiles, crowd
 from tests.engine.receiver import Receiver
@@ -21,6 +21,7 @@ from tests.engine.test_event_run import JUST_BEFORE, closed, sends
 from web.app import create_app
 
 OPTOUT = OptOut.__table__  # type: ignore[attr-defined]
+RECEIPT = SmsReceipt.__table__  # type: ignore[attr-defined]
 
 
 def reply(phone: str, content: str) -> dict[str, object]:
@@ -80,3 +81,32 @@ def test_bad_pushes_are_refused_and_store_nothing(engine: Engine, redis_url: str
         assert off.post("/inbound/sms/k3y", json=[reply("13900000001", "TD")]).status_code == 503
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(OPTOUT)).scalar_one() == 0
+
+
+def receipt(phone: str, **kw: object) -> dict[str, object]:
+    return {"phone_number": phone, "send_time": "2027-06-10 18:05:00", "report_time": "2027-06-10 18:05:03", "success": True,
+            "err_code": "DELIVERED", "err_msg": "用户接收成功", "sms_size": "1", "biz_id": "123456789^0", "out_id": "", **kw}
+
+
+def test_bad_receipt_pushes_are_refused_by_name_and_store_nothing(engine: Engine, redis_url: str, make_settings: Callable[..., Settings]) -> None:
+    with TestClient(create_app(make_settings(REDIS_URL=redis_url, ORCH_SMS_INBOUND_KEY="k3y"))) as web:
+        assert web.post("/inbound/sms-report/wrong", json=[receipt("13900000001")]).status_code == 404
+        not_json = web.post("/inbound/sms-report/k3y", content=b"[{", headers={"Content-Type": "application/json"})
+        assert not_json.status_code == 400 and "not JSON" in not_json.json()["msg"]
+        for body, at, words in [([receipt("13900000001"), receipt("12345")], "[1].phone_number", "not a mainland mobile number"),
+                                ([receipt("13900000001"), receipt("13900000002", biz_id="")], "[1].biz_id", "BizId"),
+                                ([receipt("13900000001", success="true")], "[0].success", "true or false"),
+                                ([receipt("13900000001", report_time="10/06/2027")], "[0].report_time", "YYYY-MM-DD HH:MM:SS"),
+                                ([receipt("13900000001"), 7], "[1]", "object"),
+                                ([], "body", "at least one")]:
+            r = web.post("/inbound/sms-report/k3y", json=body)
+            assert r.status_code == 422 and r.json()["at"] == at and words in r.json()["msg"], r.json()
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(RECEIPT)).scalar_one() == 0, "a bad push keeps none of its receipts"
+        good = web.post("/inbound/sms-report/k3y", json=[receipt("+86 139 0000 0001"), receipt("13900000001", success=False, err_code="UNDELIV")])
+        assert good.json() == {"code": 0, "msg": "成功"}
+        with engine.connect() as conn:
+            kept = conn.execute(select(RECEIPT.c.phone, RECEIPT.c.delivered, RECEIPT.c.code)).all()
+        assert [tuple(k) for k in kept] == [("13900000001", True, "DELIVERED")], "the number normalised; the first receipt of a number wins"
+    with TestClient(create_app(make_settings(REDIS_URL=redis_url))) as off:
+        assert off.post("/inbound/sms-report/k3y", json=[receipt("13900000001")]).status_code == 503
