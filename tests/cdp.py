@@ -27,8 +27,9 @@ from tests.browser import FLAGS, require_chromium
 
 class Chromium:
     def __init__(self, width: int = 1400, height: int = 1000) -> None:
+        binary = require_chromium()  # skips (or fails, under CI) before anything is made that would need cleaning up
         self.profile = tempfile.TemporaryDirectory(prefix="cdp-", ignore_cleanup_errors=True)
-        self.proc = subprocess.Popen([require_chromium(), *FLAGS, f"--user-data-dir={self.profile.name}", "--remote-debugging-port=0",
+        self.proc = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={self.profile.name}", "--remote-debugging-port=0",
                                       f"--window-size={width},{height}", "about:blank"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         port_file = Path(self.profile.name) / "DevToolsActivePort"
