@@ -524,7 +524,7 @@ def audience(event: str, only_step: str | None, show_people: bool, csv_path: str
         table.add_column(column)
     for v in views:
         gets = "\n".join([f"{n:,} {ch} → {v.transports.get(ch, '-')}" for ch, n in v.by_channel.most_common()]
-                         + [_("{channel} → {transport}: posted into the guides' groups").format(channel=ch, transport=v.transports.get(ch, "-"))
+                         + [_("{channel} → {transport}: posted once into each of the event's groups").format(channel=ch, transport=v.transports.get(ch, "-"))
                             for ch in v.groups]) or "0"
         out = "\n".join(f"{n:,} {reasons.get(r, r)}" for r, n in v.skipped.most_common()) or "0"
         table.add_row(v.step_id, gets, out)
@@ -834,6 +834,52 @@ def groups_list(event: str, as_json: bool) -> None:
     for d in data:
         click.echo(_("{number}. {name}: {taken}/{margin} places taken (holds {capacity}), code expires {expires}").format(
             **{**d, "expires": d["expires"] or "—"}))
+
+
+@cli.group()
+def optout() -> None:
+    """Opt-outs (退订), global across events: record one from the console, list them."""
+
+
+@optout.command("add")
+@click.option("--member", help="The member id who said no.")
+@click.option("--address", help="Instead: the phone number, e-mail address or WeCom external userid that said no.")
+@click.option("--channel", default="*", show_default=True, help="The channel they refused (sms, email, wecom_customer, ...), or * for all.")
+def optout_add(member: str | None, address: str | None, channel: str) -> None:
+    """Record that someone said no (source `console`); it holds from the next send batch of every event."""
+    from orchestrator import optouts
+    from orchestrator.ingest import BadInput
+    from orchestrator.settings import Settings as _S
+
+    item = {k: v for k, v in (("member", member), ("address", address), ("channel", channel)) if v is not None}
+    try:
+        said = optouts.parse([item], where="opt-out")
+    except BadInput as e:
+        raise click.UsageError(_("{problem} (at {at}): give --member ID or --address ADDRESS, and --channel").format(problem=e, at=e.at)) from None
+    recorded, _already = optouts.record(_open(_S.from_env().database_url), said, "console")
+    who = said[0].member or said[0].address
+    if recorded:
+        click.echo(_("opt-out recorded: {who} gets nothing through {channel} from the next send on").format(who=who, channel=said[0].channel))
+    else:
+        click.echo(_("{who} had already opted out of {channel}: nothing changed").format(who=who, channel=said[0].channel))
+
+
+@optout.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print them as JSON.")
+def optout_list(as_json: bool) -> None:
+    """Every opt-out on record, newest first, with its source (api, console, sms-reply, email-link, wecom-tag)."""
+    from orchestrator import optouts
+    from orchestrator.settings import Settings as _S
+
+    rows = optouts.listed(_open(_S.from_env().database_url))
+    if as_json:
+        click.echo(json.dumps([{**r, "at": r["at"].isoformat()} for r in rows], ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        click.echo(_("nobody has opted out"))
+        return
+    for r in rows:
+        click.echo(f"{r['at']:%Y-%m-%d %H:%M}  {r['member'] or r['address']}  {r['channel']}  {r['source']}")
 
 
 async def _with_redis(url: str, work: Callable[[Any], Awaitable[T]]) -> T:

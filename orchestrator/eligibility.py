@@ -32,7 +32,8 @@ class OptOuts:
     by_address: dict[str, set[str]] = field(default_factory=dict)
 
     def blocks(self, member: Member, channel: str) -> bool:
-        for chans in (self.by_member.get(member.id), self.by_address.get(member.phone or ""), self.by_address.get((member.email or "").lower())):
+        for chans in (self.by_member.get(member.id), self.by_address.get(member.phone or ""), self.by_address.get((member.email or "").lower()),
+                      self.by_address.get((member.wecom_external_userid or "").lower())):
             if chans and ("*" in chans or channel in chans):
                 return True
         return False
@@ -95,7 +96,7 @@ def consent_of(engine: Engine, member_ids: Sequence[str]) -> dict[tuple[str, str
 
 
 def optouts_of(engine: Engine, members: Sequence[Member]) -> OptOuts:
-    """Every opt-out touching these members, by id or by address (phone, e-mail), from any event."""
+    """Every opt-out touching these members, by id or by address (phone, e-mail, WeCom external userid), from any event."""
     by_member: dict[str, set[str]] = {}
     by_address: dict[str, set[str]] = {}
     with engine.connect() as conn:
@@ -104,7 +105,7 @@ def optouts_of(engine: Engine, members: Sequence[Member]) -> OptOuts:
         for i in range(0, len(members), 400):
             part = members[i:i + 400]
             ids = [m.id for m in part]
-            addresses = [a for m in part for a in (m.phone, (m.email or "").lower()) if a]
+            addresses = [a for m in part for a in (m.phone, (m.email or "").lower(), (m.wecom_external_userid or "").lower()) if a]
             for m, addr, ch in conn.execute(sql_select(OPTOUT.c.member_id, OPTOUT.c.address, OPTOUT.c.channel)
                                             .where(or_(OPTOUT.c.member_id.in_(ids), OPTOUT.c.address.in_(addresses)))):
                 if m:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -118,6 +119,8 @@ async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: dateti
     pb = loaded.playbook
     now = due.astimezone(pb.tz)
     results: list[Result] = []
+    posts = [c for c in claimed if c.channel == Channel.WECOM_GROUP.value]  # into groups: no person, no opt-out, no cap
+    claimed = [c for c in claimed if c.channel != Channel.WECOM_GROUP.value]
     members = {c.id: people.get(c.member_id) for c in claimed}
     live = [c for c in claimed if members[c.id] is not None]
     results += [Result(c.id, "failed", error="member not in the frozen audience") for c in claimed if members[c.id] is None]
@@ -138,7 +141,7 @@ async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: dateti
             reserved.append(c)
         else:
             results.append(Result(c.id, "skipped", error=f"cap reached ({caps.per_day} a day, {caps.per_month} a month)"))
-    outgoing, failed = await rt.db(prepare, loaded, ev, step_id, reserved, members)  # rendering is CPU work: off the event loop
+    outgoing, failed = await rt.db(prepare, loaded, ev, step_id, reserved, members, posts)  # rendering is CPU work: off the event loop
     results += failed
     rates = pb.policy.rate_limits
     sent_members: list[str] = []
@@ -163,7 +166,7 @@ async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: dateti
                 outcomes = await transport.send_batch([m for _c, m in chunk])
                 for (c, _m), outcome in zip(chunk, outcomes, strict=True):
                     results.append(result_of(c, outcome))
-                    if outcome.state in ("sent", "created"):  # a created task counts toward caps now; reminded once delivered
+                    if outcome.state in ("sent", "created") and c.channel != Channel.WECOM_GROUP.value:  # a created task counts toward caps now; reminded once delivered
                         sent_members.append(c.member_id)
                         if outcome.state == "sent":
                             delivered.append(c.member_id)
@@ -183,12 +186,23 @@ async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: dateti
     return len(sent_members)
 
 
-def prepare(loaded: LoadedPlaybook, ev: Event, step_id: str, reserved: list[Claimed],
-            members: dict[int, Member | None]) -> tuple[dict[str, list[tuple[Claimed, Outgoing]]], list[Result]]:
-    """Render each claimed send for its person: messages by transport, and rows whose copy or address fails."""
+def prepare(loaded: LoadedPlaybook, ev: Event, step_id: str, reserved: list[Claimed], members: dict[int, Member | None],
+            posts: Sequence[Claimed] = ()) -> tuple[dict[str, list[tuple[Claimed, Outgoing]]], list[Result]]:
+    """Render each claimed send for its person, and the one text of the group posts: messages by
+    transport, and rows whose copy or address fails."""
     outgoing: dict[str, list[tuple[Claimed, Outgoing]]] = defaultdict(list)
     failed: list[Result] = []
     renderer = step_renderer(loaded, step_id, ev.live_start)
+    if posts:
+        try:
+            text = renderer.group_text()
+        except Exception as e:  # broken copy: every post of it fails, recorded
+            failed += [Result(c.id, "failed", error=f"copy failed: {e}"[:500]) for c in posts]
+        else:
+            for c in posts:
+                kind, _sep, where = c.member_id.partition(":")
+                address = {"chat_id": where} if kind == "chat" else {"group": where}
+                outgoing[c.transport].append((c, Outgoing(c.key, ev.id, step_id, c.member_id, c.channel, c.member_id, text, address)))
     senders = {g.id: g.wecom_userid for g in loaded.guides if g.wecom_userid}
     for c in reserved:
         m = members[c.id]

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Engine, and_, select
 
 from orchestrator.ingest import BadInput
 from orchestrator.playbook import Channel
+from orchestrator.sheets import normalise_phone
 from orchestrator.store import OptOut, utc_now
 
 OPTOUT = OptOut.__table__  # type: ignore[attr-defined]
@@ -48,8 +50,13 @@ def parse(items: list[object], where: str = "optouts") -> list[Said]:
             raise BadInput("give exactly one of 'member' (a member id) or 'address' (a phone number or e-mail address)", at)
         if channel not in CHANNELS:
             raise BadInput(f"'channel' {channel!r} is not one of {', '.join(CHANNELS)}", f"{at}.channel")
-        out.append(Said(member.strip() if member else None, address.strip().lower() if address else None, channel))
+        out.append(Said(member.strip() if member else None, _address(address) if address else None, channel))
     return out
+
+
+def _address(raw: str) -> str:
+    """An address as members' are kept: a mainland number without +86 or spaces, anything else lower-cased."""
+    return normalise_phone(raw.strip()) or raw.strip().lower()
 
 
 def record(engine: Engine, said: list[Said], source: str, at: datetime | None = None) -> tuple[int, int]:
@@ -66,3 +73,11 @@ def record(engine: Engine, said: list[Said], source: str, at: datetime | None = 
             conn.execute(OPTOUT.insert().values(member_id=s.member, address=s.address, channel=s.channel, source=source, at=when))
             recorded += 1
     return recorded, already
+
+
+def listed(engine: Engine, limit: int = 10_000) -> list[dict[str, Any]]:
+    """The opt-outs on record, newest first: member, address, channel, source, at."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(OPTOUT.c.member_id, OPTOUT.c.address, OPTOUT.c.channel, OPTOUT.c.source, OPTOUT.c.at)
+                            .order_by(OPTOUT.c.at.desc(), OPTOUT.c.id.desc()).limit(limit)).all()
+    return [{"member": m, "address": a, "channel": c, "source": s, "at": at} for m, a, c, s, at in rows]

@@ -132,6 +132,14 @@ class StepRenderer:
         text = render_copy(self.loaded.copies[self.where + ("copy",)].source, ctx)
         return _render_channel(self.loaded, self.where, self.msg, self.step_id, channel, text, ctx)
 
+    def group_text(self) -> str:
+        """The one text a message posts into every group: its copy without a person (`member`'s fields are empty, `guide` is none)."""
+        if self.msg is None:
+            raise UnknownStep("the welcome is sent to people, not posted into groups")
+        ctx = copy_context(self.loaded, None, self.start)
+        ctx["member"] = {"id": "", "name": "", "segment": "", "tags": []}  # copy that greets a person says nobody's name here (a warning at validate)
+        return render_copy(self.loaded.copies[self.where + ("copy",)].source, ctx)
+
     def _base(self) -> dict[str, Any] | None:
         base = copy_context(self.loaded, None, self.start)
         self.base = base

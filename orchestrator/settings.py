@@ -44,6 +44,7 @@ SETTINGS = (
     Setting("ORCH_WECOM_AES_KEY", None, "the callback EncodingAESKey, 43 characters (回调 EncodingAESKey)"),
     Setting("ORCH_WECOM_ROBOT_KEY", None, "key of the WeCom group robot that posts staff alerts into an internal group (its webhook URL's key=)"),
     Setting("ORCH_WECOM_QUOTA", None, "mass messages a customer may receive a month through WeCom (unset: the month's number of days, WeCom's default)"),
+    Setting("ORCH_WECOM_OPTOUT_TAG", "退订", "a WeCom customer tag (标签) meaning 'send me nothing': a guide tagging a customer with it opts them out of every channel"),
     Setting("ORCH_POSTER_FONT", None, "an OpenType/TrueType font for posters (default: the shipped Noto Sans CJK SC subset, GB 2312)"),
     Setting("ORCH_SMS_API", "https://dysmsapi.aliyuncs.com/", "base URL of Aliyun's SMS API (SendSms, version 2017-05-25)"),
     Setting("ORCH_SMS_ACCESS_KEY_ID", None, "the Aliyun AccessKey id of a RAM user allowed dysms:SendSms; with the secret, the sms channel is on"),
@@ -85,6 +86,7 @@ class Settings:
     wecom_aes_key: str | None
     wecom_robot_key: str | None
     wecom_quota_text: str | None
+    wecom_optout_tag: str
     poster_font: str | None
     sms_api: str
     sms_access_key_id: str | None

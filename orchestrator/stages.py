@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from orchestrator import audience, eventlog, jobs, ledger
+from orchestrator import audience, eventlog, groupposts, jobs, ledger
 from orchestrator.clock import Clock
 from orchestrator.copytext import mask
 from orchestrator.instream import InStream
@@ -400,12 +400,21 @@ async def _message(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, c
         note = f"deferred to {until:%Y-%m-%d %H:%M}: {now:%H:%M} is inside quiet hours {quiet}"
         await rt.db(eventlog.record, rt.engine, ev.id, "step-deferred", f"{step.step_id} {note}", step_id=step.step_id, event_time=now)
         return note
-    total, added, skipped_by = await rt.db(_plan_recipients, rt, ev.id, step.step_id, msg, rt.routes(ev.mode))
+    routes = rt.routes(ev.mode)
+    total, added, skipped_by = await rt.db(_plan_recipients, rt, ev.id, step.step_id, msg, routes)
     skipped = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(skipped_by.items())) or "none"
     note = f"{total} recipients; not sent: {skipped}"
-    if Channel.WECOM_GROUP in msg.channels:
-        note += "; group posts (wecom_group) arrive with the WeCom channel work"
     data = {"recipients": total, "planned_now": added, "skipped": dict(skipped_by)}
+    if Channel.WECOM_GROUP in msg.channels:
+        transport = routes[Channel.WECOM_GROUP.value]
+        groups, problem = await groupposts.targets(rt, ev.id, loaded, transport)
+        added = await rt.db(ledger.plan_sends, rt.engine, ev.id, step.step_id, [(g, Channel.WECOM_GROUP.value, transport) for g in groups])
+        total += len(groups)
+        note += f"; posted into {len(groups)} groups" if groups else "; no groups to post into yet"
+        if problem:
+            note += f"; {problem}"
+            log.warning("%s %s: %s", ev.id, step.step_id, problem)
+        data |= {"groups": len(groups), "groups_planned_now": added}
     if not total:
         await rt.db(_finish_step, rt, ev.id, step.step_id, "done", note, 0)
         await rt.db(eventlog.record, rt.engine, ev.id, "step-done", f"{step.step_id}: {note}", step_id=step.step_id, event_time=now, data=data)

@@ -1,11 +1,12 @@
 """Following WeCom mass-message tasks until each recipient's row is settled.
 
-A reminder through `wecom_customer` is a task the guide must confirm in the WeCom app
-(orchestrator.channels.wecom_tasks). Every worker's upkeep calls `check`; one worker at a time
+A reminder through `wecom_customer` is a task the guide must confirm in the WeCom app, one through
+`wecom_group` a task the groups' owner confirms (orchestrator.channels.wecom_tasks). Every worker's upkeep calls `check`; one worker at a time
 follows an event's tasks (a lock in Redis). Per task:
 
-- confirmed by the guide: each recipient's result settles their row: delivered -> `sent`,
-  not a friend (any more) -> `failed`, WeCom's quota reached -> `failed`;
+- confirmed by the guide: each recipient's (customer's or group's) result settles their row:
+  delivered -> `sent`, not a friend (any more) or not their group -> `failed`, WeCom's quota
+  reached -> `failed`;
 - not confirmed REMIND_AFTER (event time) after its step's moment: the guide is reminded through
   WeCom, every REMIND_EVERY, at most REMINDS times in any real 24 hours (WeCom's own limit);
   after the last reminder the staff are alerted once;
@@ -35,6 +36,9 @@ REMINDS = 3
 STALE_AFTER = timedelta(minutes=30)
 DAY = 24 * 3600
 RESULTS = {1: ("sent", None), 2: ("failed", "not a friend of the guide (any more)"), 3: ("failed", "WeCom quota reached: the customer already had a mass message")}
+GROUP_RESULTS = {1: ("sent", None), 2: ("failed", "the group is gone or no longer the sender's"),
+                 3: ("failed", "WeCom quota reached: the group already had its mass messages")}
+CHAT = "chat:"  # the recipient of a post into a WeCom customer group (orchestrator.groupposts)
 
 
 async def check(rt: Runtime) -> None:
@@ -59,12 +63,12 @@ async def follow(rt: Runtime, transport: WeComTaskTransport, event_id: str) -> N
     ev = await rt.db(get_event, rt.engine, event_id)
     now = event_clock(ev).now()
     step_at = await rt.db(_step_times, rt, event_id)
-    people = await rt.db(audience.people, rt.engine, event_id, list({m for _i, m, _s, _t in rows}))
+    people = await rt.db(audience.people, rt.engine, event_id, list({m for _i, m, _s, _t in rows if not m.startswith(CHAT)}))
     by_task: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
-    for row_id, member_id, step_id, msgid in rows:
+    for row_id, member_id, step_id, msgid in rows:  # each row by what WeCom calls its recipient: a customer, or a group's chat id
         person = people.get(member_id)
-        customer = person.member.wecom_external_userid if person else None
-        by_task[msgid or ""].append((row_id, customer or "", step_id))
+        recipient = member_id[len(CHAT):] if member_id.startswith(CHAT) else (person.member.wecom_external_userid if person else None)
+        by_task[msgid or ""].append((row_id, recipient or "", step_id))
     client = transport.client()
     settled: list[tuple[int, str, str | None]] = []
     delivered: list[str] = []
@@ -79,12 +83,14 @@ async def follow(rt: Runtime, transport: WeComTaskTransport, event_id: str) -> N
             if int(s.get("status", 0)) != 2:
                 continue
             for r in await client.groupmsg_send_result(msgid, str(s["userid"])):
-                row_id = rows_of.get(str(r.get("external_userid", "")))
-                outcome = RESULTS.get(int(r.get("status", 0)))
+                chat = r.get("chat_id")
+                row_id = rows_of.get(str(chat or r.get("external_userid", "")))
+                outcome = (GROUP_RESULTS if chat else RESULTS).get(int(r.get("status", 0)))
                 if row_id is not None and outcome is not None:
                     settled.append((row_id, outcome[0], outcome[1]))
-                    if outcome[0] == "sent":
-                        delivered.append(next(m for i, m, _s, _t in rows if i == row_id))
+                    member = next(m for i, m, _s, _t in rows if i == row_id)
+                    if outcome[0] == "sent" and not member.startswith(CHAT):  # the funnel counts people
+                        delivered.append(member)
         if not waiting:
             continue
         due = step_at.get(items[0][2], now)

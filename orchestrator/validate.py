@@ -261,6 +261,10 @@ def _messages(f: _Findings, pb: Playbook) -> None:
     for where, msg in all_messages(pb):
         if len(set(msg.channels)) != len(msg.channels):
             f.error(where + ("channels",), "duplicate-channel", _("a channel is listed twice"))
+        if Channel.WECOM_GROUP in msg.channels and pb.path.join.kind == "wechat_group_codes":
+            f.warn(where + ("channels", msg.channels.index(Channel.WECOM_GROUP)), "group-post-wechat-groups", _(
+                "WeCom posts only into WeCom customer groups, and this event's groups come from WeChat group codes: through WeCom "
+                "this message reaches no group (route wecom_group to your webhook, or post it by hand)"))
         if Channel.SMS in msg.channels and msg.sms is None:
             f.error(where + ("channels", msg.channels.index(Channel.SMS)), "sms-template-missing", _(
                 "SMS needs an approved template: add sms: {{sign, template_code, text, params}}").format())
@@ -357,6 +361,11 @@ def _copies(f: _Findings, loaded: LoadedPlaybook) -> None:
                     "this message only goes into groups (wecom_group), where one text reaches everyone: its copy cannot use '{name}'").format(name=name))
             if personal:
                 continue
+        if path[-1] == "copy" and Channel.WECOM_GROUP in _channels_for(path, pb):  # also posted into groups, as one text
+            for name in sorted(used_names(copy.source) & {"member", "guide"}):
+                f.at_copy(copy, 1, "copy-personal-in-group-post", _(
+                    "this message is also posted into the groups (wecom_group) as one text for everyone, where '{name}' is empty; "
+                    "greet them all alike, or post a message of its own into the groups").format(name=name), Severity.WARNING)
         if path[-1] == "copy" and Channel.WECOM_CUSTOMER in _channels_for(path, pb) and "member" in used_names(copy.source):
             f.at_copy(copy, 1, "copy-personal-in-wecom-task", _(
                 "WeCom sends a guide's mass message as one text to all their customers: copy that uses 'member' makes a task per "

@@ -71,13 +71,13 @@ class WeComClient:
 
     # --- calls --------------------------------------------------------------------------------
 
-    async def call(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """POST `body` (or GET without one) to `path`; the answer when errcode is 0."""
+    async def call(self, path: str, body: dict[str, Any] | None = None, query: dict[str, str] | None = None) -> dict[str, Any]:
+        """POST `body` (or GET `query` without one) to `path`; the answer when errcode is 0."""
         refreshed = False
         attempt = 0
         while True:
             token = await self.token()
-            answer = await self._http("POST" if body is not None else "GET", path, {"access_token": token}, body)
+            answer = await self._http("POST" if body is not None else "GET", path, {**(query or {}), "access_token": token}, body)
             code = int(answer.get("errcode", 0))
             if code == 0:
                 return answer
@@ -139,6 +139,11 @@ class WeComClient:
         chat: dict[str, Any] = answer["group_chat"]
         return chat
 
+    async def contact(self, external_userid: str) -> dict[str, Any]:
+        """A customer and each staff member who has them, with the tags that member gave them:
+        `{"external_contact": {...}, "follow_user": [{"userid", "tags": [{"group_name", "tag_name", "tag_id", "type"}]}]}`."""
+        return await self.call("externalcontact/get", query={"external_userid": external_userid})
+
     # --- mass messages (群发): tasks a guide confirms in the WeCom app ------------------------------
 
     async def add_msg_template(self, *, sender: str, external_userids: list[str], text: str) -> tuple[str, list[str]]:
@@ -148,12 +153,20 @@ class WeComClient:
             "chat_type": "single", "external_userid": external_userids[:10_000], "sender": sender, "text": {"content": text}})
         return str(answer["msgid"]), [str(x) for x in answer.get("fail_list", [])]
 
+    async def add_group_msg_template(self, *, sender: str, chat_ids: list[str], text: str) -> tuple[str, list[str]]:
+        """Create a mass-message task from `sender` (the groups' owner) into these customer groups of
+        theirs; (msgid, the chats WeCom refused at once: not the sender's, or gone)."""
+        answer = await self.call("externalcontact/add_msg_template", {
+            "chat_type": "group", "sender": sender, "chat_id_list": chat_ids, "text": {"content": text}})
+        return str(answer["msgid"]), [str(x) for x in answer.get("fail_list", [])]
+
     async def groupmsg_task(self, msgid: str) -> list[dict[str, Any]]:
         """Each sender of a task and whether they confirmed it: [{userid, status 0 unsent | 2 sent, send_time}]."""
         return await self._pages("externalcontact/get_groupmsg_task", {"msgid": msgid}, "task_list")
 
     async def groupmsg_send_result(self, msgid: str, userid: str) -> list[dict[str, Any]]:
-        """Per recipient of a sender's task: [{external_userid, status 0 unsent | 1 sent | 2 not a friend | 3 quota reached}]."""
+        """Per recipient of a sender's task: [{external_userid (or chat_id, for a group task), status 0 unsent | 1 sent |
+        2 not a friend (or not a group of theirs) | 3 quota reached}]."""
         return await self._pages("externalcontact/get_groupmsg_send_result", {"msgid": msgid, "userid": userid}, "send_list")
 
     async def remind_groupmsg_send(self, msgid: str) -> None:

@@ -1,4 +1,5 @@
-"""WeCom's callback URL (`/wecom/callback`): the URL check (GET) and member-change events (POST).
+"""WeCom's callback URL (`/wecom/callback`): the URL check (GET), group member changes (joins) and
+customer changes (an opt-out tag) (POST).
 
 Every request is checked before anything is read from it: its timestamp must be within five
 minutes of ours (an older one is a replay), its msg_signature must be ours, and the message must
@@ -23,6 +24,7 @@ from orchestrator.funnel import Funnel, Seen
 from orchestrator.wecom import WeComError
 from orchestrator.wecom_crypto import CallbackRejected
 from orchestrator.wecomjoins import on_member_change
+from orchestrator.wecomtags import on_contact_change
 
 log = logging.getLogger("web.wecom")
 WINDOW = 300  # seconds a callback's timestamp may differ from our clock
@@ -61,6 +63,11 @@ async def callback(request: Request) -> Response:
         log.error("a WeCom callback arrived but the API is not configured (ORCH_WECOM_SECRET): joins cannot be attributed")
         return PlainTextResponse("success")
     try:
+        if message.get("Event") == "change_external_contact":  # a customer's tags changed: an opt-out tag?
+            if await asyncio.wait_for(on_contact_change(wecom, state.engine, message, state.settings.wecom_optout_tag), ANSWER_WITHIN):
+                log.info("WeCom: customer %s tagged %s: opted out of every channel", message.get("ExternalUserID"), state.settings.wecom_optout_tag)
+            await state.redis.set(key, 1, ex=SEEN_FOR)
+            return PlainTextResponse("success")
         learned = await asyncio.wait_for(on_member_change(wecom, state.engine, message), ANSWER_WITHIN)
     except (WeComError, asyncio.TimeoutError) as e:
         log.warning("WeCom callback not processed, WeCom will retry: %s", e)

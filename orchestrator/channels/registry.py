@@ -14,7 +14,7 @@ from orchestrator.playbook import Channel
 from orchestrator.settings import Settings
 
 NATIVE = {Channel.WEBHOOK.value: "webhook", Channel.CONSOLE.value: "console", Channel.SMS.value: "aliyun_sms", Channel.EMAIL.value: "smtp",
-          Channel.WECOM_CUSTOMER.value: "wecom_tasks"}
+          Channel.WECOM_CUSTOMER.value: "wecom_tasks", Channel.WECOM_GROUP.value: "wecom_tasks"}
 
 
 def routes(settings: Settings, mode: str) -> dict[str, str]:
@@ -39,7 +39,7 @@ def missing_routes(settings: Settings, mode: str, used: set[str]) -> list[str]:
             problems.append(f"channel '{channel}' goes through the webhook, but ORCH_WEBHOOK_URL and ORCH_WEBHOOK_SECRET are not both set")
         elif transport == "wecom_tasks" and not settings.wecom_api_on:
             problems.append(f"channel '{channel}' goes through WeCom mass-message tasks, but ORCH_WECOM_CORP_ID and ORCH_WECOM_SECRET are not both set"
-                            " (or route it elsewhere with ORCH_ROUTES, e.g. wecom_customer=webhook)")
+                            f" (or route it elsewhere with ORCH_ROUTES, e.g. {channel}=webhook)")
         elif transport == "aliyun_sms" and not settings.sms_on:
             problems.append(f"channel '{channel}' goes through Aliyun SMS, but ORCH_SMS_ACCESS_KEY_ID and ORCH_SMS_ACCESS_KEY_SECRET are not both set"
                             " (or route it elsewhere with ORCH_ROUTES, e.g. sms=webhook)")

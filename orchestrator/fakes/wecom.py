@@ -6,7 +6,8 @@ encrypted and signed exactly as WeCom does.
 
 Tests steer it: `expire_tokens()` makes every issued token answer 42001, `fail_next` queues
 errcodes per path, `join()` puts a customer into a chat and returns the callback WeCom would send,
-`confirm()` is a guide confirming a task (with per-customer monthly quota and deleted friends).
+`tag()` a guide tagging a customer (the callback, and the tags `externalcontact/get` tells), `confirm()` is a guide confirming a task (with per-customer and per-group monthly quota and deleted
+friends); `add_chat(chat, owner)` makes a customer group owned by `owner`.
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ class FakeWeCom:
     join_ways: dict[str, dict[str, Any]] = field(default_factory=dict)
     chats: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     friends: dict[str, set[str]] | None = None  # sender -> their customers; None: everyone is everyone's
+    tags: dict[str, dict[str, set[str]]] = field(default_factory=dict)  # customer -> staff userid -> tag names they gave
+    chat_owners: dict[str, str] = field(default_factory=dict)  # chat id -> its owner's userid (default zhangsan)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # msgid -> the mass-message task
-    received: Counter[str] = field(default_factory=Counter)  # customer -> mass messages delivered this month
+    received: Counter[str] = field(default_factory=Counter)  # customer or group -> mass messages delivered this month
     quota: int = 31  # mass messages a customer may receive a month; past it a recipient's status is 3
     reminds: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # msgid -> when reminded
     confirm_after: float | None = None  # seconds after which a guide confirms each new task by itself (rehearsals); None: the test does
@@ -88,12 +91,14 @@ class FakeWeCom:
             return web.json_response({"errcode": 42001, "errmsg": "access_token expired"})
         if queued is not None:
             return web.json_response({"errcode": queued, "errmsg": "injected by the test"})
-        body = json.loads(await request.read() or b"{}")
+        body = json.loads(await request.read() or b"{}") if request.method == "POST" else \
+            {k: v for k, v in request.query.items() if k != "access_token"}
         self.bodies[path].append(body)
         handler = {"externalcontact/groupchat/add_join_way": self._add_join_way,
                    "externalcontact/groupchat/get_join_way": self._get_join_way,
                    "externalcontact/groupchat/update_join_way": self._update_join_way,
                    "externalcontact/groupchat/get": self._group_chat,
+                   "externalcontact/get": self._contact,
                    "externalcontact/add_msg_template": self._add_msg_template,
                    "externalcontact/get_groupmsg_task": self._groupmsg_task,
                    "externalcontact/get_groupmsg_send_result": self._groupmsg_send_result,
@@ -127,19 +132,42 @@ class FakeWeCom:
         chat_id = body.get("chat_id", "")
         if chat_id not in self.chats:
             return {"errcode": 701008, "errmsg": "not a customer group chat"}
-        return {"errcode": 0, "errmsg": "ok", "group_chat": {"chat_id": chat_id, "name": "客户群", "owner": "zhangsan",
+        return {"errcode": 0, "errmsg": "ok", "group_chat": {"chat_id": chat_id, "name": "客户群", "owner": self.owner(chat_id),
                                                             "member_list": self.chats[chat_id], "member_version": "v1"}}
+
+    def _contact(self, body: dict[str, Any]) -> dict[str, Any]:
+        customer = body.get("external_userid", "")
+        if not customer:
+            return {"errcode": 41001, "errmsg": "missing external_userid"}
+        return {"errcode": 0, "errmsg": "ok", "external_contact": {"external_userid": customer, "name": "客户", "type": 1},
+                "follow_user": [{"userid": userid, "remark": "", "createtime": int(time.time()),
+                                 "tags": [{"group_name": "营销", "tag_name": name, "tag_id": f"et{abs(hash(name)) % 10**8}", "type": 1}
+                                          for name in sorted(names)]}
+                                for userid, names in sorted(self.tags.get(customer, {}).items())]}
 
     # --- mass messages: tasks a guide confirms ----------------------------------------------------
 
+    def owner(self, chat_id: str) -> str:
+        return self.chat_owners.get(chat_id, "zhangsan")
+
     def _add_msg_template(self, body: dict[str, Any]) -> dict[str, Any]:
-        customers, sender, text = body.get("external_userid", []), body.get("sender", ""), body.get("text", {}).get("content", "")
-        if body.get("chat_type", "single") != "single" or not sender or not customers or len(customers) > 10_000 \
-                or not text or len(text.encode()) > 4000:
+        sender, text, kind = body.get("sender", ""), body.get("text", {}).get("content", ""), body.get("chat_type", "single")
+        if kind not in ("single", "group") or not text or len(text.encode()) > 4000:
             return {"errcode": 40058, "errmsg": "invalid parameter"}
-        fail = [c for c in customers if self.friends is not None and c not in self.friends.get(sender, set())]
+        if kind == "group":  # into the sender's customer groups: those listed, or all of them
+            if not sender:
+                return {"errcode": 40058, "errmsg": "invalid parameter: a group message needs its sender"}
+            chats = body.get("chat_id_list") or [c for c in self.chats if self.owner(c) == sender]
+            fail = [c for c in chats if c not in self.chats or self.owner(c) != sender]
+            recipients = [c for c in chats if c not in fail]
+        else:
+            customers = body.get("external_userid", [])
+            if not sender or not customers or len(customers) > 10_000:
+                return {"errcode": 40058, "errmsg": "invalid parameter"}
+            fail = [c for c in customers if self.friends is not None and c not in self.friends.get(sender, set())]
+            recipients = [c for c in customers if c not in fail]
         msgid = f"msg{next(self._ids):05d}"
-        self.tasks[msgid] = {"sender": sender, "customers": [c for c in customers if c not in fail], "text": text, "confirmed": False,
+        self.tasks[msgid] = {"sender": sender, "chat_type": kind, "customers": recipients, "text": text, "confirmed": False,
                              "cancelled": False, "results": {}}
         if self.confirm_after is not None:
             timer = threading.Timer(self.confirm_after, self.confirm, args=(msgid,))
@@ -161,8 +189,9 @@ class FakeWeCom:
         task = self._task(body)
         if task is None:
             return {"errcode": 41063, "errmsg": "invalid msgid"}
+        recipient = "chat_id" if task["chat_type"] == "group" else "external_userid"
         return {"errcode": 0, "errmsg": "ok", "next_cursor": "", "send_list": [
-            {"external_userid": c, "userid": task["sender"], "status": task["results"].get(c, 0), "send_time": int(time.time())}
+            {recipient: c, "userid": task["sender"], "status": task["results"].get(c, 0), "send_time": int(time.time())}
             for c in task["customers"] if body.get("userid") == task["sender"]]}
 
     def _remind(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -183,7 +212,8 @@ class FakeWeCom:
         return {"errcode": 0, "errmsg": "ok"}
 
     def confirm(self, msgid: str, *, gone: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-        """The guide taps send in the app: each customer gets it (1), unless they deleted the guide (2) or had their quota (3)."""
+        """The guide taps send in the app: each customer (or group) gets it (1), unless they deleted the guide or the group
+        is gone (2) or had their quota (3)."""
         with self._lock:
             task = self.tasks[msgid]
             if task["cancelled"]:
@@ -220,8 +250,10 @@ class FakeWeCom:
 
     # --- people joining, and the callbacks WeCom sends --------------------------------------------
 
-    def add_chat(self, chat_id: str) -> None:
-        self.chats.setdefault(chat_id, [{"userid": "zhangsan", "type": 1, "join_time": int(time.time()), "join_scene": 1}])
+    def add_chat(self, chat_id: str, owner: str | None = None) -> None:
+        if owner is not None:
+            self.chat_owners[chat_id] = owner
+        self.chats.setdefault(chat_id, [{"userid": self.owner(chat_id), "type": 1, "join_time": int(time.time()), "join_scene": 1}])
 
     def join(self, chat_id: str, userid: str, state: str, *, items: bool = True) -> str:
         """`userid` scans a join way with `state` into `chat_id`; the decrypted callback message."""
@@ -235,6 +267,14 @@ class FakeWeCom:
                 f"<UpdateDetail><![CDATA[add_member]]></UpdateDetail><JoinScene>3</JoinScene><QuitScene>0</QuitScene>"
                 f"<MemChangeCnt>1</MemChangeCnt><MemChangeList>{members}</MemChangeList><LastMemVer><![CDATA[v1]]></LastMemVer>"
                 f"<CurMemVer><![CDATA[v2]]></CurMemVer></xml>")
+
+    def tag(self, customer: str, tag_name: str, userid: str = "lili") -> str:
+        """Staff `userid` tags `customer` in the app; the decrypted callback message WeCom sends."""
+        self.tags.setdefault(customer, {}).setdefault(userid, set()).add(tag_name)
+        return (f"<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName><FromUserName><![CDATA[sys]]></FromUserName>"
+                f"<CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[event]]></MsgType>"
+                f"<Event><![CDATA[change_external_contact]]></Event><ChangeType><![CDATA[edit_external_contact]]></ChangeType>"
+                f"<UserID><![CDATA[{userid}]]></UserID><ExternalUserID><![CDATA[{customer}]]></ExternalUserID></xml>")
 
     def sealed(self, message: str, *, timestamp: int | None = None, nonce: str | None = None) -> tuple[bytes, dict[str, str]]:
         ts = str(int(time.time()) if timestamp is None else timestamp)

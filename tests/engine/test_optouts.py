@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+
+from click.testing import CliRunner
 
 from sqlalchemy import Engine, func, select
 from starlette.testclient import TestClient
 
+from orchestrator.cli import cli
 from orchestrator.eligibility import optouts_of
 from orchestrator.playbook import Member
 from orchestrator.settings import Settings
@@ -62,3 +66,23 @@ def test_bad_opt_outs_are_refused_with_what_and_where_and_store_nothing(
             r = web.post("/api/optouts", headers=TOKEN, json=body)
             assert r.status_code == 422 and words in r.json()["error"] and r.json().get("at") == at, (body, r.json())
     assert stored(engine) == 0, "a batch with one bad item stores none of it"
+
+
+def test_the_console_records_an_opt_out_normalised_and_lists_every_source(engine: Engine, database_url: str) -> None:
+    env = {"DATABASE_URL": database_url}
+    runner = CliRunner()
+    first = runner.invoke(cli, ["--lang", "en", "optout", "add", "--address", "+86 139 0000 0003", "--channel", "sms"], env=env)
+    assert first.exit_code == 0 and "opt-out recorded: 13900000003 gets nothing through sms" in first.output, first.output
+    again = runner.invoke(cli, ["--lang", "en", "optout", "add", "--address", "13900000003", "--channel", "sms"], env=env)
+    assert again.exit_code == 0 and "had already opted out of sms: nothing changed" in again.output
+    assert runner.invoke(cli, ["--lang", "en", "optout", "add", "--member", "m7"], env=env).exit_code == 0
+    cai = Member("m3", "蔡", "all", phone="13900000003")
+    assert optouts_of(engine, [cai]).blocks(cai, "sms") and not optouts_of(engine, [cai]).blocks(cai, "email"), "matched like a member's number"
+    listed = runner.invoke(cli, ["--lang", "en", "optout", "list", "--json"], env=env)
+    rows = json.loads(listed.output)
+    assert [(r["member"], r["address"], r["channel"], r["source"]) for r in rows] == [("m7", None, "*", "console"), (None, "13900000003", "sms", "console")]
+    for args, words in [(["--member", "m1", "--address", "13900000001"], "exactly one of 'member'"), ([], "exactly one of 'member'"),
+                        (["--member", "m1", "--channel", "fax"], "'channel' 'fax' is not one of")]:
+        bad = runner.invoke(cli, ["--lang", "en", "optout", "add", *args], env=env)
+        assert bad.exit_code == 2 and words in bad.output and "Traceback" not in bad.output, bad.output
+    assert stored(engine) == 2, "a refused opt-out stores nothing"

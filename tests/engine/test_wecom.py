@@ -20,9 +20,11 @@ from sqlalchemy import Engine, select
 from wechatpy.enterprise.crypto import WeChatCrypto
 
 from orchestrator.cli import cli
+from orchestrator.eligibility import optouts_of
 from orchestrator.joins import joined
 from orchestrator.settings import Settings
-from orchestrator.store import Join, Send
+from orchestrator.playbook import Member
+from orchestrator.store import Join, OptOut, Send
 from orchestrator.wecom import WeComClient, WeComError
 from orchestrator.wecom_crypto import CallbackRejected, WeComCrypto, parse_event
 from orchestrator.wecomjoins import open_join_ways
@@ -34,6 +36,7 @@ from tests.engine.test_pool import WebProcess, codes_of, quiet, schedule
 pytestmark = pytest.mark.db
 JOIN = Join.__table__  # type: ignore[attr-defined]
 SEND = Send.__table__  # type: ignore[attr-defined]
+OPTOUT = OptOut.__table__  # type: ignore[attr-defined]
 GUIDES = "id,name,channel_code,contact_code\ng1,小李,G01,wx_xiaoli\ng2,小王,G02,wx_xiaowang\n"
 WECOM_JOIN = ('join: {kind: wecom_join_way, capacity: 500, margin: 480, group_name: "测试群{n}", state_prefix: "t-", chat_ids: [chat-1], groups_per_join_way: 2, '
               'welcome: "欢迎加入{{ group.name }}{% if guide %}，导购{{ guide.name }}{% endif %}"}')
@@ -259,3 +262,30 @@ def test_a_wrong_aes_key_setting_is_refused_at_start(make_settings: Callable[...
 
     with pytest.raises(ConfigError, match="43-character"):
         make_settings(ORCH_WECOM_AES_KEY=base64.b64encode(b"x" * 16).decode())
+
+
+def test_a_customer_tagged_with_the_opt_out_tag_gets_nothing_from_then_on(tmp_path: Path, engine: Engine, database_url: str, redis_url: str,
+                                                                        wecom: FakeWeCom) -> None:
+    web = WebProcess({"DATABASE_URL": database_url, "REDIS_URL": redis_url, "ORCH_DATA_DIR": str(tmp_path / "data"), **wecom.env()})
+    try:
+        web.wait()
+        url = web.url + "/wecom/callback"
+        body, params = wecom.sealed(wecom.tag("wmTagged1", "VIP"))  # another tag: nothing
+        assert wecom.post(url, body, params) == (200, "success")
+        body, params = wecom.sealed(wecom.tag("wmTagged1", "退订", userid="wangwu"))  # a second guide of theirs tags them 退订
+        assert wecom.post(url, body, params) == (200, "success")
+        assert wecom.post(url, body, params) == (200, "success"), "WeCom's retry: answered, looked up no more"
+        wecom.fail_next["externalcontact/get"] = [-1, -1, -1]  # WeCom busy: we answer 503 so that WeCom calls back again
+        body, params = wecom.sealed(wecom.tag("wmTagged2", "退订"))
+        assert wecom.post(url, body, params)[0] == 503
+    finally:
+        web.stop()
+    assert wecom.calls["externalcontact/get"] == 5, "asked once per new callback (the busy one three times)"
+    assert [b["external_userid"] for b in wecom.bodies["externalcontact/get"]] == ["wmTagged1", "wmTagged1"]
+    with engine.connect() as conn:
+        rows = conn.execute(select(OPTOUT.c.member_id, OPTOUT.c.address, OPTOUT.c.channel, OPTOUT.c.source)).all()
+    assert [tuple(r) for r in rows] == [(None, "wmtagged1", "*", "wecom-tag")]
+    tagged = Member("m9", "客户", "all", wecom_external_userid="wmTagged1")
+    other = Member("m8", "客户", "all", wecom_external_userid="wmOther")
+    found = optouts_of(engine, [tagged, other])
+    assert found.blocks(tagged, "wecom_customer") and found.blocks(tagged, "sms") and not found.blocks(other, "wecom_customer")

@@ -361,6 +361,20 @@ def test_a_message_allowed_in_quiet_hours_is_a_warning_not_an_error(tmp_path: Pa
     assert f"{path}:54:11: warning: reminder:hour at 22:00 goes out in quiet hours" in strict.stdout
 
 
+def test_a_group_post_names_personal_copy_and_groups_wecom_cannot_post_into_as_warnings(tmp_path: Path) -> None:
+    path = write_playbook(tmp_path, (("channels: [sms, console]", "channels: [sms, wecom_group]"),))
+    diags = findings(path)
+    assert not any(d.is_error for d in diags)
+    personal = [d for d in diags if d.code == "copy-personal-in-group-post"]
+    assert [(d.line, d.col) for d in personal] == [(56, 13)] and "'member' is empty" in personal[0].message
+    wechat = [d for d in diags if d.code == "group-post-wechat-groups"]
+    assert [(d.line, d.col) for d in wechat] == [(55, 23)] and "WeChat group codes" in wechat[0].message
+    wecom = write_playbook(tmp_path / "wecom", (("channels: [sms, console]", "channels: [sms, wecom_group]"),
+                                                ("kind: wechat_group_codes", "kind: wecom_join_way\n    chat_ids: [wr-1]"),
+                                                ("copy: \"{{ member.name }}，", "copy: \"")))
+    assert not [d for d in findings(wecom) if d.code in ("copy-personal-in-group-post", "group-post-wechat-groups")], "WeCom groups, greeting all alike"
+
+
 def test_personal_copy_for_wecom_tasks_is_a_warning_at_the_copy(tmp_path: Path) -> None:
     path = write_playbook(tmp_path, (("channels: [sms, console]", "channels: [sms, wecom_customer]"),))
     diags = findings(path)
