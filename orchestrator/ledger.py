@@ -257,6 +257,12 @@ def sendable(engine: Engine, event_id: str, horizon: datetime) -> int:
         ).scalar_one())
 
 
+def in_flight(engine: Engine, event_id: str) -> int:
+    """Rows of the event a worker is sending now."""
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).where(SEND.c.event_id == event_id, SEND.c.state == "sending")).scalar_one())
+
+
 def unknown_rows(engine: Engine, event_id: str, limit: int = 1000) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         rows = conn.execute(
