@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from orchestrator import audience, eventlog, jobs, ledger
+from orchestrator import audience, eventlog, groupposts, jobs, ledger
 from orchestrator.channels.base import Outcome, Outgoing
 from orchestrator.clock import Clock
 from orchestrator.eligibility import address_of, optouts_of
@@ -200,9 +200,8 @@ def prepare(loaded: LoadedPlaybook, ev: Event, step_id: str, reserved: list[Clai
             failed += [Result(c.id, "failed", error=f"copy failed: {e}"[:500]) for c in posts]
         else:
             for c in posts:
-                kind, _sep, where = c.member_id.partition(":")
-                address = {"chat_id": where} if kind == "chat" else {"group": where}
-                outgoing[c.transport].append((c, Outgoing(c.key, ev.id, step_id, c.member_id, c.channel, c.member_id, text, address)))
+                outgoing[c.transport].append((c, Outgoing(c.key, ev.id, step_id, c.member_id, c.channel, c.member_id, text,
+                                                          groupposts.address(c.member_id))))
     senders = {g.id: g.wecom_userid for g in loaded.guides if g.wecom_userid}
     for c in reserved:
         m = members[c.id]

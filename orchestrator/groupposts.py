@@ -22,6 +22,14 @@ from orchestrator.runtime import Runtime
 from orchestrator.wecom import WeComError
 from orchestrator.wecomjoins import join_ways_of
 
+CHAT = "chat:"  # a WeCom customer group, by chat id: the recipient of a post through WeCom
+GROUP = "group:"  # a pool group, by number: posted by whoever the transport reaches
+
+
+def address(recipient: str) -> dict[str, str]:
+    """Where a post's row goes: `{"chat_id": ...}` or `{"group": ...}`."""
+    return {"chat_id": recipient[len(CHAT):]} if recipient.startswith(CHAT) else {"group": recipient.removeprefix(GROUP)}
+
 
 async def targets(rt: Runtime, event_id: str, loaded: LoadedPlaybook, transport: str) -> tuple[list[str], str | None]:
     """Recipient ids of the event's groups for a post through `transport`, and what kept some from
@@ -37,9 +45,9 @@ async def targets(rt: Runtime, event_id: str, loaded: LoadedPlaybook, transport:
                     chats += [str(c) for c in (await client.get_join_way(config_id)).get("chat_id_list") or []]
             except WeComError as e:
                 problem = f"the groups behind the join ways could not be read ({e}); posted into path.join.chat_ids only"
-        return [f"chat:{c}" for c in dict.fromkeys(chats)], problem
+        return [CHAT + c for c in dict.fromkeys(chats)], problem
     pool = await asyncio.to_thread(_pool_numbers, rt.engine, event_id)
-    return [f"group:{n}" for n in pool] + [f"chat:{c}" for c in dict.fromkeys(chats)], None
+    return [f"{GROUP}{n}" for n in pool] + [CHAT + c for c in dict.fromkeys(chats)], None
 
 
 def _pool_numbers(engine: Engine, event_id: str) -> list[int]:

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from orchestrator import audience, eventlog, ledger
 from orchestrator.channels.wecom_tasks import WeComTaskTransport
 from orchestrator.funnel import Funnel, Seen
+from orchestrator.groupposts import CHAT
 from orchestrator.poolwatch import running_events, staff_alert
 from orchestrator.runtime import Runtime
 from orchestrator.scheduling import STEP, event_clock, get_event
@@ -38,7 +39,6 @@ DAY = 24 * 3600
 RESULTS = {1: ("sent", None), 2: ("failed", "not a friend of the guide (any more)"), 3: ("failed", "WeCom quota reached: the customer already had a mass message")}
 GROUP_RESULTS = {1: ("sent", None), 2: ("failed", "the group is gone or no longer the sender's"),
                  3: ("failed", "WeCom quota reached: the group already had its mass messages")}
-CHAT = "chat:"  # the recipient of a post into a WeCom customer group (orchestrator.groupposts)
 
 
 async def check(rt: Runtime) -> None:
