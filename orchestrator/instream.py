@@ -19,9 +19,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 from sqlalchemy import Engine
 
 from orchestrator import ingest
+from orchestrator.autopipeline import AutoPipeline
 from orchestrator.funnel import DIRTY
 from orchestrator.funnel import key as funnel_key
 from orchestrator.store import ScanLog
@@ -120,9 +122,10 @@ def counted(kind: str, row: dict[str, Any]) -> tuple[str | None, str, int]:
 
 
 class InStream:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, pipe: AutoPipeline | None = None) -> None:
         self.redis = redis
         self._append = redis.register_script(APPEND)
+        self._pipe = pipe  # the web app's: each request's script is written together with the others in flight
 
     async def append(self, kind: str, event_id: str, rows: list[dict[str, Any]]) -> ingest.Stored:
         """Put rows in the event's stream unless seen before; (stored, duplicates). Durable on return."""
@@ -134,7 +137,13 @@ class InStream:
             step, person, gmv = counted(kind, r)
             marks.append((f"orch:seen:{kind}:{r['source']}:{r[id_field]}", funnel_key(event_id, step) if step else "", person, gmv))
         args: list[Any] = [SEEN_FOR, _encode(kind, rows), event_id, _ENCODE(marks)]
-        stored = int(await self._append(keys=keys, args=args))
+        if self._pipe is None:
+            stored = int(await self._append(keys=keys, args=args))
+        else:
+            try:
+                stored = int(await self._pipe.evalsha(self._append.sha, len(keys), *keys, *args))
+            except NoScriptError:  # Redis restarted or flushed its scripts: the client loads it (nothing was appended)
+                stored = int(await self._append(keys=keys, args=args))
         return ingest.Stored(stored, len(rows) - stored)
 
     async def move(self, engine: Engine, kind: str, event_id: str) -> int:

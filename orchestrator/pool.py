@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 from sqlalchemy import Engine, func, insert, select
 
-from orchestrator.directredis import Direct
+from orchestrator.autopipeline import AutoPipeline
 from orchestrator.errors import OrchestratorError
 from orchestrator.store import ChatGroup, utc_now
 
@@ -150,14 +150,14 @@ def _keys(event_id: str) -> list[str]:
 class Pool:
     """The pool of every event, in Redis, loaded from the store when needed."""
 
-    def __init__(self, redis: Redis, engine: Engine, direct: Direct | None = None) -> None:
+    def __init__(self, redis: Redis, engine: Engine, pipe: AutoPipeline | None = None) -> None:
         self.redis = redis
         self.engine = engine
         self._assign = redis.register_script(ASSIGN)
         self._load = redis.register_script(LOAD)
         self._tally = redis.register_script(TALLY)
         self._loading: dict[str, asyncio.Lock] = {}
-        self._call: Redis | Direct = direct or redis  # the web app's Direct: every scan calls a script on connections it keeps
+        self._call: Redis | AutoPipeline = pipe or redis  # the web app's: every scan calls a script, written together with the others
 
     async def assign(self, event_id: str, visitor: str, now: datetime | None = None, tally: Tally | None = None) -> Place:
         """A place for `visitor` in the event's pool (the same one if they have one).

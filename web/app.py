@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from orchestrator.directredis import Direct
+from orchestrator.autopipeline import AutoPipeline
 from orchestrator.embedded_redis import redis_url
 from orchestrator.instream import InStream
 from orchestrator.pool import Pool
@@ -58,11 +58,11 @@ def create_app(settings: Settings) -> Starlette:
             redis = Redis.from_url(url)
             app.state.engine = engine
             app.state.redis = redis
-            direct = Direct(redis)  # the scan script's own connections
-            app.state.pool = Pool(redis, engine, direct)
+            pipe = AutoPipeline(redis)  # the hot routes' scripts (scans, ingestion), written together on one connection
+            app.state.pool = Pool(redis, engine, pipe)
             app.state.resolve = Resolver(engine)
             app.state.pages = Rendered()
-            app.state.instream = InStream(redis)  # not on Direct: with it, bench/board.py viewers got 97 snapshots each, not 754 (cause not found yet)
+            app.state.instream = InStream(redis, pipe)
             app.state.events = Events(engine)
             app.state.hub = Hub(redis)
             async with contextlib.AsyncExitStack() as stack:
@@ -76,7 +76,7 @@ def create_app(settings: Settings) -> Starlette:
                     yield
                 finally:
                     await app.state.hub.close()
-                    await direct.aclose()
+                    await pipe.aclose()
                     await redis.aclose()
                     engine.dispose()
 
