@@ -8,6 +8,7 @@ once. Times are ISO 8601 (an offset, or the event's timezone) or Unix epoch mill
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,43 +72,75 @@ def _text(item: dict[str, Any], key: str, at: str, *, limit: int, required: bool
     return value
 
 
-def _items(body: Any, key: str, fields: set[str]) -> list[tuple[str, dict[str, Any]]]:
-    """(where, item) of a request of one item or {key: [...]}; every item an object with known fields."""
+def _items(body: Any, key: str, fields: set[str]) -> tuple[list[dict[str, Any]], Callable[[int], str]]:
+    """The items of a request of one item or {key: [...]}, every one an object with known fields,
+    and where the i-th is ("comments[3]", or "body" for a single item) for errors."""
     batch = isinstance(body, dict) and key in body
     items = body.get(key) if batch else [body]
+
+    def where(i: int) -> str:
+        return f"{key}[{i}]" if batch else "body"
+
     if not isinstance(items, list) or not items:
         raise BadInput(f"expected one object or {{\"{key}\": [...]}} with at least one", "body")
     if len(items) > MAX_BATCH:
         raise BadInput(f"at most {MAX_BATCH} per request, got {len(items)}", "body")
-    out = []
     for i, item in enumerate(items):
-        at = f"{key}[{i}]" if batch else "body"
-        if not isinstance(item, dict):
-            raise BadInput("each item must be an object", at)
-        unknown = set(item) - fields
-        if unknown:
-            raise BadInput(f"unknown field {sorted(unknown)[0]!r}; an item has {', '.join(sorted(fields))}", at)
-        out.append((at, item))
-    return out
+        if type(item) is not dict or not fields.issuperset(item):
+            if not isinstance(item, dict):
+                raise BadInput("each item must be an object", where(i))
+            unknown = set(item) - fields
+            raise BadInput(f"unknown field {sorted(unknown)[0]!r}; an item has {', '.join(sorted(fields))}", where(i))
+    return items, where
 
 
 COMMENT_FIELDS = {"platform", "room", "message_id", "user_id", "name", "text", "time"}
 
 
+def _plain(value: Any, limit: int) -> bool:
+    """A string within `limit` with something besides blanks."""
+    return type(value) is str and 0 < len(value) <= limit and not value.isspace()
+
+
+def usual_comment(item: dict[str, Any], tz: ZoneInfo) -> tuple[Any, ...] | None:
+    """(platform, room, message_id, user_id, name, text, at) of a usual comment, checked in a few
+    comparisons (feeds send thousands a second); None for any other, which `checked_comment` takes
+    field by field and names what is wrong. Both give the same row for any item this accepts."""
+    get = item.get
+    platform, room, message_id, user_id, name, text, when = (
+        get("platform"), get("room", ""), get("message_id"), get("user_id"), get("name", ""), get("text"), get("time"))
+    if not (type(platform) is str and platform in PLATFORMS and _plain(message_id, 128) and _plain(user_id, 128)
+            and type(room) is str and len(room) <= 128 and type(name) is str and len(name) <= 128
+            and type(text) is str and len(text) <= 2000 and type(when) is str):
+        return None
+    try:
+        at = datetime.fromisoformat(when)
+    except ValueError:
+        return None
+    return platform, room, message_id, user_id, name, text, at if at.tzinfo else at.replace(tzinfo=tz)  # in UTC when stored
+
+
+def checked_comment(item: dict[str, Any], tz: ZoneInfo, at: str) -> tuple[Any, ...]:
+    """What `usual_comment` gives, for any item; BadInput names the field that is wrong."""
+    platform = _text(item, "platform", at, limit=32)
+    if platform not in PLATFORMS:
+        raise BadInput(f"platform {platform!r} is not one of {', '.join(sorted(PLATFORMS))}", f"{at}.platform")
+    return (platform, _text(item, "room", at, limit=128, required=False, empty=True) or "", _text(item, "message_id", at, limit=128),
+            _text(item, "user_id", at, limit=128), _text(item, "name", at, limit=128, required=False, empty=True) or "",
+            _text(item, "text", at, limit=2000, empty=True), moment(item.get("time"), tz, f"{at}.time"))
+
+
 def comment_rows(event_id: str, source: str, body: Any, tz: ZoneInfo) -> list[dict[str, Any]]:
-    """The comments of a request as rows, every one checked; BadInput names the first problem."""
+    """The comments of a request as rows, every one checked; BadInput names the first problem.
+    Times are aware, in the offset they came with (converting each to UTC was a tenth of a batch
+    request): moving them into the store puts them in UTC."""
     rows = []
     now = utc_now()
-    for at, item in _items(body, "comments", COMMENT_FIELDS):
-        platform = _text(item, "platform", at, limit=32)
-        if platform not in PLATFORMS:
-            raise BadInput(f"platform {platform!r} is not one of {', '.join(sorted(PLATFORMS))}", f"{at}.platform")
-        rows.append({"event_id": event_id, "source": source, "platform": platform,
-                     "room": _text(item, "room", at, limit=128, required=False, empty=True) or "",
-                     "message_id": _text(item, "message_id", at, limit=128), "user_id": _text(item, "user_id", at, limit=128),
-                     "name": _text(item, "name", at, limit=128, required=False, empty=True) or "",
-                     "text": _text(item, "text", at, limit=2000, empty=True), "at": moment(item.get("time"), tz, f"{at}.time"),
-                     "received_at": now})
+    items, where = _items(body, "comments", COMMENT_FIELDS)
+    for i, item in enumerate(items):
+        platform, room, message_id, user_id, name, text, when = usual_comment(item, tz) or checked_comment(item, tz, where(i))
+        rows.append({"event_id": event_id, "source": source, "platform": platform, "room": room, "message_id": message_id,
+                     "user_id": user_id, "name": name, "text": text, "at": when, "received_at": now})
     return rows
 
 
@@ -117,7 +150,9 @@ PAYMENT_FIELDS = {"payment_id", "kind", "order_id", "person", "product", "amount
 def payment_rows(event_id: str, source: str, body: Any, tz: ZoneInfo, products: set[str]) -> list[dict[str, Any]]:
     rows = []
     now = utc_now()
-    for at, item in _items(body, "payments", PAYMENT_FIELDS):
+    items, where = _items(body, "payments", PAYMENT_FIELDS)
+    for i, item in enumerate(items):
+        at = where(i)
         kind = _text(item, "kind", at, limit=16)
         if kind not in KINDS:
             raise BadInput(f"kind {kind!r} is not deposit, refund or order", f"{at}.kind")
@@ -142,7 +177,9 @@ def visit_rows(event_id: str, source: str, body: Any, tz: ZoneInfo) -> list[dict
     """Room entries and exits (`{"visits": [...]}`), every one checked."""
     rows = []
     now = utc_now()
-    for at, item in _items(body, "visits", VISIT_FIELDS):
+    items, where = _items(body, "visits", VISIT_FIELDS)
+    for i, item in enumerate(items):
+        at = where(i)
         kind = _text(item, "kind", at, limit=8)
         if kind not in ("enter", "exit"):
             raise BadInput(f"kind {kind!r} is not enter or exit", f"{at}.kind")

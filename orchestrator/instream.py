@@ -14,10 +14,11 @@ moving the same entries store them once.
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import datetime, timezone
+from operator import itemgetter
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 from sqlalchemy import Engine
@@ -30,69 +31,146 @@ from orchestrator.store import ScanLog
 
 SCANLOG = ScanLog.__table__  # type: ignore[attr-defined]
 
-SEEN_FOR = 2 * 24 * 3600
-BATCH = 5000
+SEEN_DAYS = 3  # day buckets of (source, id)s checked: an item sent again within two days (at least) is counted once
+BATCH = 5000  # rows (scans: entries) per store transaction
+ENTRIES = 200  # entries of comments, payments or visits read at once: up to 1,000 items each
 KINDS = {"comments": ingest.COMMENT, "payments": ingest.PAYMENT, "visits": ingest.VISIT}
 ID_FIELD = {"comments": "message_id", "payments": "payment_id", "visits": "visit_id"}
 
-# The board's funnel is counted here too, for first sightings only, so a viewer sees an item as soon
-# as it is acknowledged (not when a worker moves it). KEYS: the stream, the dirty set, the GMV key,
-# the count of items of this kind ever stored (/metrics).
-# ARGV: seconds a dedupe key lives, the items as one JSON array, the event id, and per item
-# [dedupe key, funnel step's set or '', person, GMV change in fen] as one more JSON array: two
-# arguments for any batch, decoded in C, where one argument per key and value cost redis-py's
-# pure-Python packing ~22% of a batch request (py-spy).
+# One script per request, so what a batch adds is all or nothing and acknowledged only once in
+# Redis's AOF. KEYS: the stream, the dirty set, the GMV key, the counts of items of this kind ever
+# stored and now waiting (/metrics), then the source's (source, id) sets of today and the days before
+# (newest first).
+# ARGV: seconds today's set lives, the batch as one JSON string (stored as it is), the source, the
+# time received, the event id, the ids (a JSON array); what the whole batch adds to the funnel (a
+# JSON object: a step's set -> its people) and to the GMV (fen); and per item (JSON arrays, read
+# only when some items were seen before) its step's set or '', its person, its GMV change.
+# Per batch, not per item, wherever the answer allows: the ids are looked up with one SMISMEMBER per
+# day and the new ones added with one SADD; the people of a funnel step with one SADD; the batch is
+# one stream entry (with the indexes of the new items when some were seen before). Flat arrays:
+# cjson builds a table per nested array, and decoding [id, step, person, gmv] per item was a
+# quarter of the script. (One command per item, SET NX, XADD, SADD, cost ~10 µs an item.)
 APPEND = """
-local items, marks = cjson.decode(ARGV[2]), cjson.decode(ARGV[4])
-local stored, changed = 0, false
-for i = 1, #items do
-  local mark = marks[i]
-  if redis.call('SET', mark[1], '1', 'NX', 'EX', ARGV[1]) then
-    redis.call('XADD', KEYS[1], '*', 'd', cjson.encode(items[i]))
-    stored = stored + 1
-    if mark[2] ~= '' then
-      redis.call('SADD', mark[2], mark[3])
-      changed = true
-    end
-    if mark[4] ~= 0 then
-      redis.call('INCRBY', KEYS[3], mark[4])
-      changed = true
-    end
+local ids = cjson.decode(ARGV[6])
+local n = #ids
+local seen = {}
+for k = 6, #KEYS do
+  local found = redis.call('SMISMEMBER', KEYS[k], unpack(ids))
+  for i = 1, n do if found[i] == 1 then seen[ids[i]] = true end end
+end
+local new, kept = {}, {}
+for i = 1, n do
+  local id = ids[i]
+  if not seen[id] then
+    seen[id] = true
+    new[#new + 1] = id
+    kept[#kept + 1] = i - 1
   end
 end
-if changed then redis.call('SADD', KEYS[2], ARGV[3]) end
-if stored > 0 then redis.call('INCRBY', KEYS[4], stored) end
-return stored
+if #new == 0 then return 0 end
+redis.call('SADD', KEYS[6], unpack(new))
+redis.call('EXPIRE', KEYS[6], ARGV[1])
+local people, gmv
+if #new == n then
+  redis.call('XADD', KEYS[1], '*', 'b', ARGV[2], 's', ARGV[3], 'r', ARGV[4])
+  people, gmv = cjson.decode(ARGV[7]), tonumber(ARGV[8])
+else
+  redis.call('XADD', KEYS[1], '*', 'b', ARGV[2], 's', ARGV[3], 'r', ARGV[4], 'k', table.concat(kept, ','))
+  local steps, persons, changes = cjson.decode(ARGV[9]), cjson.decode(ARGV[10]), cjson.decode(ARGV[11])
+  people, gmv = {}, 0
+  for _, j in ipairs(kept) do
+    local step = steps[j + 1]
+    if step ~= '' then
+      local who = people[step]
+      if not who then who = {}; people[step] = who end
+      who[#who + 1] = persons[j + 1]
+    end
+    gmv = gmv + changes[j + 1]
+  end
+end
+local changed = gmv ~= 0
+for key, who in pairs(people) do
+  redis.call('SADD', key, unpack(who))
+  changed = true
+end
+if gmv ~= 0 then redis.call('INCRBY', KEYS[3], gmv) end
+if changed then redis.call('SADD', KEYS[2], ARGV[5]) end
+redis.call('INCRBY', KEYS[4], #new)
+redis.call('INCRBY', KEYS[5], #new)
+return #new
 """
+# Entries moved into the store leave the stream and the count of items waiting, together; an entry
+# two movers both stored is taken off once. KEYS: the stream, the count waiting. ARGV: per entry its
+# id and its number of items.
+MOVED = """
+local gone = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('XDEL', KEYS[1], ARGV[i]) == 1 then gone = gone + tonumber(ARGV[i + 1]) end
+end
+if gone > 0 then redis.call('DECRBY', KEYS[2], gone) end
+return gone
+"""
+# An item's values in the stream, in this order; its event is the stream's, its source and the time
+# it was received are its entry's.
 FIELDS = {
+    "comments": ("message_id", "platform", "room", "user_id", "name", "text", "at"),
+    "payments": ("payment_id", "kind", "order_id", "person", "product", "amount_fen", "at"),
+    "visits": ("visit_id", "kind", "person", "at"),
+}
+VALUES = {kind: itemgetter(*names) for kind, names in FIELDS.items()}
+# Entries written before batches were one entry each: one row, every field (kept readable so an
+# upgrade in the middle of an event moves what was waiting).
+OLD_FIELDS = {
     "comments": ("event_id", "source", "message_id", "platform", "room", "user_id", "name", "text", "at", "received_at"),
     "payments": ("event_id", "source", "payment_id", "kind", "order_id", "person", "product", "amount_fen", "at", "received_at"),
     "visits": ("event_id", "source", "visit_id", "kind", "person", "at", "received_at"),
 }
+DAY = 24 * 3600
 
 
 INGESTED = "orch:ingested:"  # + kind: items of that kind ever acknowledged
+WAITING = "orch:waiting:"  # + kind: items of that kind acknowledged and not yet in the store (entries are batches)
 
 
 def stream_key(kind: str, event_id: str) -> str:
     return f"orch:in:{kind}:{event_id}"
 
 
-_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # one encoder: building one per call costs more
+def seen_keys(kind: str, source: str, now: float) -> list[str]:
+    """The sets of (source, id)s seen today and on the days before, newest first."""
+    day = int(now // DAY)
+    return [f"orch:seen:{kind}:{source}:{d}" for d in range(day, day - SEEN_DAYS, -1)]
 
 
-def _encode(kind: str, rows: list[dict[str, Any]]) -> str:
-    """The rows as one JSON array of arrays, values in FIELDS order, times as ISO 8601."""
-    names = FIELDS[kind][:-2]
-    received = rows[0]["received_at"].isoformat()  # one request, one moment
-    return _ENCODE([[*(r[n] for n in names), r["at"].isoformat(), received] for r in rows])
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
-def _decode(kind: str, raw: bytes | str) -> dict[str, Any]:
-    row: dict[str, Any] = dict(zip(FIELDS[kind], json.loads(raw), strict=True))
-    for key in ("at", "received_at"):
-        row[key] = datetime.fromisoformat(row[key])
-    return row
+def _field(fields: dict[Any, Any], name: str) -> Any:
+    return fields.get(name.encode(), fields.get(name))
+
+
+def _rows_of(kind: str, event_id: str, fields: dict[Any, Any]) -> list[dict[str, Any]]:
+    """The rows of one stream entry (a batch, or one row in the format before batches)."""
+    old = _field(fields, "d")
+    if old is not None:
+        row: dict[str, Any] = dict(zip(OLD_FIELDS[kind], orjson.loads(old), strict=True))
+        for key in ("at", "received_at"):
+            row[key] = datetime.fromisoformat(row[key])
+        return [row]
+    items = orjson.loads(_field(fields, "b"))
+    kept = _field(fields, "k")
+    if kept is not None:
+        items = [items[int(i)] for i in _text(kept).split(",")]
+    source, received = _text(_field(fields, "s")), datetime.fromisoformat(_text(_field(fields, "r")))
+    names = FIELDS[kind]
+    rows = []
+    for values in items:
+        row = dict(zip(names, values, strict=True))
+        row["at"] = datetime.fromisoformat(row["at"]).astimezone(timezone.utc)
+        row.update(event_id=event_id, source=source, received_at=received)
+        rows.append(row)
+    return rows
 
 
 def _store_scans(engine: Engine, event_id: str, entries: list[Any]) -> None:
@@ -121,46 +199,87 @@ def counted(kind: str, row: dict[str, Any]) -> tuple[str | None, str, int]:
     return step, row["person"], gmv
 
 
+def _marks(kind: str, event_id: str, rows: list[dict[str, Any]]) -> tuple[list[str], list[str], list[str], list[int], dict[str, list[str]]]:
+    """Per item its id, its funnel step's set ('' for none), its person and its GMV change; and per
+    set the people the whole batch adds (what `counted` says of each item)."""
+    if kind == "comments":  # thousands a second, each counting its author as commented and nothing else
+        step = funnel_key(event_id, "commented")
+        authors: list[str] = [r["user_id"] for r in rows]
+        return [r["message_id"] for r in rows], [step] * len(rows), authors, [0] * len(rows), {step: authors}
+    id_field, step_keys = ID_FIELD[kind], {"": ""}
+    ids: list[str] = []
+    steps: list[str] = []
+    persons: list[str] = []
+    changes: list[int] = []
+    people: dict[str, list[str]] = {}
+    for r in rows:
+        step_, person, gmv = counted(kind, r)
+        step_key = step_keys.get(step_ or "")
+        if step_key is None:
+            step_key = step_keys[step_ or ""] = funnel_key(event_id, step_ or "")
+        ids.append(r[id_field])
+        steps.append(step_key)
+        persons.append(person)
+        changes.append(gmv)
+        if step_key:
+            people.setdefault(step_key, []).append(person)
+    return ids, steps, persons, changes, people
+
+
 class InStream:
     def __init__(self, redis: Redis, pipe: AutoPipeline | None = None) -> None:
         self.redis = redis
         self._append = redis.register_script(APPEND)
+        self._moved = redis.register_script(MOVED)
         self._pipe = pipe  # the web app's: each request's script is written together with the others in flight
 
     async def append(self, kind: str, event_id: str, rows: list[dict[str, Any]]) -> ingest.Stored:
         """Put rows in the event's stream unless seen before; (stored, duplicates). Durable on return."""
         if not rows:
             return ingest.Stored(0, 0)
-        keys = [stream_key(kind, event_id), DIRTY, funnel_key(event_id, "gmv"), INGESTED + kind]
-        id_field, marks = ID_FIELD[kind], []
+        batches: dict[tuple[str, datetime], list[dict[str, Any]]] = {}  # one per source and moment (a request is one)
         for r in rows:
-            step, person, gmv = counted(kind, r)
-            marks.append((f"orch:seen:{kind}:{r['source']}:{r[id_field]}", funnel_key(event_id, step) if step else "", person, gmv))
-        args: list[Any] = [SEEN_FOR, _encode(kind, rows), event_id, _ENCODE(marks)]
-        if self._pipe is None:
-            stored = int(await self._append(keys=keys, args=args))
-        else:
-            try:
-                stored = int(await self._pipe.evalsha(self._append.sha, len(keys), *keys, *args))
-            except NoScriptError:  # Redis restarted or flushed its scripts: the client loads it (nothing was appended)
-                stored = int(await self._append(keys=keys, args=args))
+            batches.setdefault((r["source"], r["received_at"]), []).append(r)
+        stored = 0
+        for (source, received), batch in batches.items():
+            for start in range(0, len(batch), ingest.MAX_BATCH):  # a CSV import of a whole screen comes in at once
+                stored += await self._append_batch(kind, event_id, source, received, batch[start:start + ingest.MAX_BATCH])
         return ingest.Stored(stored, len(rows) - stored)
 
+    async def _append_batch(self, kind: str, event_id: str, source: str, received: datetime, rows: list[dict[str, Any]]) -> int:
+        keys = [stream_key(kind, event_id), DIRTY, funnel_key(event_id, "gmv"), INGESTED + kind, WAITING + kind, *seen_keys(kind, source, received.timestamp())]
+        ids, steps, persons, changes, people = _marks(kind, event_id, rows)
+        values = VALUES[kind]
+        args: list[Any] = [SEEN_DAYS * DAY, orjson.dumps([values(r) for r in rows]), source, received.isoformat(), event_id, orjson.dumps(ids),
+                           orjson.dumps(people), sum(changes), orjson.dumps(steps), orjson.dumps(persons), orjson.dumps(changes)]
+        if self._pipe is not None:
+            try:
+                return int(await self._pipe.evalsha(self._append.sha, len(keys), *keys, *args))
+            except NoScriptError:  # Redis restarted or flushed its scripts: the client loads it (nothing was appended)
+                pass
+        return int(await self._append(keys=keys, args=args))
+
     async def move(self, engine: Engine, kind: str, event_id: str) -> int:
-        """Move what waits in the event's stream into the store; how many entries were moved."""
+        """Move what waits in the event's stream into the store; how many items were moved."""
         key = stream_key(kind, event_id)
         moved = 0
         while True:
-            entries = await self.redis.xrange(key, count=BATCH)
+            entries = await self.redis.xrange(key, count=BATCH if kind == "scans" else ENTRIES)
             if not entries:
                 return moved
             if kind == "scans":  # counted already, by the scan's own script: only kept here
                 await asyncio.to_thread(_store_scans, engine, event_id, entries)
-            else:
-                rows = [_decode(kind, fields[b"d"] if b"d" in fields else fields["d"]) for _id, fields in entries]
-                await asyncio.to_thread(ingest.store, engine, KINDS[kind], rows)  # counted when acknowledged
-            await self.redis.xdel(key, *[entry_id for entry_id, _f in entries])
-            moved += len(entries)
+                moved += len(entries)
+                await self.redis.xdel(key, *[entry_id for entry_id, _f in entries])
+                continue
+            per_entry = [_rows_of(kind, event_id, fields) for _id, fields in entries]
+            rows = [row for some in per_entry for row in some]
+            for start in range(0, len(rows), BATCH):  # counted when acknowledged; stored again harmlessly after a crash here
+                await asyncio.to_thread(ingest.store, engine, KINDS[kind], rows[start:start + BATCH])
+            moved += len(rows)
+            done = [x for (entry_id, fields), some in zip(entries, per_entry, strict=True)
+                    for x in (entry_id, 0 if _field(fields, "d") is not None else len(some))]  # an entry from before batches was not counted
+            await self._moved(keys=[key, WAITING + kind], args=done)
 
     async def move_all(self, engine: Engine) -> int:
         """Everything waiting, for every event (the workers' upkeep)."""

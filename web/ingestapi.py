@@ -12,13 +12,13 @@ is counted once. `?source=` names the feed (default `api`).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 import re
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -62,7 +62,7 @@ async def _checked(request: Request) -> tuple[Any, Any, str] | JSONResponse:
     if isinstance(ev, JSONResponse):
         return ev
     try:
-        parsed = json.loads(body)
+        parsed = orjson.loads(body)
     except ValueError as e:
         return _error(400, f"the body is not JSON: {e}")
     return ev, parsed, source

@@ -26,7 +26,7 @@ from sqlalchemy import Engine, func, select
 from starlette.requests import Request
 from starlette.responses import Response
 
-from orchestrator.instream import INGESTED, KINDS
+from orchestrator.instream import INGESTED, KINDS, WAITING
 from orchestrator.jobs import QUEUE
 from orchestrator.scans import scan_counts
 from orchestrator.store import Event, Send, utc_now
@@ -131,11 +131,14 @@ async def _ingestion(redis: Any, out: Families) -> None:
         if len(parts) != 4 or parts[2] not in per_kind:
             continue
         key, kind = _text(raw), parts[2]
-        per_kind[kind][0] += int(await redis.xlen(key))
+        if kind == "scans":  # one entry a scan; the other kinds' entries are batches, counted as they come and go
+            per_kind[kind][0] += int(await redis.xlen(key))
         first = await redis.xrange(key, count=1)
         if first:
             entry_ms = int(_text(first[0][0]).split("-")[0])  # a stream id starts with its epoch ms
             per_kind[kind][1] = max(per_kind[kind][1], (now_ms - entry_ms) / 1000)
+    for kind in KINDS:
+        per_kind[kind][0] = max(0, int(await redis.get(WAITING + kind) or 0))
     for kind, (n, age) in per_kind.items():
         waiting.add_metric([kind], n)
         lag.add_metric([kind], max(0.0, age))

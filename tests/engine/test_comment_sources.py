@@ -163,3 +163,36 @@ def test_each_source_feeds_the_screenshot_draw(feed: Callable[..., None], tmp_pa
     assert made.freeze_at is not None and made.freeze_at - datetime(2027, 6, 10, 20, tzinfo=CST) < timedelta(minutes=1)
     again = draws.screenshot_draw(engine, event_id, "draw:screenshot:1", datetime(2027, 6, 10, 20, tzinfo=CST), loaded)
     assert again.winners == made.winners, "a draw is made once"
+
+
+def test_entries_waiting_from_before_batches_are_moved_after_an_upgrade(tmp_path: Path, engine: Engine, redis_url: str,
+                                                                          make_settings: Callable[..., Settings]) -> None:
+    """A stream entry was one item, every field, before entries became batches; an upgrade in the
+    middle of an event still moves those into the store, beside new ones, and the waiting count
+    (/metrics) only counts what it added."""
+    import redis as sync_redis
+
+    from orchestrator.instream import WAITING, stream_key
+
+    settings = make_settings(ORCH_ROUTES="sms=console,email=console", ORCH_INGEST_SECRET=SECRET, REDIS_URL=redis_url)
+    event_id = schedule(engine, settings, redis_url, EventFiles(people=crowd(2)).write(tmp_path / "event"))
+    old = ["event_id", "api", "m-old", "douyin", "r1", "u-old", "老观众", "来了", "2027-06-10T11:58:00+00:00", "2027-06-10T11:58:01+00:00"]
+    client = sync_redis.Redis.from_url(redis_url)
+    try:
+        old[0] = event_id
+        client.xadd(stream_key("comments", event_id), {"d": json.dumps(old, ensure_ascii=False)})
+        with TestClient(create_app(settings)) as api:
+            raw, headers = signed({"comments": [{"platform": "douyin", "room": "r1", "message_id": f"m{i}", "user_id": f"u{i}", "name": "观众",
+                                                 "text": "焕新", "time": "2027-06-10T19:59:00+08:00"} for i in range(3)]})
+            assert api.post(f"/api/events/{event_id}/comments", content=raw, headers=headers).json() == {"stored": 3, "duplicates": 0}
+        assert int(client.get(WAITING + "comments") or 0) == 3
+        assert asyncio.run(move_waiting(engine, redis_url)) == 4
+        assert int(client.get(WAITING + "comments") or 0) == 0
+        assert client.xlen(stream_key("comments", event_id)) == 0
+    finally:
+        client.close()
+    with engine.connect() as conn:
+        rows = {r.message_id: r for r in conn.execute(select(Comment.__table__)).all()}  # type: ignore[attr-defined]
+    assert sorted(rows) == ["m-old", "m0", "m1", "m2"]
+    assert (rows["m-old"].user_id, rows["m-old"].name, rows["m-old"].source, rows["m-old"].platform) == ("u-old", "老观众", "api", "douyin")
+    assert rows["m1"].at.replace(tzinfo=None) == datetime(2027, 6, 10, 11, 59) and rows["m1"].source == "api"

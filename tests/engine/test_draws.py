@@ -184,7 +184,7 @@ def test_comment_batches_that_are_unsigned_replayed_oversized_or_malformed_store
         with engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(Comment.__table__)).scalar_one() == 0, "nothing stored"  # type: ignore[attr-defined]
 
-        raw, headers = signed({"comments": [good, good, {**good, "message_id": "m2"}]})  # a message id twice in a batch
+        raw, headers = signed({"comments": [good, {**good, "text": "改过"}, {**good, "message_id": "m2"}]})  # a message id twice in a batch
         assert api.post(url, content=raw, headers=headers).json() == {"stored": 2, "duplicates": 1}
         raw, headers = signed(good)  # delivered again later
         assert api.post(url, content=raw, headers=headers).json() == {"stored": 0, "duplicates": 1}
@@ -193,6 +193,8 @@ def test_comment_batches_that_are_unsigned_replayed_oversized_or_malformed_store
         assert asyncio.run(move_waiting(engine, redis_url)) == 2 and asyncio.run(move_waiting(engine, redis_url)) == 0
         with engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(Comment.__table__)).scalar_one() == 2  # type: ignore[attr-defined]
+            texts = dict(conn.execute(select(Comment.message_id, Comment.text)).all())  # type: ignore[call-overload]
+            assert texts == {"m1": "你好", "m2": "你好"}, "the first sighting is the one kept"
         bad_pay, hp = signed({"payment_id": "p1", "kind": "deposit", "order_id": "o1", "person": "b", "product": "sofa", "amount_fen": 99.5,
                               "time": "2027-06-10 20:00"})
         r = api.post(f"/api/events/{event_id}/payments", content=bad_pay, headers=hp)
