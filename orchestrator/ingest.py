@@ -144,10 +144,12 @@ def comment_rows(event_id: str, source: str, body: Any, tz: ZoneInfo) -> list[di
     return rows
 
 
-PAYMENT_FIELDS = {"payment_id", "kind", "order_id", "person", "product", "amount_fen", "time"}
+PAYMENT_FIELDS = {"payment_id", "kind", "order_id", "person", "product", "amount_fen", "guide", "time"}
 
 
-def payment_rows(event_id: str, source: str, body: Any, tz: ZoneInfo, products: set[str]) -> list[dict[str, Any]]:
+def payment_rows(event_id: str, source: str, body: Any, tz: ZoneInfo, products: set[str], guides: set[str] | None = None) -> list[dict[str, Any]]:
+    """The payments of a request as rows, every one checked. `guide` (optional) is the guide the
+    shop credits with the sale, one of `guides` (the event's); None leaves it to `attribute`."""
     rows = []
     now = utc_now()
     items, where = _items(body, "payments", PAYMENT_FIELDS)
@@ -164,10 +166,38 @@ def payment_rows(event_id: str, source: str, body: Any, tz: ZoneInfo, products: 
             raise BadInput("a deposit names its 'product'", f"{at}.product")
         if product is not None and products and product not in products:
             raise BadInput(f"product {product!r} is not a featured product of this event ({', '.join(sorted(products))})", f"{at}.product")
+        guide = _text(item, "guide", at, limit=64, required=False)
+        if guide is not None and guides is not None and guide not in guides:
+            raise BadInput(f"guide {guide!r} is not a guide of this event ({', '.join(sorted(guides)[:10])}{', ...' if len(guides) > 10 else ''})",
+                           f"{at}.guide")
         rows.append({"event_id": event_id, "source": source, "payment_id": _text(item, "payment_id", at, limit=128), "kind": kind,
                      "order_id": _text(item, "order_id", at, limit=128), "person": _text(item, "person", at, limit=128),
-                     "product": product, "amount_fen": amount, "at": moment(item.get("time"), tz, f"{at}.time"), "received_at": now})
+                     "product": product, "amount_fen": amount, "guide_id": guide, "at": moment(item.get("time"), tz, f"{at}.time"),
+                     "received_at": now})
     return rows
+
+
+def attribute(engine: Engine, event_id: str, rows: list[dict[str, Any]]) -> None:
+    """Credit each payment the shop gave no guide to the guide its person joined the event's group
+    through, else the guide the audience file gives the member (in place; left None when neither)."""
+    from sqlalchemy import select
+
+    from orchestrator.store import Join, Member
+
+    people = {r["person"] for r in rows if r.get("guide_id") is None}
+    if not people:
+        return
+    join, member = Join.__table__, Member.__table__  # type: ignore[attr-defined]
+    found: dict[str, str] = {}
+    with engine.connect() as conn:
+        for some in (sorted(people)[i:i + 500] for i in range(0, len(people), 500)):
+            found |= {p: g for p, g in conn.execute(select(member.c.member_id, member.c.guide).where(
+                member.c.event_id == event_id, member.c.member_id.in_(some), member.c.guide.is_not(None)))}
+            found |= {p: g for p, g in conn.execute(select(join.c.person, join.c.guide_id).where(
+                join.c.event_id == event_id, join.c.person.in_(some), join.c.guide_id.is_not(None)))}  # a join says more than the file
+    for r in rows:
+        if r.get("guide_id") is None:
+            r["guide_id"] = found.get(r["person"])
 
 
 VISIT_FIELDS = {"visit_id", "kind", "person", "time"}

@@ -38,23 +38,22 @@ KINDS = {"comments": ingest.COMMENT, "payments": ingest.PAYMENT, "visits": inges
 ID_FIELD = {"comments": "message_id", "payments": "payment_id", "visits": "visit_id"}
 
 # One script per request, so what a batch adds is all or nothing and acknowledged only once in
-# Redis's AOF. KEYS: the stream, the dirty set, the GMV key, the counts of items of this kind ever
-# stored and now waiting (/metrics), then the source's (source, id) sets of today and the days before
-# (newest first).
+# Redis's AOF. KEYS: the stream, the dirty set, the counts of items of this kind ever stored and now
+# waiting (/metrics), then the source's (source, id) sets of today and the days before (newest first).
 # ARGV: seconds today's set lives, the batch as one JSON string (stored as it is), the source, the
-# time received, the event id, the ids (a JSON array); what the whole batch adds to the funnel (a
-# JSON object: a step's set -> its people) and to the GMV (fen); and per item (JSON arrays, read
-# only when some items were seen before) its step's set or '', its person, its GMV change.
+# time received, the event id, the ids (a JSON array); what the whole batch adds to the funnel's sets
+# (a JSON object: set -> people) and counters (GMV: key -> fen); and per item (JSON arrays, read only
+# when some items were seen before) its sets, its person, its [counter, change] pairs.
 # Per batch, not per item, wherever the answer allows: the ids are looked up with one SMISMEMBER per
 # day and the new ones added with one SADD; the people of a funnel step with one SADD; the batch is
-# one stream entry (with the indexes of the new items when some were seen before). Flat arrays:
-# cjson builds a table per nested array, and decoding [id, step, person, gmv] per item was a
-# quarter of the script. (One command per item, SET NX, XADD, SADD, cost ~10 µs an item.)
+# one stream entry (with the indexes of the new items when some were seen before). Flat arrays where
+# it counts: cjson builds a table per nested array, and decoding [id, step, person, gmv] per item was
+# a quarter of the script. (One command per item, SET NX, XADD, SADD, cost ~10 µs an item.)
 APPEND = """
 local ids = cjson.decode(ARGV[6])
 local n = #ids
 local seen = {}
-for k = 6, #KEYS do
+for k = 5, #KEYS do
   local found = redis.call('SMISMEMBER', KEYS[k], unpack(ids))
   for i = 1, n do if found[i] == 1 then seen[ids[i]] = true end end
 end
@@ -68,35 +67,41 @@ for i = 1, n do
   end
 end
 if #new == 0 then return 0 end
-redis.call('SADD', KEYS[6], unpack(new))
-redis.call('EXPIRE', KEYS[6], ARGV[1])
-local people, gmv
+redis.call('SADD', KEYS[5], unpack(new))
+redis.call('EXPIRE', KEYS[5], ARGV[1])
+local people, counters
 if #new == n then
   redis.call('XADD', KEYS[1], '*', 'b', ARGV[2], 's', ARGV[3], 'r', ARGV[4])
-  people, gmv = cjson.decode(ARGV[7]), tonumber(ARGV[8])
+  people, counters = cjson.decode(ARGV[7]), cjson.decode(ARGV[8])
 else
   redis.call('XADD', KEYS[1], '*', 'b', ARGV[2], 's', ARGV[3], 'r', ARGV[4], 'k', table.concat(kept, ','))
-  local steps, persons, changes = cjson.decode(ARGV[9]), cjson.decode(ARGV[10]), cjson.decode(ARGV[11])
-  people, gmv = {}, 0
+  local sets, persons, changes = cjson.decode(ARGV[9]), cjson.decode(ARGV[10]), cjson.decode(ARGV[11])
+  people, counters = {}, {}
   for _, j in ipairs(kept) do
-    local step = steps[j + 1]
-    if step ~= '' then
-      local who = people[step]
-      if not who then who = {}; people[step] = who end
+    for _, set in ipairs(sets[j + 1]) do
+      local who = people[set]
+      if not who then who = {}; people[set] = who end
       who[#who + 1] = persons[j + 1]
     end
-    gmv = gmv + changes[j + 1]
+    for _, change in ipairs(changes[j + 1]) do
+      counters[change[1]] = (counters[change[1]] or 0) + change[2]
+    end
   end
 end
-local changed = gmv ~= 0
-for key, who in pairs(people) do
-  redis.call('SADD', key, unpack(who))
+local changed = false
+for set, who in pairs(people) do
+  redis.call('SADD', set, unpack(who))
   changed = true
 end
-if gmv ~= 0 then redis.call('INCRBY', KEYS[3], gmv) end
+for counter, by in pairs(counters) do
+  if by ~= 0 then
+    redis.call('INCRBY', counter, by)
+    changed = true
+  end
+end
 if changed then redis.call('SADD', KEYS[2], ARGV[5]) end
+redis.call('INCRBY', KEYS[3], #new)
 redis.call('INCRBY', KEYS[4], #new)
-redis.call('INCRBY', KEYS[5], #new)
 return #new
 """
 # Entries moved into the store leave the stream and the count of items waiting, together; an entry
@@ -114,7 +119,7 @@ return gone
 # it was received are its entry's.
 FIELDS = {
     "comments": ("message_id", "platform", "room", "user_id", "name", "text", "at"),
-    "payments": ("payment_id", "kind", "order_id", "person", "product", "amount_fen", "at"),
+    "payments": ("payment_id", "kind", "order_id", "person", "product", "amount_fen", "guide_id", "at"),
     "visits": ("visit_id", "kind", "person", "at"),
 }
 VALUES = {kind: itemgetter(*names) for kind, names in FIELDS.items()}
@@ -157,6 +162,8 @@ def _rows_of(kind: str, event_id: str, fields: dict[Any, Any]) -> list[dict[str,
         row: dict[str, Any] = dict(zip(OLD_FIELDS[kind], orjson.loads(old), strict=True))
         for key in ("at", "received_at"):
             row[key] = datetime.fromisoformat(row[key])
+        if kind == "payments":
+            row["guide_id"] = None  # not known before payments were credited to guides
         return [row]
     items = orjson.loads(_field(fields, "b"))
     kept = _field(fields, "k")
@@ -199,31 +206,36 @@ def counted(kind: str, row: dict[str, Any]) -> tuple[str | None, str, int]:
     return step, row["person"], gmv
 
 
-def _marks(kind: str, event_id: str, rows: list[dict[str, Any]]) -> tuple[list[str], list[str], list[str], list[int], dict[str, list[str]]]:
-    """Per item its id, its funnel step's set ('' for none), its person and its GMV change; and per
-    set the people the whole batch adds (what `counted` says of each item)."""
+def _marks(kind: str, event_id: str, rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]], list[str], list[list[tuple[str, int]]],
+                                                                      dict[str, list[str]], dict[str, int]]:
+    """Per item its id, the funnel's sets it joins, its person and its [counter, change] pairs; and
+    what the whole batch adds to each set and counter (what `counted` says of each item, and the
+    guide a payment is credited to)."""
     if kind == "comments":  # thousands a second, each counting its author as commented and nothing else
-        step = funnel_key(event_id, "commented")
+        commented = funnel_key(event_id, "commented")
         authors: list[str] = [r["user_id"] for r in rows]
-        return [r["message_id"] for r in rows], [step] * len(rows), authors, [0] * len(rows), {step: authors}
-    id_field, step_keys = ID_FIELD[kind], {"": ""}
+        return [r["message_id"] for r in rows], [[commented]] * len(rows), authors, [[]] * len(rows), {commented: authors}, {}
+    id_field = ID_FIELD[kind]
     ids: list[str] = []
-    steps: list[str] = []
+    sets: list[list[str]] = []
     persons: list[str] = []
-    changes: list[int] = []
+    changes: list[list[tuple[str, int]]] = []
     people: dict[str, list[str]] = {}
+    counters: dict[str, int] = {}
     for r in rows:
-        step_, person, gmv = counted(kind, r)
-        step_key = step_keys.get(step_ or "")
-        if step_key is None:
-            step_key = step_keys[step_ or ""] = funnel_key(event_id, step_ or "")
+        step, person, gmv = counted(kind, r)
+        guide = r.get("guide_id")
+        mine = [funnel_key(event_id, step)] + ([funnel_key(event_id, step, f"g:{guide}")] if guide else []) if step else []
+        moves = [(funnel_key(event_id, "gmv"), gmv)] + ([(funnel_key(event_id, "gmv", f"g:{guide}"), gmv)] if guide else []) if gmv else []
         ids.append(r[id_field])
-        steps.append(step_key)
+        sets.append(mine)
         persons.append(person)
-        changes.append(gmv)
-        if step_key:
-            people.setdefault(step_key, []).append(person)
-    return ids, steps, persons, changes, people
+        changes.append(moves)
+        for set_key in mine:
+            people.setdefault(set_key, []).append(person)
+        for counter, by in moves:
+            counters[counter] = counters.get(counter, 0) + by
+    return ids, sets, persons, changes, people, counters
 
 
 class InStream:
@@ -247,11 +259,11 @@ class InStream:
         return ingest.Stored(stored, len(rows) - stored)
 
     async def _append_batch(self, kind: str, event_id: str, source: str, received: datetime, rows: list[dict[str, Any]]) -> int:
-        keys = [stream_key(kind, event_id), DIRTY, funnel_key(event_id, "gmv"), INGESTED + kind, WAITING + kind, *seen_keys(kind, source, received.timestamp())]
-        ids, steps, persons, changes, people = _marks(kind, event_id, rows)
+        keys = [stream_key(kind, event_id), DIRTY, INGESTED + kind, WAITING + kind, *seen_keys(kind, source, received.timestamp())]
+        ids, sets, persons, changes, people, counters = _marks(kind, event_id, rows)
         values = VALUES[kind]
         args: list[Any] = [SEEN_DAYS * DAY, orjson.dumps([values(r) for r in rows]), source, received.isoformat(), event_id, orjson.dumps(ids),
-                           orjson.dumps(people), sum(changes), orjson.dumps(steps), orjson.dumps(persons), orjson.dumps(changes)]
+                           orjson.dumps(people), orjson.dumps(counters), orjson.dumps(sets), orjson.dumps(persons), orjson.dumps(changes)]
         if self._pipe is not None:
             try:
                 return int(await self._pipe.evalsha(self._append.sha, len(keys), *keys, *args))

@@ -35,7 +35,7 @@ def _stored(engine: Engine, event_id: str) -> dict[str, Any]:
             "reminded": conn.execute(select(send.c.member_id).where(send.c.event_id == event_id, send.c.state == "sent",
                                                                     (send.c.step_id == "preview") | send.c.step_id.like("reminder:%"))).all(),
             "comments": conn.execute(select(comment.c.user_id).where(comment.c.event_id == event_id).order_by(comment.c.at)).all(),
-            "payments": conn.execute(select(pay.c.kind, pay.c.person, pay.c.amount_fen).where(pay.c.event_id == event_id)).all(),
+            "payments": conn.execute(select(pay.c.kind, pay.c.person, pay.c.amount_fen, pay.c.guide_id).where(pay.c.event_id == event_id)).all(),
             "entered": conn.execute(select(visit.c.person).where(visit.c.event_id == event_id, visit.c.kind == "enter").order_by(visit.c.at)).all(),
         }
 
@@ -69,12 +69,15 @@ async def rebuild(redis: Redis, engine: Engine, event_id: str) -> None:
         ("reminded", [Seen(m) for (m,) in data["reminded"]]),
         ("entered", [Seen(p) for (p,) in data["entered"]]),
         ("commented", [Seen(u) for (u,) in data["comments"]]),
-        ("deposited", [Seen(p) for k, p, _a in data["payments"] if k == "deposit"]),
-        ("ordered", [Seen(p) for k, p, _a in data["payments"] if k == "order"]),
+        ("deposited", [Seen(p, g) for k, p, _a, g in data["payments"] if k == "deposit"]),
+        ("ordered", [Seen(p, g) for k, p, _a, g in data["payments"] if k == "order"]),
     ]
     for step, seen in batches:
         for i in range(0, len(seen), CHUNK):
             await f.count(event_id, step, seen[i:i + CHUNK])
-    gmv = sum(a for k, _p, a in data["payments"] if k == "order") - sum(a for k, _p, a in data["payments"] if k == "refund")
-    if gmv:
-        await f.add_gmv(event_id, gmv)
+    gmv: dict[str | None, int] = {}  # per guide credited (None: nobody)
+    for k, _p, a, g in data["payments"]:
+        gmv[g] = gmv.get(g, 0) + (a if k == "order" else -a if k == "refund" else 0)
+    for guide, fen in sorted(gmv.items(), key=lambda x: x[0] or ""):
+        if fen:
+            await f.add_gmv(event_id, fen, guide)

@@ -231,6 +231,7 @@ class Payment(SQLModel, table=True):
     person: str = Field(max_length=128)
     product: str | None = Field(default=None, max_length=64)
     amount_fen: int
+    guide_id: str | None = Field(default=None, max_length=64)  # whose sale: as the shop said, else the guide the person joined through
     at: datetime = _ts()
     received_at: datetime = _ts(default_factory=utc_now)
 

@@ -98,9 +98,12 @@ async def post_payments(request: Request) -> JSONResponse:
     from orchestrator.scheduling import loaded_event
 
     async def rows_of(ev: Any, body: Any, source: str, tz: Any) -> list[dict[str, Any]]:
-        loaded = await asyncio.to_thread(loaded_event, request.app.state.engine, ev, members=False)
+        engine = request.app.state.engine
+        loaded = await asyncio.to_thread(loaded_event, engine, ev, members=False)
         deposit = loaded.playbook.mechanism.deposit_draw
-        return ingest.payment_rows(ev.id, source, body, tz, {p.id for p in deposit.products} if deposit else set())
+        rows = ingest.payment_rows(ev.id, source, body, tz, {p.id for p in deposit.products} if deposit else set(), {g.id for g in loaded.guides})
+        await asyncio.to_thread(ingest.attribute, engine, ev.id, rows)  # whose sale, for the board's per-guide table
+        return rows
 
     return await _accept(request, "payments", rows_of)
 

@@ -35,6 +35,9 @@ PAYMENT = {"type": "object", "additionalProperties": False, "required": ["paymen
            "properties": {"payment_id": {"type": "string"}, "kind": {"enum": ["deposit", "refund", "order"]}, "order_id": {"type": "string"},
                           "person": {"type": "string"}, "product": {"type": "string", "description": "a featured product id; deposits name one"},
                           "amount_fen": {"type": "integer", "minimum": 0, "description": "CNY in fen (1 yuan = 100), never a decimal"},
+                          "guide": {"type": "string", "maxLength": 64,
+                                    "description": "the guide id the shop credits with the sale; without it, the guide the person joined "
+                                                   "the group through, else the member's guide in the audience file"},
                           "time": TIME}}
 VISIT = {"type": "object", "additionalProperties": False, "required": ["visit_id", "kind", "person", "time"], "properties": {
     "visit_id": {"type": "string"}, "kind": {"enum": ["enter", "exit"]}, "person": {"type": "string"}, "time": TIME}}

@@ -106,10 +106,16 @@ def test_what_happens_reaches_every_viewer_through_any_web_process(
                             assert r.status == 200
                         async with http.post(f"{servers[0].url}/api/events/{event_id}/comments", data=body, headers=signed({"comments": []})[1]) as r:
                             assert r.status == 401  # replayed with a stale signature: counted nowhere
+                        # the deposit credited by the shop to g2; the orders to nobody named, so to g1, whom m000002 joined through
                         pays = [{"payment_id": "p1", "kind": "deposit", "order_id": "o1", "person": "b1", "product": "sofa", "amount_fen": 10000,
-                                 "time": "2027-06-10 20:00"},
-                                {"payment_id": "p2", "kind": "order", "order_id": "o2", "person": "b2", "amount_fen": 259900, "time": "2027-06-10 20:05"},
-                                {"payment_id": "p3", "kind": "order", "order_id": "o3", "person": "b2", "amount_fen": 100, "time": "2027-06-10 20:06"}]
+                                 "guide": "g2", "time": "2027-06-10 20:00"},
+                                {"payment_id": "p2", "kind": "order", "order_id": "o2", "person": "m000002", "amount_fen": 259900,
+                                 "time": "2027-06-10 20:05"},
+                                {"payment_id": "p3", "kind": "order", "order_id": "o3", "person": "m000002", "amount_fen": 100, "time": "2027-06-10 20:06"}]
+                        body, headers = signed({"payments": [{**pays[0], "guide": "g9"}]})
+                        async with http.post(f"{servers[1].url}/api/events/{event_id}/payments", data=body, headers=headers) as r:
+                            refused = await r.json()
+                            assert r.status == 422 and refused["at"] == "payments[0].guide" and "'g9'" in refused["error"], refused  # stores nothing
                         body, headers = signed({"payments": pays})
                         async with http.post(f"{servers[1].url}/api/events/{event_id}/payments", data=body, headers=headers) as r:
                             assert r.status == 200
@@ -153,7 +159,9 @@ def test_what_happens_reaches_every_viewer_through_any_web_process(
             s.stop()
     assert a["funnel"] == b["funnel"] and a["per_guide"] == b["per_guide"], "two web processes serve the same numbers"
     guide = next(g for g in a["per_guide"] if g["id"] == "g1")
-    assert (guide["scanned"], guide["joined"]) == (5, 2)
+    assert (guide["scanned"], guide["joined"], guide["deposited"], guide["ordered"], guide["gmv_fen"]) == (5, 2, 0, 1, 260000)
+    other = next(g for g in a["per_guide"] if g["id"] == "g2")
+    assert (other["deposited"], other["ordered"], other["gmv_fen"]) == (1, 0, 0)
     assert next(v for v in a["per_variant"] if v["id"] == "A")["scanned"] == 5
 
 
@@ -273,3 +281,21 @@ def test_a_guides_unconfirmed_wecom_tasks_show_in_the_snapshot(
             await redis.aclose()
     guides = {g["id"]: g["unconfirmed"] for g in asyncio.run(go())["per_guide"]}
     assert guides == {"g1": 1, "g2": 0}, "g1's group task; not its sms row, not g2's planned one, not a member without a guide"
+
+
+def test_a_payment_is_credited_to_the_guide_named_else_joined_through_else_in_the_audience_file(
+        tmp_path: Path, engine: Engine, redis_url: str, make_settings: Callable[..., Settings]) -> None:
+    from sqlalchemy import update
+
+    from orchestrator import ingest
+    from orchestrator.store import Join, Member
+
+    settings = make_settings(ORCH_ROUTES="sms=console,email=console", REDIS_URL=redis_url)
+    event_id = schedule(engine, settings, redis_url, pool_event(tmp_path / "event", groups=1))
+    with engine.begin() as conn:
+        conn.execute(update(Member.__table__).where(Member.__table__.c.member_id.in_(["m000001", "m000002"]))  # type: ignore[attr-defined]
+                     .values(guide="g2"))
+        conn.execute(Join.__table__.insert().values(event_id=event_id, person="m000002", guide_id="g1", source="api"))  # type: ignore[attr-defined]
+    rows = [{"person": p, "guide_id": g} for p, g in (("m000001", None), ("m000002", None), ("m000003", None), ("stranger", None), ("m000001", "g1"))]
+    ingest.attribute(engine, event_id, rows)
+    assert [r["guide_id"] for r in rows] == ["g2", "g1", None, None, "g1"], "the file's guide; the join's over the file's; none; none; as named"
