@@ -37,6 +37,7 @@ SIDE_TTL = 1.0  # seconds the store's part of a snapshot (steps, draws, comments
 REFRESH = 5.0  # seconds between snapshots of running events that did not change
 FUNNEL = (("reached", "kpi_reached"), ("scanned", "scanned"), ("joined", "joined"), ("reminded", "reminded"),
           ("entered", "entered_live"), ("commented", "commented"), ("deposited", "deposits"), ("ordered", "orders"))
+FROM_REACHED = {"reminded"}  # steps whose people are not a part of the previous step's
 LABELS = {"reached": "触达", "scanned": "扫码", "joined": "进群", "reminded": "提醒送达", "entered": "进直播间", "commented": "评论",
           "deposited": "付定金", "ordered": "下单"}
 
@@ -153,7 +154,9 @@ async def snapshot(redis: Redis, engine: Engine, event_id: str, fresh: bool = Fa
         projected = None if step == "reached" else projection(n, datetime.fromisoformat(window["start"]), datetime.fromisoformat(window["end"]),
                                                                datetime.fromisoformat(window["now"]))
         funnel.append({"step": step, "label": LABELS[step], "count": n, "target": target, "projected": projected,
-                       "of_previous": None if not previous else round(n / previous, 4),
+                       # reminders go to the whole audience, not to those who joined: their base is
+                       # "reached" (of_reached), and a share of the joined (often over 100%) would mislead
+                       "of_previous": None if not previous or step in FROM_REACHED else round(n / previous, 4),
                        "of_reached": None if not totals["reached"] else round(n / totals["reached"], 4)})
         previous = n if n else previous
     variants = []

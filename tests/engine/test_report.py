@@ -115,6 +115,7 @@ def test_the_close_report_holds_the_whole_funnel_counted_again_from_the_store(
     assert {k: (steps[k]["count"], steps[k]["target"]) for k in ("reached", "scanned", "joined", "commented", "ordered")} == {
         "reached": ("3", "3"), "scanned": ("3", "4"), "joined": ("2", "2"), "commented": ("2", ""), "ordered": ("1", "")}
     assert (steps["joined"]["of_previous"], steps["joined"]["of_reached"], steps["scanned"]["of_reached"]) == ("0.6667", "0.6667", "1.0")
+    assert steps["reminded"]["of_previous"] == "" and steps["reminded"]["of_reached"], "reminders go to the audience: no share of the joined"
     gmv = next(r for r in rows if r["section"] == "gmv")
     assert (gmv["gmv_fen"], gmv["target"]) == ("259900", "500000")
     guides = {r["id"]: r for r in rows if r["section"] == "guide"}
