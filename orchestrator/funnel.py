@@ -53,6 +53,19 @@ class Seen:
     variant: str | None = None
 
 
+def _count_call(event_id: str, step: str, seen: Sequence[Seen], at: datetime | None) -> tuple[list[str], list[Any]]:
+    """COUNT's keys and arguments for people reaching `step` (in the minute of `at`, if given)."""
+    minute = (at.strftime("%Y-%m-%dT%H:%M") if at else "")
+    keys = [key(event_id, step), key(event_id, step, "m"), DIRTY]
+    args: list[Any] = [minute, event_id]
+    for s in seen:
+        extra = [key(event_id, step, f"g:{s.guide}")] if s.guide else []
+        extra += [key(event_id, step, f"v:{s.variant}")] if s.variant else []
+        keys += extra
+        args += [s.person, len(extra)]
+    return keys, args
+
+
 class Funnel:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
@@ -62,21 +75,29 @@ class Funnel:
         """Count people reaching `step` (once each); how many were new to it."""
         if not seen:
             return 0
-        minute = (at.strftime("%Y-%m-%dT%H:%M") if at else "")
-        keys = [key(event_id, step), key(event_id, step, "m"), DIRTY]
-        args: list[Any] = [minute, event_id]
-        for s in seen:
-            extra = [key(event_id, step, f"g:{s.guide}")] if s.guide else []
-            extra += [key(event_id, step, f"v:{s.variant}")] if s.variant else []
-            keys += extra
-            args += [s.person, len(extra)]
+        keys, args = _count_call(event_id, step, seen, at)
         return int(await self._count(keys=keys, args=args))
 
-    async def add_gmv(self, event_id: str, fen: int, guide: str | None = None) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.incrby(key(event_id, "gmv"), fen)
-            if guide:
-                pipe.incrby(key(event_id, "gmv", f"g:{guide}"), fen)
+    async def replace(self, event_id: str, reached: int, counts: Iterable[tuple[str, Sequence[Seen], datetime | None]],
+                      gmv: Iterable[tuple[str | None, int]]) -> None:
+        """The event's figures made anew from `counts` ((step, people, minute or None), in the order
+        they happened) and `gmv` ((guide or None, fen)), in one transaction: a snapshot taken
+        meanwhile sees the old figures or the new ones, never a board emptied half-way."""
+        sha = await self.redis.script_load(COUNT)
+        old = [k async for k in self.redis.scan_iter(match=f"orch:f:{event_id}:*", count=500)]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if old:
+                pipe.delete(*old)
+            pipe.set(key(event_id, "reached", "n"), reached)
+            for step, seen, at in counts:
+                if seen:
+                    keys, args = _count_call(event_id, step, seen, at)
+                    pipe.evalsha(sha, len(keys), *keys, *args)
+            for guide, fen in gmv:
+                if fen:
+                    pipe.incrby(key(event_id, "gmv"), fen)
+                    if guide:
+                        pipe.incrby(key(event_id, "gmv", f"g:{guide}"), fen)
             pipe.sadd(DIRTY, event_id)
             await pipe.execute()
 

@@ -56,15 +56,13 @@ def _by_minute(rows: Iterable[tuple[datetime, Seen]]) -> Iterator[tuple[datetime
 
 
 async def rebuild(redis: Redis, engine: Engine, event_id: str) -> None:
+    """Count the event's figures again from the store and put them in place of the live ones at once."""
     data = await asyncio.to_thread(_stored, engine, event_id)
-    f = Funnel(redis)
-    await f.clear(event_id)
-    await f.set_reached(event_id, int(data["reached"]))
+    counts: list[tuple[str, list[Seen], datetime | None]] = []
     # in order, a minute at a time: each person counts in the minute they first did it
-    for at, seen in _by_minute((at, Seen(visitor, guide, variant)) for visitor, guide, variant, at in data["scans"]):
-        await f.count(event_id, "scanned", seen, at=at)
-    for at, seen in _by_minute((at, Seen(p, g)) for p, g, at in data["joins"]):
-        await f.count(event_id, "joined", seen, at=at)
+    counts += [("scanned", seen, at) for at, seen in _by_minute((at, Seen(visitor, guide, variant))
+                                                                for visitor, guide, variant, at in data["scans"])]
+    counts += [("joined", seen, at) for at, seen in _by_minute((at, Seen(p, g)) for p, g, at in data["joins"])]
     batches: list[tuple[str, list[Seen]]] = [
         ("reminded", [Seen(m) for (m,) in data["reminded"]]),
         ("entered", [Seen(p) for (p,) in data["entered"]]),
@@ -73,11 +71,8 @@ async def rebuild(redis: Redis, engine: Engine, event_id: str) -> None:
         ("ordered", [Seen(p, g) for k, p, _a, g in data["payments"] if k == "order"]),
     ]
     for step, seen in batches:
-        for i in range(0, len(seen), CHUNK):
-            await f.count(event_id, step, seen[i:i + CHUNK])
+        counts += [(step, seen[i:i + CHUNK], None) for i in range(0, len(seen), CHUNK)]
     gmv: dict[str | None, int] = {}  # per guide credited (None: nobody)
     for k, _p, a, g in data["payments"]:
         gmv[g] = gmv.get(g, 0) + (a if k == "order" else -a if k == "refund" else 0)
-    for guide, fen in sorted(gmv.items(), key=lambda x: x[0] or ""):
-        if fen:
-            await f.add_gmv(event_id, fen, guide)
+    await Funnel(redis).replace(event_id, int(data["reached"]), counts, sorted(gmv.items(), key=lambda x: x[0] or ""))

@@ -146,8 +146,13 @@ def test_what_happens_reaches_every_viewer_through_any_web_process(
                 try:
                     await InStream(redis).move_all(engine)  # the scans' log entries too
                     live = await Funnel(redis).figures(event_id, ["g1", "g2"], ["A", "B"])
-                    await rebuild(redis, engine, event_id)
+                    rebuilding = asyncio.create_task(rebuild(redis, engine, event_id))
+                    meanwhile = []
+                    while not rebuilding.done():  # what a snapshot taken during the recount would show
+                        meanwhile.append(await Funnel(redis).figures(event_id, ["g1", "g2"], ["A", "B"]))
+                    await rebuilding
                     again = await Funnel(redis).figures(event_id, ["g1", "g2"], ["A", "B"])
+                    assert meanwhile and all(m == live for m in meanwhile), "the recount replaces the figures at once, never half-way"
                 finally:
                     await redis.aclose()
                 assert again == live and live["totals"]["scanned"] == 5 and sum(live["minutes"]["scanned"].values()) == 5
