@@ -626,6 +626,26 @@ def export_audit(event: str, folder: str) -> None:
 
 @cli.command()
 @click.argument("event")
+@click.option("--out", "folder", default=None, type=click.Path(file_okay=False),
+              help="Folder for the report's files (default: ORCH_DATA_DIR/reports, where the close wrote them).")
+def report(event: str, folder: str | None) -> None:
+    """Write EVENT's report again from what is stored now: delivery receipts, refunds and comments that came after the close count."""
+    from orchestrator.recount import figures_from_store
+    from orchestrator.report import write_report
+    from orchestrator.scheduling import get_event
+
+    with _services() as (settings, engine, url):
+        ev = get_event(engine, event)
+        board = asyncio.run(_with_redis(url, lambda redis: figures_from_store(redis, engine, ev.id)))
+        paths = write_report(engine, ev.id, Path(folder) if folder else settings.data_path / "reports", ev.state, board)
+    if board is None:
+        click.echo(_("note: Redis could not be reached, so the report has no live figures (funnel, guides, variants)"), err=True)
+    for path in paths:
+        click.echo(_("wrote {path}").format(path=path))
+
+
+@cli.command()
+@click.argument("event")
 @click.argument("draw")
 @click.option("--disqualify", required=True, help="The winner (their id, as in the draw) who cannot take the prize.")
 @click.option("--why", required=True, help="The reason, kept in the audit bundle.")

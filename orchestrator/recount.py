@@ -8,6 +8,7 @@ the order they happened and counted again exactly as they were counted live.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,7 @@ from orchestrator.funnel import Funnel, Seen
 from orchestrator.store import Comment, Event, Join, Payment, RoomVisit, ScanLog, Send
 
 CHUNK = 1000
+log = logging.getLogger("orchestrator.recount")
 
 
 def _stored(engine: Engine, event_id: str) -> dict[str, Any]:
@@ -76,3 +78,21 @@ async def rebuild(redis: Redis, engine: Engine, event_id: str) -> None:
     for k, _p, a, g in data["payments"]:
         gmv[g] = gmv.get(g, 0) + (a if k == "order" else -a if k == "refund" else 0)
     await Funnel(redis).replace(event_id, int(data["reached"]), counts, sorted(gmv.items(), key=lambda x: x[0] or ""))
+
+
+async def figures_from_store(redis: Redis, engine: Engine, event_id: str) -> dict[str, Any] | None:
+    """The board's snapshot for a report, counted again from the store (what waits in the event's
+    streams moved there first), so a report never depends on Redis having kept its counters; None
+    when that fails (Redis unreachable, say): the report is written without the live figures."""
+    from orchestrator.board import snapshot
+    from orchestrator.instream import InStream
+
+    try:
+        stream = InStream(redis)
+        for kind in ("scans", "comments", "payments", "visits"):
+            await stream.move(engine, kind, event_id)
+        await rebuild(redis, engine, event_id)
+        return await snapshot(redis, engine, event_id, fresh=True)
+    except Exception as e:  # the report is written anyway, without the live figures
+        log.warning("%s: the report goes without the live figures: %s: %s", event_id, type(e).__name__, e)
+        return None

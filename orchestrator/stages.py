@@ -295,7 +295,9 @@ async def _close(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, clo
     if left:
         await rt.db(eventlog.record, rt.engine, ev.id, "close", f"{left} sends still planned at close are skipped", step_id=step.step_id)
     await rt.db(_close_open_steps, rt, ev.id)
-    board = await _closing_figures(rt, ev.id)
+    from orchestrator.recount import figures_from_store
+
+    board = await figures_from_store(rt.pool, rt.engine, ev.id)
     paths = await rt.db(write_report, rt.engine, ev.id, rt.settings.data_path / "reports", "closed", board)
     # one transaction: closed means the report is there and the log says so; nothing runs after it
     await rt.db(_closed, rt, ev.id, step.step_id, f"report: {paths[0]}", clock.now(),
@@ -305,24 +307,6 @@ async def _close(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, clo
     audit = await rt.db(write_bundle, rt.engine, ev.id, rt.settings.data_path / "audit")  # closed: the seed is revealed in it
     await rt.db(eventlog.record, rt.engine, ev.id, "audit", f"audit bundle with the revealed seed: {audit}", data={"bundle": str(audit)})
     return "closed"
-
-
-async def _closing_figures(rt: Runtime, event_id: str) -> dict[str, Any] | None:
-    """The board's snapshot for the report, counted again from the store (what waits in the event's
-    streams moved there first), so the report never depends on Redis having kept its counters;
-    None when that fails (Redis unreachable, say): the report is written without the live figures."""
-    from orchestrator.board import snapshot
-    from orchestrator.recount import rebuild
-
-    try:
-        stream = InStream(rt.pool)
-        for kind in ("scans", "comments", "payments", "visits"):
-            await stream.move(rt.engine, kind, event_id)
-        await rebuild(rt.pool, rt.engine, event_id)
-        return await snapshot(rt.pool, rt.engine, event_id, fresh=True)
-    except Exception as e:  # the report is written anyway, without the live figures
-        log.warning("%s: the report goes without the live figures: %s: %s", event_id, type(e).__name__, e)
-        return None
 
 
 async def _let_sends_finish(rt: Runtime, event_id: str) -> None:

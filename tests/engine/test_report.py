@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import os
 import re
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -157,6 +158,29 @@ def test_the_close_report_holds_the_whole_funnel_counted_again_from_the_store(
     assert mask("观众u1") in drawn or mask("观众u2") in drawn, "a winner, masked"
     assert "观众u1" not in drawn and "观众u2" not in drawn
     assert "Sends per step" in html  # the sends sections stay
+
+    # an order credited to g1 comes in after the close: `orchestrator report` writes the report again with it
+    with TestClient(create_app(settings)) as client:
+        body, headers = signed({"payments": [{"payment_id": "p2", "kind": "order", "order_id": "o2", "person": "b2", "amount_fen": 100000,
+                                              "guide": "g1", "time": "2027-06-10 21:30"}]})
+        assert client.post(f"/api/events/{event_id}/payments", content=body, headers=headers).json() == {"stored": 1, "duplicates": 0}
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    env = {"DATABASE_URL": settings.database_url, "REDIS_URL": redis_url, "ORCH_DATA_DIR": str(settings.data_path)}
+    done = CliRunner().invoke(cli, ["--lang", "en", "report", event_id], env=env)
+    assert done.exit_code == 0 and f"{event_id}-report.html" in done.output, done.output
+    rows = funnel_csv(reports / f"{event_id}-funnel.csv")
+    assert next(r for r in rows if r["section"] == "gmv")["gmv_fen"] == "359900"
+    assert next(r for r in rows if r["section"] == "guide" and r["id"] == "g1")["gmv_fen"] == "100000"
+    assert "¥3,599.00" in (reports / f"{event_id}-report.html").read_text(encoding="utf-8")
+    import subprocess
+    import sys
+
+    missing = subprocess.run([sys.executable, "-c", "from orchestrator.cli import main; main()", "--lang", "en", "report", "no-such-event"],
+                             env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "no event 'no-such-event'" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_without_the_live_figures_the_report_renders_and_says_so(
