@@ -292,6 +292,8 @@ def demo(playbook_file: str | None, directory: str, seconds: float, port: int, f
 
     with _fakes(fake_platforms, speed_for(p.steps[0].at, p.steps[-1].at, seconds)) as fakes, \
             _services(fakes.env() if fakes else None) as (settings, engine, url):
+        if fakes and port:
+            fakes.push_receipts_to(f"http://127.0.0.1:{port}")  # the demo's own web app takes the SMS receipts
         page = settings.data_path / "plan.html"
         settings.data_path.mkdir(parents=True, exist_ok=True)
         write_timeline(p, loaded, page)
@@ -338,6 +340,8 @@ def rehearse(file: str, speed: float, seed: int, port: int, fake_platforms: bool
     _checked_or_exit(file, None)  # errors printed, exit 1
     out = _console()
     with _fakes(fake_platforms, speed) as fakes, _services(fakes.env() if fakes else None) as (settings, engine, url):
+        if fakes:
+            fakes.push_receipts_to(f"http://127.0.0.1:{port}")  # the rehearsal's web app takes the SMS receipts
         result = asyncio.run(run_demo(settings, engine, url, Path(file), seconds=0, console=out, web_port=port, speed=speed, seed=seed))
         _said_by_fakes(fakes, out)
     out.print(_("event {event} closed after {seconds:.0f} s").format(event=result.event_id, seconds=result.seconds))

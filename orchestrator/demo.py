@@ -55,7 +55,7 @@ class WebApp:
         self.url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": redis_url, "ORCH_DATA_DIR": settings.data_dir,
                "ORCH_PUBLIC_URL": settings.public_url, "ORCH_INGEST_SECRET": settings.ingest_secret or "",
-               "ORCH_API_TOKEN": settings.api_token or ""}
+               "ORCH_API_TOKEN": settings.api_token or "", "ORCH_SMS_INBOUND_KEY": settings.sms_inbound_key or ""}
         self.proc = subprocess.Popen(command(port), env=env, stdout=subprocess.DEVNULL)
 
     async def ready(self, timeout: float = 20.0) -> bool:

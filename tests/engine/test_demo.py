@@ -58,5 +58,13 @@ def test_a_rehearsal_with_fake_platforms_sends_through_the_real_clients(tmp_path
     assert sms and mail and wecom, out[-2000:]
     assert int(sms.group(1)) > 0 and int(mail.group(1)) > 0 and int(wecom.group(1)) > 0
     assert wecom.group(1) == wecom.group(2), "every task was confirmed by its (fake) guide"
+    pushed = re.search(r"(\d+) pushes of delivery receipts taken by the web app", out)
+    assert pushed and int(pushed.group(1)) > 0, out[-2000:]
+    import csv
+
+    sends = next((tmp_path / ".orchestrator" / "reports").glob("*-sends.csv"))
+    with sends.open(encoding="utf-8-sig", newline="") as fh:
+        delivered = sum(int(r["sms_delivered"] or 0) for r in csv.DictReader(fh))
+    assert delivered > 0, "the receipts the fake Aliyun pushed show in the report: the SMS reached the phone"
     console_log = next((tmp_path / ".orchestrator" / "console").glob("*.jsonl")).read_text(encoding="utf-8")
     assert '"channel": "sms"' not in console_log and '"channel":"sms"' not in console_log, "no SMS went to the console log"
