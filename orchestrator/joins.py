@@ -6,15 +6,22 @@ both end here. A person reported again (a retried callback, a second report) cha
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import Engine, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orchestrator.clock import Clock
+from orchestrator.funnel import Funnel, Seen
 from orchestrator.store import Event, Join
+
+log = logging.getLogger("orchestrator.joins")
 
 JOIN = Join.__table__  # type: ignore[attr-defined]
 EVENT = Event.__table__  # type: ignore[attr-defined]
@@ -49,3 +56,12 @@ def joined(engine: Engine, event_id: str) -> dict[str, int | None]:
     """person -> group number of everyone who joined the event."""
     with engine.connect() as conn:
         return {p: g for p, g in conn.execute(select(JOIN.c.person, JOIN.c.group_number).where(JOIN.c.event_id == event_id))}
+
+
+async def count_on_board(redis: Redis, event_id: str, new: list[Joined]) -> None:
+    """Count recorded joins on the board. They are in the store already (and their welcome planned),
+    so Redis being away costs only the live count, which the recount at close (or `rebuild`) restores."""
+    try:
+        await Funnel(redis).count(event_id, "joined", [Seen(j.person, j.guide) for j in new], at=new[0].at if new else None)
+    except (RedisConnectionError, RedisTimeoutError) as e:
+        log.warning("%s: %d joins recorded but not counted on the board (Redis: %s); the recount at close counts them", event_id, len(new), e)

@@ -17,7 +17,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from orchestrator import joins, optouts, welcome
-from orchestrator.funnel import Funnel, Seen
 from orchestrator.errors import UnknownEvent
 from orchestrator.ingest import BadInput
 from orchestrator.pool import groups_of
@@ -87,9 +86,10 @@ async def post_joins(request: Request) -> JSONResponse:
     if problem is not None:
         return problem
     new, known = await asyncio.to_thread(joins.record, engine, event_id, items, "api")
-    await Funnel(request.app.state.redis).count(event_id, "joined", [Seen(j.person, j.guide) for j in new], at=new[0].at if new else None)
-    await asyncio.to_thread(welcome.plan_for, engine, request.app.state.settings, event_id, new, "api")
+    await asyncio.to_thread(welcome.plan_for, engine, request.app.state.settings, event_id, new, "api")  # before the count: never lost to Redis
+    await joins.count_on_board(request.app.state.redis, event_id, new)
     return JSONResponse({"recorded": len(new), "already": known})
+
 
 
 MAX_QR_BYTES = 2_000_000

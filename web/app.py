@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -39,6 +41,7 @@ from web.openapi import openapi
 from web.pages import Rendered
 from web.posterpages import poster_image, poster_page
 from web.scan import group_image, scan
+from web.unreachable import redis_unreachable
 from web.unsubscribe import unsubscribe_link
 from web.wecom import callback as wecom_callback
 
@@ -104,7 +107,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/ingest/douyin/{event}", post_douyin, methods=["POST"]),
         Route("/ingest/wxlivespy/{event}/{key}", post_wxlivespy, methods=["POST"]),
         Route("/wecom/callback", wecom_callback, methods=["GET", "POST"]),
-    ], lifespan=lifespan)
+    ], lifespan=lifespan, exception_handlers={RedisConnectionError: redis_unreachable, RedisTimeoutError: redis_unreachable})
     app.state.settings = settings
     app.state.version = version("live-orchestrator")
     return app

@@ -19,8 +19,7 @@ import time
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from orchestrator import welcome
-from orchestrator.funnel import Funnel, Seen
+from orchestrator import joins, welcome
 from orchestrator.wecom import WeComError
 from orchestrator.wecom_crypto import CallbackRejected
 from orchestrator.wecomjoins import on_member_change
@@ -73,8 +72,8 @@ async def callback(request: Request) -> Response:
         log.warning("WeCom callback not processed, WeCom will retry: %s", e)
         return PlainTextResponse("not processed; retry", status_code=503)
     for event_id, new in learned.new.items():
-        await Funnel(state.redis).count(event_id, "joined", [Seen(j.person, j.guide) for j in new], at=new[0].at if new else None)
-        await asyncio.to_thread(welcome.plan_for, state.engine, state.settings, event_id, new, "wecom")
+        await asyncio.to_thread(welcome.plan_for, state.engine, state.settings, event_id, new, "wecom")  # before the count: never lost to Redis
+        await joins.count_on_board(state.redis, event_id, new)
     await state.redis.set(key, 1, ex=SEEN_FOR)
     if learned.recorded or learned.unattributed:
         log.info("WeCom joins: %d new, %d already counted, %d through other codes", learned.recorded, learned.already, learned.unattributed)
