@@ -39,7 +39,7 @@ import aiohttp  # noqa: E402
 import websockets  # noqa: E402
 
 from bench.ingest import SECRET, schedule  # noqa: E402
-from bench.scan import free_port, p99, serve  # noqa: E402
+from bench.scan import cpu, free_port, p99, serve  # noqa: E402
 from orchestrator.board import EVERY  # noqa: E402
 from orchestrator.channels.webhook import sign  # noqa: E402
 from orchestrator.embedded_redis import redis_url  # noqa: E402
@@ -47,11 +47,6 @@ from orchestrator.store import Event, open_store  # noqa: E402
 
 TICK = EVERY  # the publisher's pace, which the bare broadcast copies
 MEASURED = 50  # viewers that parse and time every message; the others only take them off the wire (Drain)
-
-
-def cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Drain(asyncio.Protocol):

@@ -26,7 +26,7 @@ import aiohttp  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
-from bench.scan import p99, serve  # noqa: E402
+from bench.scan import cpu, p99, serve  # noqa: E402
 from orchestrator.channels.webhook import sign  # noqa: E402
 from orchestrator.embedded_redis import redis_url  # noqa: E402
 from orchestrator.instream import InStream  # noqa: E402
@@ -98,6 +98,14 @@ def schedule(url: str, folder: Path, rurl: str) -> str:
     return asyncio.run(go())
 
 
+async def _server_pid(url: str) -> int:
+    redis = Redis.from_url(url)
+    try:
+        return int((await redis.info("server"))["process_id"])
+    finally:
+        await redis.aclose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--comments", type=int, default=20_000)
@@ -111,6 +119,8 @@ def main() -> None:
         url = f"sqlite:///{folder / 'bench.db'}"
         with redis_url(None, folder / "data") as rurl:
             event_id = schedule(url, folder, rurl)
+            redis_pid = int(asyncio.run(_server_pid(rurl)))
+            cpu_lines: list[str] = []
             env = {"DATABASE_URL": url, "REDIS_URL": rurl, "ORCH_DATA_DIR": str(folder / "data"), "ORCH_INGEST_SECRET": SECRET}
             sent = 0
             bare_env = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
@@ -121,14 +131,22 @@ def main() -> None:
                 runs: list[tuple[float, float]] = []
                 lat: list[float] = []
                 blat: list[float] = []
+                used = {"web": 0.0, "redis": 0.0, "bare": 0.0}  # CPU seconds during the timed runs
                 try:
                     endpoint, bare = (f"{b}/api/events/{event_id}/comments" for b in (base, bbase))
                     asyncio.run(load(endpoint, bodies(min(1000, n), per, 10_000_000 + sent), args.clients))
                     asyncio.run(load(bare, bodies(min(1000, n), per, 15_000_000 + sent), args.clients))
                     sent += min(1000, n)
                     for r in range(args.rounds):  # in turns, so a machine speeding up or slowing down weighs on both
-                        elapsed, some = asyncio.run(load(endpoint, bodies(n, per, sent), args.clients))
-                        belapsed, bsome = asyncio.run(load(bare, bodies(n, per, sent), args.clients))
+                        requests = bodies(n, per, sent)
+                        web0, redis0 = cpu(proc.pid), cpu(redis_pid)
+                        elapsed, some = asyncio.run(load(endpoint, requests, args.clients))
+                        used["web"] += cpu(proc.pid) - web0
+                        used["redis"] += cpu(redis_pid) - redis0
+                        requests = bodies(n, per, sent)
+                        bare0 = cpu(bproc.pid)
+                        belapsed, bsome = asyncio.run(load(bare, requests, args.clients))
+                        used["bare"] += cpu(bproc.pid) - bare0
                         sent += n
                         runs.append((n / elapsed, n / belapsed))
                         lat += some
@@ -140,6 +158,9 @@ def main() -> None:
                         p.wait()
                 rate, brate = statistics.median(a for a, _ in runs), statistics.median(b for _, b in runs)
                 results.append((label, [(rate, statistics.median(lat), p99(lat)), (brate, statistics.median(blat), p99(blat))]))
+                per_k = 1000 / (n * args.rounds)
+                cpu_lines.append(f"  {label}: CPU ms per 1,000 comments: web {used['web'] * 1000 * per_k:.1f} + Redis {used['redis'] * 1000 * per_k:.1f};"
+                                 f" bare {used['bare'] * 1000 * per_k:.1f}")
 
             async def moved() -> int:
                 redis = Redis.from_url(rurl)
@@ -159,6 +180,7 @@ def main() -> None:
         print(f"  {label:22} {rate:>11,.0f} {p50 * 1000:>8.1f} {tail * 1000:>8.1f}   {brate:>9,.0f} {btail * 1000:>8.1f}   {ratio:5.2f}  {tail_x:5.2f}"
               f"  (targets ≥ 0.5, ≤ 3)  {verdict}")
     print(f"  stored after moving: {stored:,} of {sent:,} sent ({'exact' if stored == sent else 'MISMATCH'})")
+    print("\n".join(cpu_lines))
 
 
 if __name__ == "__main__":

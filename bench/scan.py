@@ -61,6 +61,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def serve(target: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     cmd = command(port)
