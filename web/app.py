@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 from collections.abc import AsyncIterator
+from typing import cast
 
 import aiohttp
 from redis.asyncio import Redis
@@ -20,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import ExceptionHandler
 
 from orchestrator.autopipeline import AutoPipeline
 from orchestrator.embedded_redis import redis_url
@@ -107,7 +109,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/ingest/douyin/{event}", post_douyin, methods=["POST"]),
         Route("/ingest/wxlivespy/{event}/{key}", post_wxlivespy, methods=["POST"]),
         Route("/wecom/callback", wecom_callback, methods=["GET", "POST"]),
-    ], lifespan=lifespan, exception_handlers={RedisConnectionError: redis_unreachable, RedisTimeoutError: redis_unreachable})
+    ], lifespan=lifespan, exception_handlers={e: cast(ExceptionHandler, redis_unreachable) for e in (RedisConnectionError, RedisTimeoutError)})
     app.state.settings = settings
     app.state.version = version("live-orchestrator")
     return app

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select
 from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from orchestrator.settings import Settings
 from orchestrator.store import Comment, Join
+from tests.engine.test_board import board_key
 from tests.engine.test_draws import SECRET, comment, signed
 from tests.engine.test_pool import codes_of, free_port, pool_event, schedule
 from web.app import create_app
@@ -33,6 +35,10 @@ def test_requests_while_redis_is_unreachable_get_503_and_when_to_retry(
         r = client.get(f"/s/{codes_of(engine, event_id)[('g1', 'A')]}")
         assert r.status_code == 503 and r.headers["retry-after"] == "5" and "请过几秒钟再扫一次码" in r.text
         r = client.post(f"/api/events/{event_id}/joins", json={"person": "m000001", "group": 1}, headers={"Authorization": "Bearer tok"})
+        with client.websocket_connect(f"/board/{event_id}/ws?t={board_key(engine, event_id)}") as ws:  # a host's board
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_text()
+            assert closed.value.code == 1013, "try again later: the page reconnects by itself"
         # a join is kept in the store (and its welcome planned) before it is counted: it is taken, not refused,
         # and the board's count of it waits for the recount
         assert r.status_code == 200 and r.json() == {"recorded": 1, "already": 0}, r.text
