@@ -26,12 +26,13 @@ from orchestrator import draws
 from orchestrator.copytext import mask
 from orchestrator.funnel import Funnel
 from orchestrator.scheduling import EVENT, STEP, event_clock, get_event, loaded_event
-from orchestrator.store import Comment, Member, Send
+from orchestrator.store import Comment, Guide, Member, Send
 
 log = logging.getLogger("orchestrator.board")
 COMMENT = Comment.__table__  # type: ignore[attr-defined]
 SEND = Send.__table__  # type: ignore[attr-defined]
 MEMBER = Member.__table__  # type: ignore[attr-defined]
+GUIDE = Guide.__table__  # type: ignore[attr-defined]
 EVERY = 0.05  # seconds between the starts of two publisher rounds: what changed reaches viewers within about this
 SIDE_TTL = 1.0  # seconds the store's part of a snapshot (steps, draws, comments ticker) is reused
 REFRESH = 5.0  # seconds between snapshots of running events that did not change
@@ -110,14 +111,17 @@ def _store_side(engine: Engine, event_id: str) -> dict[str, Any]:
 
 def _unconfirmed(conn: Any, event_id: str) -> dict[str, int]:
     """WeCom mass-message tasks created and not yet confirmed by their guide, per guide: a task to a
-    member counts to the member's guide, a task to a guide's groups (recipient `guide:<id>`) to that guide."""
-    rows = conn.execute(select(SEND.c.member_id, MEMBER.c.guide, func.count())
+    member counts to the member's guide, a task to a guide's groups (recipient `guide:<id>`) to that
+    guide, and any other (a post into a customer group) to the guide whose WeCom userid must confirm it."""
+    rows = conn.execute(select(SEND.c.member_id, MEMBER.c.guide, SEND.c.sender, func.count())
                         .select_from(SEND.outerjoin(MEMBER, (MEMBER.c.event_id == SEND.c.event_id) & (MEMBER.c.member_id == SEND.c.member_id)))
                         .where(SEND.c.event_id == event_id, SEND.c.state == "created", SEND.c.channel.in_(("wecom_customer", "wecom_group")))
-                        .group_by(SEND.c.member_id, MEMBER.c.guide)).all()
+                        .group_by(SEND.c.member_id, MEMBER.c.guide, SEND.c.sender)).all()
+    by_userid = {u: g for g, u in conn.execute(select(GUIDE.c.guide_id, GUIDE.c.wecom_userid)
+                                                 .where(GUIDE.c.event_id == event_id, GUIDE.c.wecom_userid.is_not(None)))}
     out: dict[str, int] = {}
-    for recipient, guide, n in rows:
-        owner = recipient[6:] if recipient.startswith("guide:") else guide
+    for recipient, guide, sender, n in rows:
+        owner = recipient[6:] if recipient.startswith("guide:") else guide or by_userid.get(sender)
         if owner:
             out[owner] = out.get(owner, 0) + int(n)
     return out

@@ -103,6 +103,7 @@ class Result:
     provider_id: str | None = None
     error: str | None = None
     not_before: datetime | None = None
+    sender: str | None = None  # a created task's: who must confirm it
 
 
 def give_back(engine: Engine, worker: str, event_id: str, ids: Sequence[int]) -> int:
@@ -136,6 +137,7 @@ def finish(engine: Engine, worker: str, results: Sequence[Result], counts: dict[
                 done = conn.execute(FINISH_PG, {
                     "ids": [r.id for r in results], "states": [r.state for r in results], "providers": [r.provider_id for r in results],
                     "errors": [r.error for r in results], "not_befores": [_naive_utc(r.not_before) for r in results],
+                    "senders": [r.sender for r in results],
                     "now": now, "worker": worker,
                 }).rowcount or 0
             if counts:
@@ -144,7 +146,7 @@ def finish(engine: Engine, worker: str, results: Sequence[Result], counts: dict[
                                          "counts": [n for _k, n in items]})
         else:
             if results:
-                rows = [(r.id, r.state, r.provider_id, r.error, _sqlite_time(r.not_before)) for r in results]
+                rows = [(r.id, r.state, r.provider_id, r.error, _sqlite_time(r.not_before), r.sender) for r in results]
                 done = conn.execute(FINISH_SQLITE, {"rows": json.dumps(rows, ensure_ascii=False), "now": now, "worker": worker}).rowcount or 0
             if counts:
                 conn.execute(COUNTS_SQLITE, {"rows": json.dumps([(m, p, n) for (m, p), n in sorted(counts.items())], ensure_ascii=False)})
@@ -152,10 +154,10 @@ def finish(engine: Engine, worker: str, results: Sequence[Result], counts: dict[
 
 
 FINISH_PG = text("""
-UPDATE send AS s SET state = v.state, provider_id = v.provider_id, error = v.error, not_before = v.not_before,
+UPDATE send AS s SET state = v.state, provider_id = v.provider_id, error = v.error, not_before = v.not_before, sender = v.sender,
        sent_at = CASE WHEN v.state = 'sent' THEN :now END
 FROM unnest(CAST(:ids AS bigint[]), CAST(:states AS text[]), CAST(:providers AS text[]), CAST(:errors AS text[]),
-            CAST(:not_befores AS timestamp[])) AS v(id, state, provider_id, error, not_before)
+            CAST(:not_befores AS timestamp[]), CAST(:senders AS text[])) AS v(id, state, provider_id, error, not_before, sender)
 WHERE s.id = v.id AND s.state = 'sending' AND s.claimed_by = :worker
 """).bindparams(bindparam("now", type_=UtcDateTime))
 COUNTS_PG = text("""
@@ -165,7 +167,7 @@ ON CONFLICT (member_id, period) DO UPDATE SET count = sendcount.count + excluded
 """)
 FINISH_SQLITE = text("""
 UPDATE send SET state = json_extract(v.value, '$[1]'), provider_id = json_extract(v.value, '$[2]'),
-       error = json_extract(v.value, '$[3]'), not_before = json_extract(v.value, '$[4]'),
+       error = json_extract(v.value, '$[3]'), not_before = json_extract(v.value, '$[4]'), sender = json_extract(v.value, '$[5]'),
        sent_at = CASE WHEN json_extract(v.value, '$[1]') = 'sent' THEN :now END
 FROM json_each(:rows) AS v
 WHERE send.id = json_extract(v.value, '$[0]') AND send.state = 'sending' AND send.claimed_by = :worker

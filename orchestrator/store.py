@@ -315,6 +315,7 @@ class Send(SQLModel, table=True):
     retried: bool = False
     idempotency_key: str = Field(max_length=200)
     provider_id: str | None = Field(default=None, max_length=128)
+    sender: str | None = Field(default=None, max_length=64)  # a WeCom task's: the userid who must confirm it
     error: str | None = None
     claimed_by: str | None = Field(default=None, max_length=64)
     claimed_at: datetime | None = _ts(default=None)

@@ -34,6 +34,7 @@ class Outcome:
     provider_id: str | None = None
     error: str | None = None
     retry_after: float | None = None  # seconds, when the peer said
+    sender: str | None = None  # `created`: who must confirm the task (a WeCom userid), for the board's per-guide count
 
 
 class Transport(Protocol):

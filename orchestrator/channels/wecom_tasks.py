@@ -94,7 +94,7 @@ class WeComTaskTransport:
             for i, r in within:
                 outcomes[i] = (Outcome("failed", error=f"WeCom refused: group {r} is not one of {sender}'s" if kind == "group"
                                        else f"WeCom refused: {r} is not a customer of {sender}") if r in refused
-                               else Outcome("created", provider_id=msgid))
+                               else Outcome("created", provider_id=msgid, sender=sender))
         return [o if o is not None else Outcome("retry", error="not sent") for o in outcomes]
 
     async def _sender(self, client: WeComClient, m: Outgoing) -> tuple[str, str, str] | Outcome:

@@ -269,14 +269,21 @@ def test_a_guides_unconfirmed_wecom_tasks_show_in_the_snapshot(
 
     from orchestrator import ledger
     from orchestrator.board import snapshot
-    from orchestrator.store import Send
+    from orchestrator.store import Guide, Send
 
     send = Send.__table__  # type: ignore[attr-defined]
     event_id = schedule(engine, make_settings(ORCH_ROUTES="sms=console,email=console"), redis_url, pool_event(tmp_path / "event", groups=2))
     ledger.plan_sends(engine, event_id, "reminder:r1", [("guide:g1", "wecom_group", "wecom"), ("m000001", "wecom_customer", "wecom"),
-                                                        ("guide:g2", "wecom_group", "wecom"), ("guide:g1", "sms", "console")])
+                                                        ("guide:g2", "wecom_group", "wecom"), ("guide:g1", "sms", "console"),
+                                                        ("chat:wr1", "wecom_group", "wecom_tasks"), ("chat:wr2", "wecom_group", "wecom_tasks")])
     with engine.begin() as conn:  # the guide has not confirmed these tasks yet (g2's is still only planned)
         conn.execute(update(send).where(send.c.event_id == event_id, send.c.member_id.in_(("guide:g1", "m000001"))).values(state="created"))
+        conn.execute(update(Guide.__table__).where(Guide.__table__.c.guide_id == "g2").values(wecom_userid="wang"))  # type: ignore[attr-defined]
+    # posts into two customer groups: the tasks WeCom made, as the worker records them: one for g2's WeCom userid, one for nobody's
+    claimed = ledger.claim(engine, event_id, "reminder:r1", "w1", 100)
+    chats = {c.member_id: c.id for c in claimed if c.member_id.startswith("chat:")}
+    ledger.finish(engine, "w1", [ledger.Result(chats["chat:wr1"], "created", provider_id="msg1", sender="wang"),
+                                 ledger.Result(chats["chat:wr2"], "created", provider_id="msg2", sender="someone-else")])
 
     async def go() -> dict[str, Any]:
         redis = Redis.from_url(redis_url)
@@ -285,7 +292,8 @@ def test_a_guides_unconfirmed_wecom_tasks_show_in_the_snapshot(
         finally:
             await redis.aclose()
     guides = {g["id"]: g["unconfirmed"] for g in asyncio.run(go())["per_guide"]}
-    assert guides == {"g1": 1, "g2": 0}, "g1's group task; not its sms row, not g2's planned one, not a member without a guide"
+    assert guides == {"g1": 1, "g2": 1}, ("g1's group task, not its sms row, not g2's planned one, not a member without a guide; "
+                                          "g2's post into a customer group it must confirm, not one for an unknown userid")
 
 
 def test_a_payment_is_credited_to_the_guide_named_else_joined_through_else_in_the_audience_file(

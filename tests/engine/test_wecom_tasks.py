@@ -177,6 +177,7 @@ def test_a_group_post_is_one_task_per_owner_into_each_of_the_event_groups_once(
     rows = {r.member_id: r for r in rows_of(engine, event_id, "reminder:hour")}
     assert set(rows) == {"chat:wr-a", "chat:wr-b", "chat:wr-c"}, "each group behind the event's join ways, once; no other group, no person"
     assert rows["chat:wr-a"].state == rows["chat:wr-c"].state == "sent"
+    assert rows["chat:wr-a"].sender == rows["chat:wr-c"].sender == "lili", "who had to confirm the task (the board counts it to g1)"
     assert rows["chat:wr-b"].state == "failed" and "quota" in rows["chat:wr-b"].error
     assert sorted((t["sender"], sorted(t["customers"])) for t in group_tasks) == [("lili", ["wr-a", "wr-c"]), ("wangwu", ["wr-b"])], \
         "one task per owner, into their groups"
