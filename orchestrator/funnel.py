@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 STEPS = ("reached", "scanned", "joined", "reminded", "entered", "commented", "deposited", "ordered")
 
+PER_MINUTE = ("scanned", "joined")  # steps counted per minute (the board's and the report's chart); the others come in batches, counted as sets
 DIRTY = "orch:f:dirty"  # events whose figures changed since the last snapshot
 
 # KEYS: step set, minute hash, the dirty set, then per item its extra sets (guide, variant).
@@ -121,7 +122,7 @@ class Funnel:
             for v in variants:
                 for step in ("scanned", "joined"):
                     pipe.scard(key(event_id, step, f"v:{v}"))
-            for step in ("scanned", "joined", "commented", "ordered"):
+            for step in PER_MINUTE:
                 pipe.hgetall(key(event_id, step, "m"))
             pipe.get(key(event_id, "gmv"))
             answers = await pipe.execute()
@@ -134,7 +135,7 @@ class Funnel:
             per_guide[g] = row
         per_variant = {v: {step: int(next(it)) for step in ("scanned", "joined")} for v in variants}
         per_minute = {}
-        for step in ("scanned", "joined", "commented", "ordered"):
+        for step in PER_MINUTE:
             raw = next(it)
             per_minute[step] = {(k.decode() if isinstance(k, bytes) else k): int(n) for k, n in raw.items() if k not in (b"", "")}
         return {"totals": totals, "gmv_fen": int(next(it) or 0), "guides": per_guide, "variants": per_variant, "minutes": per_minute}
