@@ -1,8 +1,9 @@
 """Ingested comments and payments: acknowledged once they are in a Redis stream, moved to the store
 by the workers.
 
-A request's items go in with one script: each item's (source, id) is claimed with SET NX (kept
-two days) and only a first sighting is appended to the event's stream, so a redelivered item is
+A request's items go in with one script: their (source, id)s are looked up in the source's sets of
+ids of the last days (at least two days remembered), the request becomes one stream entry that
+marks which of its items are first sightings, and only those are counted, so a redelivered item is
 counted once and the answer can say so. Redis keeps the stream on disk (AOF, fsync every second:
 run it with persistence, as for the job queue), so an acknowledged item survives a crash of every
 process here. Every worker moves what is waiting into the store in its upkeep, and a draw first
