@@ -42,7 +42,7 @@ def _stored(engine: Engine, event_id: str) -> dict[str, Any]:
         }
 
 
-def _by_minute(rows: Iterable[tuple[datetime, Seen]]) -> Iterator[tuple[datetime, list[Seen]]]:
+def by_minute(rows: Iterable[tuple[datetime, Seen]]) -> Iterator[tuple[datetime, list[Seen]]]:
     """Runs of rows (in time order) within one minute, at most CHUNK long, with the run's first moment."""
     run: list[Seen] = []
     start: datetime | None = None
@@ -62,9 +62,9 @@ async def rebuild(redis: Redis, engine: Engine, event_id: str) -> None:
     data = await asyncio.to_thread(_stored, engine, event_id)
     counts: list[tuple[str, list[Seen], datetime | None]] = []
     # in order, a minute at a time: each person counts in the minute they first did it
-    counts += [("scanned", seen, at) for at, seen in _by_minute((at, Seen(visitor, guide, variant))
+    counts += [("scanned", seen, at) for at, seen in by_minute((at, Seen(visitor, guide, variant))
                                                                 for visitor, guide, variant, at in data["scans"])]
-    counts += [("joined", seen, at) for at, seen in _by_minute((at, Seen(p, g)) for p, g, at in data["joins"])]
+    counts += [("joined", seen, at) for at, seen in by_minute((at, Seen(p, g)) for p, g, at in data["joins"])]
     batches: list[tuple[str, list[Seen]]] = [
         ("reminded", [Seen(m) for (m,) in data["reminded"]]),
         ("entered", [Seen(p) for (p,) in data["entered"]]),

@@ -20,7 +20,7 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import Worker
 from sqlalchemy import Engine, func as sqlfunc, select
 
-from orchestrator import eventlog, jobs, ledger, poolwatch, taskwatch, welcome
+from orchestrator import eventlog, joins, jobs, ledger, poolwatch, taskwatch, welcome
 from orchestrator.fanout import drain
 from orchestrator.instream import InStream
 from orchestrator.load import LoadedPlaybook
@@ -107,6 +107,7 @@ async def upkeep(rt: Runtime) -> None:
     await taskwatch.check(rt)
     await welcome.send_due(rt, lambda event_id: _loaded(rt, event_id))
     await InStream(rt.pool).move_all(rt.engine)
+    await joins.count_missed(rt.pool, rt.engine)  # joins that came while Redis was away
     for event_id, step_id, revision, at in await rt.db(_overdue_steps, rt.engine):
         ev = await rt.db(get_event, rt.engine, event_id)
         clock = event_clock(ev)

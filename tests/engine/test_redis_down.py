@@ -45,3 +45,26 @@ def test_requests_while_redis_is_unreachable_get_503_and_when_to_retry(
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Comment.__table__)).scalar_one() == 0  # type: ignore[attr-defined]
         assert conn.execute(select(Join.person).where(Join.event_id == event_id)).scalars().all() == ["m000001"]  # type: ignore[call-overload]
+
+    # Redis is back: a worker's upkeep counts on the board the join it missed, once
+    import asyncio
+
+    from redis.asyncio import Redis
+    from sqlalchemy import update
+
+    from orchestrator import joins
+    from orchestrator.funnel import Funnel
+    from orchestrator.store import Event
+
+    with engine.begin() as conn:
+        conn.execute(update(Event.__table__).where(Event.__table__.c.id == event_id).values(state="running"))  # type: ignore[attr-defined]
+
+    async def upkeep() -> tuple[int, int, int]:
+        redis = Redis.from_url(redis_url)
+        try:
+            first = await joins.count_missed(redis, engine)
+            again = await joins.count_missed(redis, engine)
+            return first, again, (await Funnel(redis).figures(event_id, [], []))["totals"]["joined"]
+        finally:
+            await redis.aclose()
+    assert asyncio.run(upkeep()) == (1, 0, 1)
