@@ -14,7 +14,7 @@ from datetime import datetime
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -62,17 +62,16 @@ def joined(engine: Engine, event_id: str) -> dict[str, int | None]:
 
 async def count_on_board(redis: Redis, event_id: str, new: list[Joined]) -> None:
     """Count recorded joins on the board. They are in the store already (and their welcome planned),
-    so Redis being away costs only the live count, which the recount at close (or `rebuild`) restores."""
+    so Redis being away only delays the live count: the workers' upkeep counts them once it is back
+    (`count_missed`)."""
     try:
         await Funnel(redis).count(event_id, "joined", [Seen(j.person, j.guide) for j in new], at=new[0].at if new else None)
     except (RedisConnectionError, RedisTimeoutError) as e:
-        log.warning("%s: %d joins recorded but not counted on the board (Redis: %s); the recount at close counts them", event_id, len(new), e)
+        log.warning("%s: %d joins recorded but not yet counted on the board (Redis: %s); the workers count them once it is back", event_id, len(new), e)
 
 
-def _short(engine: Engine) -> list[tuple[str, int]]:
+def _stored_joins(engine: Engine) -> list[tuple[str, int]]:
     """(event, joins stored) of each running event."""
-    from sqlalchemy import func
-
     event, join = Event.__table__, Join.__table__  # type: ignore[attr-defined]
     with engine.connect() as conn:
         return [(e, int(n)) for e, n in conn.execute(select(event.c.id, func.count(join.c.person))
@@ -92,7 +91,7 @@ async def count_missed(redis: Redis, engine: Engine) -> int:
     was away when they came: `count_on_board`); how many. Counting is per person, so counting a
     counted join again changes nothing; each is counted in the minute it happened."""
     missed = 0
-    for event_id, stored in await asyncio.to_thread(_short, engine):
+    for event_id, stored in await asyncio.to_thread(_stored_joins, engine):
         if int(await redis.scard(key(event_id, "joined"))) >= stored:  # type: ignore[misc]
             continue
         rows = await asyncio.to_thread(_joins_of, engine, event_id)
