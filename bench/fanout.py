@@ -1,21 +1,27 @@
 """How fast a webhook reminder fans out through the engine, against two baselines in the same run.
 
-Per database and per size N, into one local receiver (aiohttp.web in its own process, answering
-200 {"id": n}; every rate is N over the time from the first to the last request it sees):
+Per database and per size N, into one local receiver in its own process, answering 200 {"id": n};
+every rate is N over the time from the first to the last request it sees. The receiver is, by
+default, what PERFORMANCE.md's baseline posted into: a Starlette route served by one uvicorn process
+(uvloop + httptools), as fast as a brand's own web app would be. `--receiver aiohttp` puts a bare
+aiohttp.web handler there instead: it answers ~3x faster, so on two cores the sender's CPU decides
+every rate, and the ratios say what the engine's own work per message costs against aiohttp's.
 
   engine     the real path. The playbook is scheduled on an accelerated clock and a real arq worker
              (`make_worker`, run in a fresh process of this script) runs the reminder step:
              plan_sends, then `stages.LANES` drain lanes of claim -> opt-outs -> caps -> render ->
              signed WebhookTransport.send_batch -> finish -> counts. That process's peak RSS is
              the memory figure; "planning" is the step's start to the first request.
-  bare       N aiohttp POSTs of a body of the same size, CONCURRENCY in flight, no engine.
+  bare       N aiohttp POSTs of one body of the same size with the same headers (signature,
+             idempotency key), made once, CONCURRENCY in flight, no engine.
   no ledger  the same rendering and WebhookTransport.send_batch in batches of fanout.BATCH, in
              stages.LANES lanes, without claim, caps, finish or counts.
 
 Prints the rates and the ratios PERFORMANCE.md sets targets for (figures here are noisy; the
 ratios are what we compare). PostgreSQL's schema `public` is dropped and made again before each run.
 
-    python bench/fanout.py [--sizes 10000,100000] [--db sqlite|postgresql|both] [--pg-url URL] [--peer-latency MS]
+    python bench/fanout.py [--sizes 10000,100000] [--db sqlite|postgresql|both] [--pg-url URL]
+                           [--receiver uvicorn|aiohttp] [--peer-latency MS]
 """
 
 from __future__ import annotations
@@ -37,12 +43,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import aiohttp
+import orjson
 from aiohttp import web
 from sqlalchemy import Engine, select, text
 
 from orchestrator.channels.base import Outgoing
 from orchestrator.channels.registry import build_transports
-from orchestrator.channels.webhook import payload
+from orchestrator.channels.webhook import payload, sign
 from orchestrator.embedded_redis import redis_url
 from orchestrator.fanout import BATCH
 from orchestrator.ledger import key_of
@@ -101,37 +108,71 @@ class Seen:
         return self.count / max(self.last - self.first, 1e-9)
 
 
-def receiver(latency: float) -> None:
-    """`--receiver`: serve POST /hook, GET /stats and POST /reset on a free port, printed on stdout.
+def receiver(latency: float, kind: str) -> None:
+    """`--serve-receiver`: serve POST /hook, GET /stats and POST /reset on a free port, printed on stdout.
 
-    With `latency` (seconds) each answer waits that long, like a peer across a network would."""
+    `kind` uvicorn: a Starlette route in one uvicorn process (uvloop + httptools), the receiver of
+    PERFORMANCE.md's baseline. aiohttp: a bare aiohttp.web handler, the fastest peer we know how to
+    write in Python (it leaves the sender CPU-bound). With `latency` (seconds) each answer waits
+    that long, like a peer across a network would."""
     seen = Seen()
 
-    async def hook(request: web.Request) -> web.Response:
-        await request.read()
-        if latency:
-            await asyncio.sleep(latency)
+    def saw() -> int:
         now = time.time()
         if not seen.count:
             seen.first = now
         seen.count += 1
         seen.last = now
-        return web.json_response({"id": seen.count})
+        return seen.count
+
+    def reset() -> dict[str, object]:
+        seen.count, seen.first, seen.last = 0, 0.0, 0.0
+        return asdict(seen)
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    if kind == "uvicorn":
+        import uvicorn
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        async def s_hook(request: Request) -> JSONResponse:
+            await request.body()
+            if latency:
+                await asyncio.sleep(latency)
+            return JSONResponse({"id": saw()})
+
+        async def s_stats(_request: Request) -> JSONResponse:
+            return JSONResponse(asdict(seen))
+
+        async def s_reset(_request: Request) -> JSONResponse:
+            return JSONResponse(reset())
+
+        app = Starlette(routes=[Route("/hook", s_hook, methods=["POST"]), Route("/stats", s_stats), Route("/reset", s_reset, methods=["POST"])])
+        server = uvicorn.Server(uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="off", access_log=False, log_level="warning"))
+        print(sock.getsockname()[1], flush=True)
+        server.run(sockets=[sock])
+        return
+
+    async def hook(request: web.Request) -> web.Response:
+        await request.read()
+        if latency:
+            await asyncio.sleep(latency)
+        return web.json_response({"id": saw()})
 
     async def stats(_request: web.Request) -> web.Response:
         return web.json_response(asdict(seen))
 
-    async def reset(_request: web.Request) -> web.Response:
-        seen.count, seen.first, seen.last = 0, 0.0, 0.0
-        return web.json_response(asdict(seen))
+    async def do_reset(_request: web.Request) -> web.Response:
+        return web.json_response(reset())
 
     async def serve() -> None:
         app = web.Application()
-        app.add_routes([web.post("/hook", hook), web.get("/stats", stats), web.post("/reset", reset)])
+        app.add_routes([web.post("/hook", hook), web.get("/stats", stats), web.post("/reset", do_reset)])
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
         await web.SockSite(runner, sock).start()
         print(sock.getsockname()[1], flush=True)
         await asyncio.Event().wait()
@@ -247,8 +288,11 @@ def outgoing(ev: Event, loaded: LoadedPlaybook, m: Member) -> Outgoing:
 
 
 async def bare_loop(base: str, n: int, body: bytes) -> Seen:
+    """The same posts, made once: one body and its signed headers, sent N times."""
     left = iter(range(n))
-    headers = {"Content-Type": "application/json"}
+    ts = str(int(time.time()))
+    headers = {"Content-Type": "application/json", "X-Orchestrator-Timestamp": ts, "X-Orchestrator-Signature": sign("bench-secret", ts, body),
+               "Idempotency-Key": "fanout:reminder:go:m0:webhook"}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONCURRENCY)) as session:
         async def poster() -> None:
             for _ in left:
@@ -281,7 +325,7 @@ async def no_ledger(settings: Settings, ev: Event, loaded: LoadedPlaybook, base:
 async def baselines(settings: Settings, engine: Engine, ev: Event, base: str, n: int) -> tuple[Seen, Seen]:
     loaded = loaded_event(engine, ev)
     sample = outgoing(ev, loaded, next(iter(loaded.members.values())))
-    body = json.dumps(payload(sample), ensure_ascii=False, separators=(",", ":")).encode()
+    body = orjson.dumps(payload(sample))
     await call(base + "/reset", "POST")
     bare = await bare_loop(base, n, body)
     await call(base + "/reset", "POST")
@@ -323,9 +367,12 @@ def ratio_line(label: str, ratio: float, target: float, at_least: bool = True) -
     print(f"  {label:28s} {ratio:5.2f}  (target {'≥' if at_least else '≤'} {target})  {'ok' if met else 'MISSES'}")
 
 
-def report(db: str, results: dict[int, Figures], latency_ms: float) -> None:
+RECEIVERS = {"uvicorn": "a Starlette route in one uvicorn process (uvloop + httptools)", "aiohttp": "a bare aiohttp.web handler in its own process"}
+
+
+def report(db: str, results: dict[int, Figures], latency_ms: float, kind: str) -> None:
     answers = f"answering after {latency_ms:g} ms" if latency_ms else "answering at once"
-    print(f"\n{db}: webhook reminder, {CONCURRENCY} in flight, {LANES} drain lanes, receiver aiohttp.web in its own process, {answers}")
+    print(f"\n{db}: webhook reminder, {CONCURRENCY} in flight, {LANES} drain lanes; receiver: {RECEIVERS[kind]}, {answers}")
     print(f"{'recipients':>10} {'engine':>9} {'bare':>9} {'no ledger':>10}  posts/s   {'planning':>9} {'peak RSS':>9} {'engine CPU':>11}")
     for n, f in results.items():
         print(f"{n:>10,} {f.engine:>9,.0f} {f.bare:>9,.0f} {f.plain:>10,.0f}            {f.planning:>7.1f} s {f.rss_mb:>6.0f} MB"
@@ -345,23 +392,26 @@ def main() -> None:
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/bench")
     parser.add_argument("--peer-latency", type=float, default=0.0, metavar="MS",
                         help="the receiver answers after this many milliseconds (default 0: as fast as it can)")
-    parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--receiver", choices=tuple(RECEIVERS), default="uvicorn",
+                        help="the peer: uvicorn (default; PERFORMANCE.md's baseline receiver) or aiohttp (a faster peer: the sender's CPU decides)")
+    parser.add_argument("--serve-receiver", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--event", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.receiver:
-        return receiver(args.peer_latency / 1000)
+    if args.serve_receiver:
+        return receiver(args.peer_latency / 1000, args.receiver)
     if args.one:
         print(json.dumps(asyncio.run(engine_run(args.one, args.event))))
         return None
     t0 = time.perf_counter()
     sizes = [int(s) for s in args.sizes.split(",")]
-    proc = subprocess.Popen([sys.executable, str(HERE), "--receiver", "--peer-latency", str(args.peer_latency)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, str(HERE), "--serve-receiver", "--receiver", args.receiver, "--peer-latency", str(args.peer_latency)],
+                            stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         base = f"http://127.0.0.1:{int(proc.stdout.readline())}"
         for db in ("sqlite", "postgresql") if args.db == "both" else (args.db,):
-            report(db, {n: run_size(db, n, args.pg_url, base) for n in sizes}, args.peer_latency)
+            report(db, {n: run_size(db, n, args.pg_url, base) for n in sizes}, args.peer_latency, args.receiver)
     finally:
         proc.terminate()
         proc.wait()

@@ -9,10 +9,12 @@ concurrently, and all outcomes are written in one statement.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,7 +23,7 @@ from sqlalchemy import select, update
 from orchestrator import audience, eventlog, groupposts, jobs, ledger
 from orchestrator.channels.base import Outcome, Outgoing
 from orchestrator.clock import Clock
-from orchestrator.eligibility import address_of, optouts_of
+from orchestrator.eligibility import OptOuts, address_of, optouts_of
 from orchestrator.errors import UnknownEvent
 from orchestrator.funnel import Funnel, Seen
 from orchestrator.ledger import Claimed, Result
@@ -65,10 +67,10 @@ async def drain(ctx: dict[str, Any], event_id: str, step_id: str, revision: int,
         if time.monotonic() >= min(deadline, began + HARD_STOP):
             full = True
             break
-        claimed, people = await rt.db(claim_batch, rt, event_id, step_id)
-        if not claimed:
+        batch = await rt.db(claim_batch, rt, event_id, step_id, periods(due.astimezone(loaded.playbook.tz)))
+        if not batch.claimed:
             break
-        sent += await send_batch(rt, ev, loaded, due, step_id, claimed, people, until=began + HARD_STOP)
+        sent += await send_batch(rt, ev, loaded, due, step_id, batch, until=began + HARD_STOP)
     planned, sending, earliest = await rt.db(ledger.open_rows, rt.engine, event_id, step_id)
     if planned:
         delay = 0.0 if full or earliest is None else max(0.0, (earliest - utc_now()).total_seconds())
@@ -95,11 +97,24 @@ async def finish_step(rt: Runtime, ev: Event, step_id: str, clock: Clock) -> Non
         log.info("%s %s done: %s", ev.id, step_id, summary)
 
 
-def claim_batch(rt: Runtime, event_id: str, step_id: str) -> tuple[list[Claimed], dict[str, Member]]:
-    """Claim the next batch and look up its people in the stored audience (one trip off the event loop)."""
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Claimed rows and what checking them needs, read in one trip off the event loop."""
+
+    claimed: list[Claimed]
+    people: dict[str, Member]  # the claimed people as the stored audience has them
+    optouts: OptOuts  # every opt-out touching them
+    stored: dict[tuple[str, str], int]  # their messages stored as sent in the caps' day and month (seeds for Redis)
+
+
+def claim_batch(rt: Runtime, event_id: str, step_id: str, caps_periods: tuple[str, str]) -> Batch:
+    """Claim the next batch and read its people, their opt-outs and their stored counts."""
     claimed = ledger.claim(rt.engine, event_id, step_id, rt.worker_id, BATCH)
-    found = audience.people(rt.engine, event_id, [c.member_id for c in claimed]) if claimed else {}
-    return claimed, {member_id: p.member for member_id, p in found.items()}
+    if not claimed:
+        return Batch([], {}, OptOuts({}, {}), {})
+    people = {member_id: p.member for member_id, p in audience.people(rt.engine, event_id, [c.member_id for c in claimed]).items()}
+    persons = [c.member_id for c in claimed if c.channel != Channel.WECOM_GROUP.value and c.member_id in people]
+    return Batch(claimed, people, optouts_of(rt.engine, [people[m] for m in persons]), ledger.counts_of(rt.engine, persons, caps_periods))
 
 
 def _step_time(rt: Runtime, event_id: str, step_id: str) -> datetime:
@@ -108,8 +123,8 @@ def _step_time(rt: Runtime, event_id: str, step_id: str) -> datetime:
     return at
 
 
-async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: datetime, step_id: str, claimed: list[Claimed],
-                     people: dict[str, Member], until: float | None = None) -> int:
+async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: datetime, step_id: str, batch: Batch,
+                     until: float | None = None) -> int:
     """Send one claimed batch and record every outcome; returns how many were sent.
 
     Caps count the message on the day and month of its step's time (`due`), whatever the clock.
@@ -119,12 +134,12 @@ async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: dateti
     pb = loaded.playbook
     now = due.astimezone(pb.tz)
     results: list[Result] = []
+    claimed, people, optouts = batch.claimed, batch.people, batch.optouts
     posts = [c for c in claimed if c.channel == Channel.WECOM_GROUP.value]  # into groups: no person, no opt-out, no cap
     claimed = [c for c in claimed if c.channel != Channel.WECOM_GROUP.value]
     members = {c.id: people.get(c.member_id) for c in claimed}
     live = [c for c in claimed if members[c.id] is not None]
     results += [Result(c.id, "failed", error="member not in the frozen audience") for c in claimed if members[c.id] is None]
-    optouts = await rt.db(optouts_of, rt.engine, [m for c in live if (m := members[c.id]) is not None])
     ready: list[Claimed] = []
     for c in live:
         m = members[c.id]
@@ -134,7 +149,7 @@ async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: dateti
         else:
             ready.append(c)
     caps = pb.policy.caps
-    granted = await rt.caps.reserve([c.member_id for c in ready], now, caps.per_day, caps.per_month)
+    granted = await rt.caps.reserve([c.member_id for c in ready], now, caps.per_day, caps.per_month, stored=batch.stored)
     reserved: list[Claimed] = []
     for c, ok in zip(ready, granted, strict=True):
         if ok:
@@ -171,11 +186,11 @@ async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: dateti
                         if outcome.state == "sent":
                             delivered.append(c.member_id)
     sent_ids = {r.id for r in results if r.state in ("sent", "created")}
-    await rt.caps.release([c.member_id for c in reserved if c.id not in sent_ids], now)
+    # caps not used are given back; the board's funnel counts reminded (delivered), once per person
+    await asyncio.gather(rt.caps.release([c.member_id for c in reserved if c.id not in sent_ids], now),
+                         Funnel(rt.pool).count(ev.id, "reminded", [Seen(m) for m in delivered]))
     day, month = periods(now)
     increments: Counter[tuple[str, str]] = Counter()
-    if delivered:  # the board's funnel: reminded (delivered), once per person
-        await Funnel(rt.pool).count(ev.id, "reminded", [Seen(m) for m in delivered])
     for member_id in sent_members:
         increments[(member_id, day)] += 1
         increments[(member_id, month)] += 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
 from redis.asyncio import Redis
@@ -101,9 +101,8 @@ def periods(moment: datetime) -> tuple[str, str]:
 class Caps:
     """Per-person caps per day and month, across events."""
 
-    def __init__(self, redis: Redis, seed: Callable[[Sequence[str], Sequence[str]], Awaitable[dict[tuple[str, str], int]]], prefix: str = "orch:cap") -> None:
+    def __init__(self, redis: Redis, prefix: str = "orch:cap") -> None:
         self.redis = redis
-        self.seed = seed  # (members, periods) -> store counts
         self.prefix = prefix
         self._reserve = redis.register_script(RESERVE)
         self._release = redis.register_script(RELEASE)
@@ -111,15 +110,17 @@ class Caps:
     def _keys(self, member: str, day: str, month: str) -> list[str]:
         return [f"{self.prefix}:{member}:{day}", f"{self.prefix}:{member}:{month}"]
 
-    async def reserve(self, members: Sequence[str], moment: datetime, per_day: int, per_month: int) -> list[bool]:
-        """For each member, whether a message fits under both caps (and is now counted)."""
+    async def reserve(self, members: Sequence[str], moment: datetime, per_day: int, per_month: int,
+                      stored: dict[tuple[str, str], int]) -> list[bool]:
+        """For each member, whether a message fits under both caps (and is now counted).
+
+        A count Redis does not have (first message of the period, or Redis lost it) starts from the
+        store's, `stored` ((member, period) -> messages sent: `ledger.counts_of`), which the caller
+        reads with the batch it claims (one trip to the store, not one more per batch)."""
         if not members:
             return []
         day, month = periods(moment)
         keys = [k for m in members for k in self._keys(m, day, month)]
-        present = await self.redis.mget(keys)
-        missing = sorted({m for m, i in zip(members, range(0, len(keys), 2), strict=True) if present[i] is None or present[i + 1] is None})
-        stored = await self.seed(missing, [day, month]) if missing else {}
         seeds = [str(stored.get((m, p), 0)) for m in members for p in (day, month)]  # used only where a key is missing
         granted = await self._reserve(keys=keys, args=[per_day, per_month, *seeds])
         return [bool(g) for g in granted]

@@ -6,14 +6,12 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from arq.connections import ArqRedis
 from sqlalchemy import Engine
 
-from orchestrator import ledger
 from orchestrator.channels.base import Transport
 from orchestrator.channels.registry import build_transports, routes
 from orchestrator.limits import Caps, RateLimiter
@@ -39,15 +37,11 @@ class Runtime:
         if not self.transports:
             self.transports = build_transports(self.settings, self.pool)
         self.limiter = RateLimiter(self.pool)
-        self.caps = Caps(self.pool, self._seed_counts)
+        self.caps = Caps(self.pool)
 
     async def db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a blocking store call off the event loop."""
         return await asyncio.to_thread(fn, *args, **kwargs)
-
-    async def _seed_counts(self, members: Sequence[str], periods: Sequence[str]) -> dict[tuple[str, str], int]:
-        result: dict[tuple[str, str], int] = await self.db(ledger.counts_of, self.engine, list(members), list(periods))
-        return result
 
     def routes(self, mode: str) -> dict[str, str]:
         return routes(self.settings, mode)

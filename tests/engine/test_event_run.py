@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import Engine, insert, select
 
 from orchestrator import scheduling
@@ -168,14 +169,22 @@ def test_steps_late_beyond_tolerance_are_marked_missed(tmp_path: Path, engine: E
     assert set(receiver.by_step()) == {"reminder:soon"}
 
 
+@pytest.mark.parametrize("redis_lost_counts", [False, True], ids=["redis-kept", "redis-lost"])
 def test_caps_hold_across_two_events(tmp_path: Path, engine: Engine, redis_url: str, receiver: Receiver,
-                                     make_settings: Callable[..., Settings]) -> None:
+                                     make_settings: Callable[..., Settings], redis_lost_counts: bool) -> None:
+    """Caps count in Redis; when Redis has lost them between the events (a restart without its data),
+    the counts stored with the sends take over."""
     people = crowd(8)
     policy = "caps: {per_day: 4, per_month: 20}"
     first = EventFiles(id="cap-a", people=people, policy=policy, live_start="2027-06-10 13:00", live_end="2027-06-10 14:00").write(tmp_path / "a")
     second = EventFiles(id="cap-b", people=people, policy=policy, live_start="2027-06-10 19:00", live_end="2027-06-10 20:00").write(tmp_path / "b")
     settings = make_settings(receiver)
     asyncio.run(run_event(engine, settings, redis_url, first))
+    if redis_lost_counts:
+        with redis.Redis.from_url(redis_url) as r:
+            lost = list(r.scan_iter(match="orch:cap:*"))
+            assert lost, "the first event's counts were in Redis"
+            r.delete(*lost)
     asyncio.run(run_event(engine, settings, redis_url, second))
     per_person = Counter(r.body["member"]["id"] for r in receiver.delivered())
     assert set(per_person.values()) == {4}, "each person gets 3 messages from the first event and only 1 more from the second"
