@@ -45,7 +45,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 from aiohttp import web
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, create_engine, make_url, select, text
 
 from orchestrator.channels.base import Outgoing
 from orchestrator.channels.registry import build_transports
@@ -218,12 +218,26 @@ def write_playbook(folder: Path, n: int) -> Path:
 
 def fresh_store(url: str) -> Engine:
     if url.startswith("postgres"):
+        ensure_database(url)
         scratch = make_engine(url)
         with scratch.begin() as conn:
             conn.execute(text("DROP SCHEMA public CASCADE"))
             conn.execute(text("CREATE SCHEMA public"))
         scratch.dispose()
     return open_store(url)
+
+
+def ensure_database(url: str) -> None:
+    """Create the PostgreSQL database `url` names if the server does not have it yet."""
+    target = make_url(url)
+    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            if conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": target.database}).first() is None:
+                conn.execute(text(f'CREATE DATABASE "{target.database}"'))
+                print(f"created the PostgreSQL database {target.database!r} for the bench", file=sys.stderr)
+    finally:
+        admin.dispose()
 
 
 async def schedule_event(engine: Engine, settings: Settings, path: Path) -> str:

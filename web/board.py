@@ -24,6 +24,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from orchestrator.board import channel, publish
 from orchestrator.errors import UnknownEvent
 from orchestrator.scheduling import get_event
+from web.frames import EXTENSION, text_frame
 from web.pages import page
 
 log = logging.getLogger("web.board")
@@ -43,6 +44,7 @@ class Screen:
         self.parts: dict[str, str] = {}
         self.history: dict[int, dict[str, str]] = {}
         self._patches: dict[int, str] = {}  # from version -> the patch to the current one
+        self._frames: dict[str, bytes] = {}  # message -> its websocket frame, serialized once for every viewer
 
     def take(self, text: str) -> None:
         snap = json.loads(text)
@@ -52,6 +54,14 @@ class Screen:
         self.history[self.version] = self.parts
         self.history.pop(self.version - self.KEEP, None)
         self._patches.clear()
+        self._frames.clear()
+
+    def frame_of(self, message: str) -> bytes:
+        """`message` as a websocket frame (the same bytes for every viewer it goes to)."""
+        frame = self._frames.get(message)
+        if frame is None:
+            frame = self._frames[message] = text_frame(message)
+        return frame
 
     def message_for(self, has: int) -> str | None:
         """What a viewer holding version `has` (0: nothing) needs to be current; None when it is."""
@@ -82,20 +92,26 @@ class Viewer:
         self.sending_since = 0.0
         self.visit: asyncio.Task[None] | None = None  # what ends the visit: reading until the viewer leaves
         self.gone = False
+        self.write_frame = ws.scope.get("extensions", {}).get(EXTENSION, {}).get("write")  # served by web.frames: frames go out as they are
 
     def catch_up(self) -> None:
         """Send what brings the viewer to the newest version, unless a send is in flight (it catches up when done).
 
-        The send is driven right here: on a connection that takes it, uvicorn's send finishes without
-        waiting, so a snapshot goes to every viewer in one plain loop (a task per viewer per message
-        costs twice as much: ../shared/PERFORMANCE.md). Only a send that has to wait (the viewer's
-        buffer is full) becomes a task, which catches up again when it is done.
+        Served by web.frames, the message's frame (serialized once for all viewers) is written
+        straight to a connection that takes it. Otherwise the send is driven right here: on a
+        connection that takes it, uvicorn's send finishes without waiting, so a snapshot goes to
+        every viewer in one plain loop (a task per viewer per message costs twice as much:
+        ../shared/PERFORMANCE.md). Only a send that has to wait (the viewer's buffer is full)
+        becomes a task, which catches up again when it is done.
         """
         if self.sending is not None or self.gone:
             return
         version = self.screen.version
         text = self.screen.message_for(self.has)
         if text is None:
+            return
+        if self.write_frame is not None and self.write_frame(self.screen.frame_of(text)):
+            self.has = version
             return
         send = self.ws.send_text(text)
         try:
