@@ -28,7 +28,7 @@ from sqlalchemy import Engine, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from orchestrator.store import Event, Send, SendCount, UtcDateTime, utc_now
+from orchestrator.store import Event, Send, SendCount, UtcDateTime, sqlite_time, utc_now
 
 SEND = Send.__table__  # type: ignore[attr-defined]
 EVENT = Event.__table__  # type: ignore[attr-defined]
@@ -165,7 +165,7 @@ def finish(engine: Engine, worker: str, results: Sequence[Result], counts: dict[
                                          "counts": [n for _k, n in items]})
         else:
             if results:
-                rows = [(r.id, r.state, r.provider_id, r.error, _sqlite_time(r.not_before), r.sender) for r in results]
+                rows = [(r.id, r.state, r.provider_id, r.error, sqlite_time(r.not_before), r.sender) for r in results]
                 done = conn.execute(FINISH_SQLITE, {"rows": json.dumps(rows, ensure_ascii=False), "now": now, "worker": worker}).rowcount or 0
             if counts:
                 conn.execute(COUNTS_SQLITE, {"rows": json.dumps([(m, p, n) for (m, p), n in sorted(counts.items())], ensure_ascii=False)})
@@ -200,11 +200,6 @@ ON CONFLICT (member_id, period) DO UPDATE SET count = sendcount.count + excluded
 
 def _naive_utc(moment: datetime | None) -> datetime | None:
     return None if moment is None else moment.astimezone(timezone.utc).replace(tzinfo=None)
-
-
-def _sqlite_time(moment: datetime | None) -> str | None:
-    """A time as SQLAlchemy stores it in SQLite (naive UTC text), for values passed inside JSON."""
-    return None if moment is None else moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def skip_open(engine: Engine, event_id: str, reason: str, step_id: str | None = None) -> int:

@@ -42,6 +42,12 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def sqlite_time(moment: datetime | None) -> str | None:
+    """A time as UtcDateTime stores it in SQLite (naive UTC text), for values passed inside a JSON
+    document (statements over json_each write many rows in one step)."""
+    return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
 def _ts(**kw: Any) -> Any:
     return Field(sa_type=UtcDateTime, **kw)
 

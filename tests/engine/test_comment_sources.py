@@ -196,3 +196,28 @@ def test_entries_waiting_from_before_batches_are_moved_after_an_upgrade(tmp_path
     assert sorted(rows) == ["m-old", "m0", "m1", "m2"]
     assert (rows["m-old"].user_id, rows["m-old"].name, rows["m-old"].source, rows["m-old"].platform) == ("u-old", "老观众", "api", "douyin")
     assert rows["m1"].at.replace(tzinfo=None) == datetime(2027, 6, 10, 11, 59) and rows["m1"].source == "api"
+
+
+def test_the_store_keeps_each_comment_as_it_came_once(tmp_path: Path, engine: Engine, redis_url: str,
+                                                      make_settings: Callable[..., Settings]) -> None:
+    """What a mover stores: every field as it came (quotes, emoji, an empty name), times as the
+    same instants, a message id seen before (in this batch or an earlier one) not again."""
+    from orchestrator import ingest
+
+    settings = make_settings(ORCH_ROUTES="sms=console,email=console", REDIS_URL=redis_url)
+    event_id = schedule(engine, settings, redis_url, EventFiles(people=crowd(2)).write(tmp_path / "event"))
+    texts = ['说"好"\\n', "🎉焕新", "'; DROP TABLE comment; --"]
+    body = {"comments": [{"platform": "douyin", "room": "r1", "message_id": f"m{i % 3}", "user_id": f"u{i}", "name": "" if i == 1 else "观众",
+                          "text": texts[i % 3], "time": f"2027-06-10T19:5{i}:00.25+08:00"} for i in range(4)]}  # m0 twice
+    rows = ingest.comment_rows(event_id, "api", body, CST)
+    assert ingest.store(engine, ingest.COMMENT, rows) == ingest.Stored(3, 1)
+    assert ingest.store(engine, ingest.COMMENT, rows[1:2]) == ingest.Stored(0, 1)
+    with engine.connect() as conn:
+        got = {r.message_id: r for r in conn.execute(select(Comment.__table__)).all()}  # type: ignore[attr-defined]
+    assert sorted(got) == ["m0", "m1", "m2"]
+    for i in range(3):
+        r = got[f"m{i}"]
+        assert (r.event_id, r.source, r.platform, r.room, r.user_id, r.name, r.text) == (
+            event_id, "api", "douyin", "r1", f"u{i}", "" if i == 1 else "观众", texts[i])
+        assert r.at.replace(tzinfo=None) == datetime(2027, 6, 10, 11, 50 + i, 0, 250000), "the same instant, in UTC"
+        assert r.received_at.replace(tzinfo=None) == rows[0]["received_at"].replace(tzinfo=None)
