@@ -198,8 +198,13 @@ def test_rate_limits_hold(tmp_path: Path, engine: Engine, redis_url: str, receiv
     event_id = asyncio.run(run_event(engine, make_settings(receiver), redis_url, files.write(tmp_path / "event"), speed=2400, clock_from=JUST_BEFORE))
     times = sorted(r.at for r in receiver.requests)
     assert len(times) == 90 and {r.state for r in sends(engine, event_id)} == {"sent"}
+    # The bucket grants at most 30 + 30 tokens in any second. The receiver sees arrivals, which lag
+    # their grants by the time a request takes to get there (more on a busy machine: CI runs two
+    # suites at once), so a second of arrivals may hold a few of the second before; without the
+    # limit all 90 arrive within a fraction of a second.
     busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
-    assert busiest <= 60, f"{busiest} requests within one second; the limit is 30/s with bursts of 30"
+    assert busiest <= 70, f"{busiest} requests within one second; the limit is 30/s with bursts of 30"
+    assert times[-1] - times[0] >= 1.5, "90 at 30/s after a burst of 30 take two seconds"
 
 
 def test_a_batch_the_rate_limit_would_hold_past_the_job_gives_its_rows_back(tmp_path: Path, engine: Engine, redis_url: str, receiver: Receiver,
