@@ -231,7 +231,7 @@ def store(engine: Engine, table: Any, rows: list[dict[str, Any]]) -> Stored:
     if not rows:
         return Stored(0, 0)
     columns = list(rows[0])
-    if engine.dialect.name == "sqlite" and all(len(r) == len(columns) for r in rows):
+    if engine.dialect.name == "sqlite" and all(r.keys() == rows[0].keys() for r in rows):  # each value is taken by its column's name
         times = {c for c in columns if isinstance(table.c[c].type, UtcDateTime)}
         doc = orjson.dumps([[sqlite_time(r[c]) if c in times else r[c] for c in columns] for r in rows])
         picks = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(columns)))
