@@ -6,7 +6,7 @@ answered. Beside it, the same server settings serve a bare Starlette route that 
 the body and answers the same JSON. CLIENTS requests are in flight at once (aiohttp); singles carry one comment,
 batches BATCH. Afterwards every comment is moved into the store and counted: stored == sent.
 
-    python bench/ingest.py [--comments 20000] [--clients 200] [--batch 100] [--rounds 3]
+    python bench/ingest.py [--comments 20000] [--clients 200] [--batch 100] [--rounds 3] [--only single|batches]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -47,6 +48,12 @@ def bare_app() -> object:
         return JSONResponse({"stored": len(body["comments"]) if "comments" in body else 1, "duplicates": 0})
 
     return Starlette(routes=[Route("/api/events/{event}/comments", route, methods=["POST"])])
+
+
+def own_cpu() -> float:
+    """CPU seconds this process (the load generator) has used so far."""
+    times = os.times()
+    return times.user + times.system
 
 
 def bodies(n_comments: int, per_request: int, offset: int) -> list[tuple[bytes, dict[str, str]]]:
@@ -112,6 +119,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3, help="app and bare runs, taken in turns; the ratio is their medians'")
+    parser.add_argument("--only", choices=("single", "batches"), help="run one of the two (for profiling)")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="ingest-") as tmp:
@@ -125,13 +133,15 @@ def main() -> None:
             sent = 0
             bare_env = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
             for label, per in (("single", 1), (f"batches of {args.batch}", args.batch)):
+                if args.only and not label.startswith(args.only):
+                    continue
                 n = args.comments if per == 1 else args.comments * 5
                 proc, base = serve("web.app:app_from_env", env)
                 bproc, bbase = serve("bench.ingest:bare_app", bare_env)
                 runs: list[tuple[float, float]] = []
                 lat: list[float] = []
                 blat: list[float] = []
-                used = {"web": 0.0, "redis": 0.0, "bare": 0.0}  # CPU seconds during the timed runs
+                used = {"web": 0.0, "redis": 0.0, "bare": 0.0, "client": 0.0, "bare client": 0.0, "wall": 0.0, "bare wall": 0.0}  # CPU seconds in the timed runs
                 try:
                     endpoint, bare = (f"{b}/api/events/{event_id}/comments" for b in (base, bbase))
                     asyncio.run(load(endpoint, bodies(min(1000, n), per, 10_000_000 + sent), args.clients))
@@ -139,14 +149,18 @@ def main() -> None:
                     sent += min(1000, n)
                     for r in range(args.rounds):  # in turns, so a machine speeding up or slowing down weighs on both
                         requests = bodies(n, per, sent)
-                        web0, redis0 = cpu(proc.pid), cpu(redis_pid)
+                        web0, redis0, client0 = cpu(proc.pid), cpu(redis_pid), own_cpu()
                         elapsed, some = asyncio.run(load(endpoint, requests, args.clients))
                         used["web"] += cpu(proc.pid) - web0
                         used["redis"] += cpu(redis_pid) - redis0
+                        used["client"] += own_cpu() - client0
+                        used["wall"] += elapsed
                         requests = bodies(n, per, sent)
-                        bare0 = cpu(bproc.pid)
+                        bare0, client0 = cpu(bproc.pid), own_cpu()
                         belapsed, bsome = asyncio.run(load(bare, requests, args.clients))
                         used["bare"] += cpu(bproc.pid) - bare0
+                        used["bare client"] += own_cpu() - client0
+                        used["bare wall"] += belapsed
                         sent += n
                         runs.append((n / elapsed, n / belapsed))
                         lat += some
@@ -159,8 +173,13 @@ def main() -> None:
                 rate, brate = statistics.median(a for a, _ in runs), statistics.median(b for _, b in runs)
                 results.append((label, [(rate, statistics.median(lat), p99(lat)), (brate, statistics.median(blat), p99(blat))]))
                 per_k = 1000 / (n * args.rounds)
-                cpu_lines.append(f"  {label}: CPU ms per 1,000 comments: web {used['web'] * 1000 * per_k:.1f} + Redis {used['redis'] * 1000 * per_k:.1f};"
-                                 f" bare {used['bare'] * 1000 * per_k:.1f}")
+                busy = {k: used[k] / used["wall"] * 100 for k in ("web", "redis", "client")}
+                bare_busy = {k: used[k] / used["bare wall"] * 100 for k in ("bare", "bare client")}
+                cpu_lines.append(f"  {label}: CPU ms per 1,000 comments: web {used['web'] * 1000 * per_k:.1f} + Redis {used['redis'] * 1000 * per_k:.1f}"
+                                 f" + load generator {used['client'] * 1000 * per_k:.1f}; bare {used['bare'] * 1000 * per_k:.1f}"
+                                 f" + load generator {used['bare client'] * 1000 * per_k:.1f}\n"
+                                 f"    busy: web {busy['web']:.0f}%, Redis {busy['redis']:.0f}%, load generator {busy['client']:.0f}%;"
+                                 f" bare {bare_busy['bare']:.0f}%, load generator {bare_busy['bare client']:.0f}% (of one core; two here)")
 
             async def moved() -> int:
                 redis = Redis.from_url(rurl)

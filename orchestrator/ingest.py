@@ -12,9 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
+import msgspec
 import orjson
 from sqlalchemy import Engine, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -119,6 +120,55 @@ def usual_comment(item: dict[str, Any], tz: ZoneInfo) -> tuple[Any, ...] | None:
     except ValueError:
         return None
     return platform, room, message_id, user_id, name, text, at if at.tzinfo else at.replace(tzinfo=tz)  # in UTC when stored
+
+
+Short = Annotated[str, msgspec.Meta(max_length=128)]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+
+class UsualComment(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A comment as feeds send nearly all of them, checked while it is decoded (`usual_batch`)."""
+
+    platform: Literal["wechat_channels", "douyin", "bilibili", "taobao", "kuaishou", "other"]
+    message_id: Id
+    user_id: Id
+    text: Annotated[str, msgspec.Meta(max_length=2000)]
+    time: str  # parsed by datetime.fromisoformat, as `usual_comment` does
+    room: Short = ""
+    name: Short = ""
+
+
+class _UsualBatch(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    comments: Annotated[list[UsualComment], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+_USUAL_BATCH = msgspec.json.Decoder(_UsualBatch)
+
+
+def usual_comments(body: bytes) -> list[UsualComment]:
+    """The comments of a body `usual_batch` took (as the stream keeps it)."""
+    return _USUAL_BATCH.decode(body).comments
+
+
+def usual_time(when: str, tz: ZoneInfo) -> datetime:
+    at = datetime.fromisoformat(when)
+    return at if at.tzinfo else at.replace(tzinfo=tz)
+
+
+def usual_batch(body: bytes) -> list[UsualComment] | None:
+    """The comments of a batch request body when it is a usual batch: decoded and checked in one
+    pass, no dict per item (`usual_comments` and `usual_time` read them again). None for any other
+    body, which `comment_rows` takes (and names what is wrong); both accept the same items as the
+    same values."""
+    try:
+        comments = _USUAL_BATCH.decode(body).comments
+        for when in {c.time for c in comments}:  # a feed's batch shares a few seconds
+            datetime.fromisoformat(when)
+    except (msgspec.ValidationError, msgspec.DecodeError, ValueError):
+        return None
+    if any(c.message_id.isspace() or c.user_id.isspace() for c in comments):
+        return None
+    return comments
 
 
 def checked_comment(item: dict[str, Any], tz: ZoneInfo, at: str) -> tuple[Any, ...]:

@@ -18,6 +18,7 @@ import asyncio
 from datetime import datetime, timezone
 from operator import itemgetter
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 from redis.asyncio import Redis
@@ -42,21 +43,26 @@ ID_FIELD = {"comments": "message_id", "payments": "payment_id", "visits": "visit
 # Redis's AOF. KEYS: the stream, the dirty set, the counts of items of this kind ever stored and now
 # waiting (/metrics), then the source's (source, id) sets of today and the days before (newest first).
 # ARGV: seconds today's set lives, the batch as one JSON string (stored as it is), the source, the
-# time received, the event id, the ids (a JSON array); what the whole batch adds to the funnel's sets
-# (a JSON object: set -> people) and counters (GMV: key -> fen); and per item (JSON arrays, read only
-# when some items were seen before) its sets, its person, its [counter, change] pairs.
+# time received, the event id; then JSON arrays: the ids; per item its person; the funnel's sets
+# every item's person joins (an array of keys) or per item its sets (an array of such arrays); per
+# item its [counter, change] pairs (GMV), or an empty array when no item changes a counter; last,
+# the batch's field in the entry ('b': an array of values per item, FIELDS; 'u': a usual comment
+# batch as the request sent it) and the zone of times sent without an offset ('' for none).
 # Per batch, not per item, wherever the answer allows: the ids are looked up with one SMISMEMBER per
 # day and the new ones added with one SADD; the people of a funnel step with one SADD; the batch is
 # one stream entry (with the indexes of the new items when some were seen before). Flat arrays where
-# it counts: cjson builds a table per nested array, and decoding [id, step, person, gmv] per item was
-# a quarter of the script. (One command per item, SET NX, XADD, SADD, cost ~10 µs an item.)
+# it counts: cjson builds a table per nested array, so a comment batch (every item joins the same
+# set) sends that set once, not once per item. (One command per item, SET NX, XADD, SADD, cost ~10 µs
+# an item.)
 APPEND = """
 local ids = cjson.decode(ARGV[6])
 local n = #ids
 local seen = {}
 for k = 5, #KEYS do
-  local found = redis.call('SMISMEMBER', KEYS[k], unpack(ids))
-  for i = 1, n do if found[i] == 1 then seen[ids[i]] = true end end
+  if k == 5 or redis.call('EXISTS', KEYS[k]) == 1 then  -- an older day's set is often gone: 100 ids are not passed for nothing
+    local found = redis.call('SMISMEMBER', KEYS[k], unpack(ids))
+    for i = 1, n do if found[i] == 1 then seen[ids[i]] = true end end
+  end
 end
 local new, kept = {}, {}
 for i = 1, n do
@@ -64,40 +70,62 @@ for i = 1, n do
   if not seen[id] then
     seen[id] = true
     new[#new + 1] = id
-    kept[#kept + 1] = i - 1
+    kept[#kept + 1] = i
   end
 end
 if #new == 0 then return 0 end
 redis.call('SADD', KEYS[5], unpack(new))
 redis.call('EXPIRE', KEYS[5], ARGV[1])
-local people, counters
-if #new == n then
-  redis.call('XADD', KEYS[1], '*', 'b', ARGV[2], 's', ARGV[3], 'r', ARGV[4])
-  people, counters = cjson.decode(ARGV[7]), cjson.decode(ARGV[8])
+local entry = {'*', ARGV[10], ARGV[2], 's', ARGV[3], 'r', ARGV[4]}
+if ARGV[11] ~= '' then
+  entry[#entry + 1] = 'z'
+  entry[#entry + 1] = ARGV[11]
+end
+if #new < n then
+  local indexes = {}
+  for j, i in ipairs(kept) do indexes[j] = i - 1 end
+  entry[#entry + 1] = 'k'
+  entry[#entry + 1] = table.concat(indexes, ',')
+end
+redis.call('XADD', KEYS[1], unpack(entry))
+local persons, sets, changes = cjson.decode(ARGV[7]), cjson.decode(ARGV[8]), cjson.decode(ARGV[9])
+local changed = false
+if sets[1] == nil or type(sets[1]) == 'string' then
+  local who = persons
+  if #new < n then
+    who = {}
+    for j, i in ipairs(kept) do who[j] = persons[i] end
+  end
+  for _, set in ipairs(sets) do
+    redis.call('SADD', set, unpack(who))
+    changed = true
+  end
 else
-  redis.call('XADD', KEYS[1], '*', 'b', ARGV[2], 's', ARGV[3], 'r', ARGV[4], 'k', table.concat(kept, ','))
-  local sets, persons, changes = cjson.decode(ARGV[9]), cjson.decode(ARGV[10]), cjson.decode(ARGV[11])
-  people, counters = {}, {}
-  for _, j in ipairs(kept) do
-    for _, set in ipairs(sets[j + 1]) do
+  local people = {}
+  for _, i in ipairs(kept) do
+    for _, set in ipairs(sets[i]) do
       local who = people[set]
       if not who then who = {}; people[set] = who end
-      who[#who + 1] = persons[j + 1]
+      who[#who + 1] = persons[i]
     end
-    for _, change in ipairs(changes[j + 1]) do
+  end
+  for set, who in pairs(people) do
+    redis.call('SADD', set, unpack(who))
+    changed = true
+  end
+end
+if #changes > 0 then
+  local counters = {}
+  for _, i in ipairs(kept) do
+    for _, change in ipairs(changes[i]) do
       counters[change[1]] = (counters[change[1]] or 0) + change[2]
     end
   end
-end
-local changed = false
-for set, who in pairs(people) do
-  redis.call('SADD', set, unpack(who))
-  changed = true
-end
-for counter, by in pairs(counters) do
-  if by ~= 0 then
-    redis.call('INCRBY', counter, by)
-    changed = true
+  for counter, by in pairs(counters) do
+    if by ~= 0 then
+      redis.call('INCRBY', counter, by)
+      changed = true
+    end
   end
 end
 if changed then redis.call('SADD', KEYS[2], ARGV[5]) end
@@ -166,11 +194,20 @@ def _rows_of(kind: str, event_id: str, fields: dict[Any, Any]) -> list[dict[str,
         if kind == "payments":
             row["guide_id"] = None  # not known before payments were credited to guides
         return [row]
-    items = orjson.loads(_field(fields, "b"))
+    source, received = _text(_field(fields, "s")), datetime.fromisoformat(_text(_field(fields, "r")))
     kept = _field(fields, "k")
+    usual = _field(fields, "u")
+    if usual is not None:  # a usual comment batch, the request's body
+        comments = ingest.usual_comments(usual)
+        if kept is not None:
+            comments = [comments[int(i)] for i in _text(kept).split(",")]
+        zone = ZoneInfo(_text(_field(fields, "z")))
+        times = {when: ingest.usual_time(when, zone).astimezone(timezone.utc) for when in {c.time for c in comments}}
+        return [{"message_id": c.message_id, "platform": c.platform, "room": c.room, "user_id": c.user_id, "name": c.name, "text": c.text,
+                 "at": times[c.time], "event_id": event_id, "source": source, "received_at": received} for c in comments]
+    items = orjson.loads(_field(fields, "b"))
     if kept is not None:
         items = [items[int(i)] for i in _text(kept).split(",")]
-    source, received = _text(_field(fields, "s")), datetime.fromisoformat(_text(_field(fields, "r")))
     names = FIELDS[kind]
     rows = []
     for values in items:
@@ -207,36 +244,26 @@ def counted(kind: str, row: dict[str, Any]) -> tuple[str | None, str, int]:
     return step, row["person"], gmv
 
 
-def _marks(kind: str, event_id: str, rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]], list[str], list[list[tuple[str, int]]],
-                                                                      dict[str, list[str]], dict[str, int]]:
-    """Per item its id, the funnel's sets it joins, its person and its [counter, change] pairs; and
-    what the whole batch adds to each set and counter (what `counted` says of each item, and the
-    guide a payment is credited to)."""
+def _marks(kind: str, event_id: str, rows: list[dict[str, Any]]) -> tuple[list[str], list[str], list[str] | list[list[str]],
+                                                                      list[list[tuple[str, int]]]]:
+    """Per item its id and its person; the funnel's sets every item's person joins, or per item
+    its sets; per item its [counter, change] pairs, or none at all (what `counted` says of each
+    item, and the guide a payment is credited to)."""
     if kind == "comments":  # thousands a second, each counting its author as commented and nothing else
-        commented = funnel_key(event_id, "commented")
-        authors: list[str] = [r["user_id"] for r in rows]
-        return [r["message_id"] for r in rows], [[commented]] * len(rows), authors, [[]] * len(rows), {commented: authors}, {}
+        return [r["message_id"] for r in rows], [r["user_id"] for r in rows], [funnel_key(event_id, "commented")], []
     id_field = ID_FIELD[kind]
     ids: list[str] = []
     sets: list[list[str]] = []
     persons: list[str] = []
     changes: list[list[tuple[str, int]]] = []
-    people: dict[str, list[str]] = {}
-    counters: dict[str, int] = {}
     for r in rows:
         step, person, gmv = counted(kind, r)
         guide = r.get("guide_id")
-        mine = [funnel_key(event_id, step)] + ([funnel_key(event_id, step, f"g:{guide}")] if guide else []) if step else []
-        moves = [(funnel_key(event_id, "gmv"), gmv)] + ([(funnel_key(event_id, "gmv", f"g:{guide}"), gmv)] if guide else []) if gmv else []
+        sets.append([funnel_key(event_id, step)] + ([funnel_key(event_id, step, f"g:{guide}")] if guide else []) if step else [])
+        changes.append([(funnel_key(event_id, "gmv"), gmv)] + ([(funnel_key(event_id, "gmv", f"g:{guide}"), gmv)] if guide else []) if gmv else [])
         ids.append(r[id_field])
-        sets.append(mine)
         persons.append(person)
-        changes.append(moves)
-        for set_key in mine:
-            people.setdefault(set_key, []).append(person)
-        for counter, by in moves:
-            counters[counter] = counters.get(counter, 0) + by
-    return ids, sets, persons, changes, people, counters
+    return ids, persons, sets, changes if any(changes) else []
 
 
 class InStream:
@@ -259,12 +286,27 @@ class InStream:
                 stored += await self._append_batch(kind, event_id, source, received, batch[start:start + ingest.MAX_BATCH])
         return ingest.Stored(stored, len(rows) - stored)
 
+    async def append_usual(self, event_id: str, source: str, received: datetime, body: bytes, comments: list[ingest.UsualComment],
+                           zone: str) -> ingest.Stored:
+        """`append` for a request body `ingest.usual_batch` took: the body goes in as it came (no row
+        dicts, nothing encoded again: a feed posts thousands a second); times without an offset are
+        in `zone`."""
+        stored = await self._script("comments", event_id, source, received, ("u", body, zone), [c.message_id for c in comments],
+                                    [c.user_id for c in comments], [funnel_key(event_id, "commented")], [])
+        return ingest.Stored(stored, len(comments) - stored)
+
     async def _append_batch(self, kind: str, event_id: str, source: str, received: datetime, rows: list[dict[str, Any]]) -> int:
-        keys = [stream_key(kind, event_id), DIRTY, INGESTED + kind, WAITING + kind, *seen_keys(kind, source, received.timestamp())]
-        ids, sets, persons, changes, people, counters = _marks(kind, event_id, rows)
         values = VALUES[kind]
-        args: list[Any] = [SEEN_DAYS * DAY, orjson.dumps([values(r) for r in rows]), source, received.isoformat(), event_id, orjson.dumps(ids),
-                           orjson.dumps(people), orjson.dumps(counters), orjson.dumps(sets), orjson.dumps(persons), orjson.dumps(changes)]
+        return await self._script(kind, event_id, source, received, ("b", orjson.dumps([values(r) for r in rows]), ""), *_marks(kind, event_id, rows))
+
+    async def _script(self, kind: str, event_id: str, source: str, received: datetime, batch: tuple[str, bytes, str], ids: list[str],
+                      persons: list[str], sets: list[str] | list[list[str]], changes: list[list[tuple[str, int]]]) -> int:
+        """The APPEND script for one batch ((its field in the entry, its JSON, the zone of its times
+        without an offset)): how many of its items were new."""
+        keys = [stream_key(kind, event_id), DIRTY, INGESTED + kind, WAITING + kind, *seen_keys(kind, source, received.timestamp())]
+        field, payload, zone = batch
+        args: list[Any] = [SEEN_DAYS * DAY, payload, source, received.isoformat(), event_id, orjson.dumps(ids), orjson.dumps(persons),
+                           orjson.dumps(sets), orjson.dumps(changes), field, zone]
         if self._pipe is not None:
             try:
                 return int(await self._pipe.evalsha(self._append.sha, len(keys), *keys, *args))

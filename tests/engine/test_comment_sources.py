@@ -8,9 +8,10 @@ import gzip
 import json
 import zlib
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import brotli  # type: ignore[import-untyped]
 import pytest
@@ -221,3 +222,49 @@ def test_the_store_keeps_each_comment_as_it_came_once(tmp_path: Path, engine: En
             event_id, "api", "douyin", "r1", f"u{i}", "" if i == 1 else "观众", texts[i])
         assert r.at.replace(tzinfo=None) == datetime(2027, 6, 10, 11, 50 + i, 0, 250000), "the same instant, in UTC"
         assert r.received_at.replace(tzinfo=None) == rows[0]["received_at"].replace(tzinfo=None)
+
+
+def test_usual_and_unusual_batches_through_the_endpoint_store_the_same_rows(tmp_path: Path, engine: Engine, redis_url: str,
+                                                                              make_settings: Callable[..., Settings]) -> None:
+    """A usual batch goes into the stream as its body and an unusual one as checked rows: after
+    moving, both give the rows the full check gives; times without an offset are the event's; a
+    batch partly seen before stores and counts only its new items (as commenters too)."""
+    from redis import Redis
+
+    from orchestrator import ingest
+    from orchestrator.funnel import key as funnel_key
+
+    settings = make_settings(ORCH_ROUTES="sms=console,email=console", ORCH_INGEST_SECRET=SECRET, REDIS_URL=redis_url)
+    event_id = schedule(engine, settings, redis_url, EventFiles(people=crowd(2)).write(tmp_path / "event"))
+    zone = get_event(engine, event_id).timezone
+
+    def item(n: int, **more: Any) -> dict[str, Any]:
+        return {"platform": "douyin", "room": "r1", "message_id": f"m{n}", "user_id": f"u{n}", "name": "观众", "text": f"说{n}",
+                "time": f"2027-06-10T19:30:0{n}", **more}
+
+    usual = {"comments": [item(1), item(2, time="2027-06-10T11:30:02Z", name=""), item(3, room="", text='"; --')]}
+    overlapping = {"comments": [item(3), item(4), item(2), item(5, time="2027-06-10T19:30:05+09:00")]}  # m2, m3 seen before
+    unusual = {"comments": [item(6, message_id=7), item(8, time=1812345678000), item(4)]}  # an id as a number, epoch ms; m4 seen
+    assert ingest.usual_batch(signed(usual)[0]) and ingest.usual_batch(signed(overlapping)[0]) and not ingest.usual_batch(signed(unusual)[0])
+    with TestClient(create_app(settings)) as api:
+        answers = [api.post(f"/api/events/{event_id}/comments", content=raw, headers=headers).json()
+                   for raw, headers in map(signed, (usual, overlapping, unusual))]
+    assert answers == [{"stored": 3, "duplicates": 0}, {"stored": 2, "duplicates": 2}, {"stored": 2, "duplicates": 1}]
+    assert asyncio.run(move_waiting(engine, redis_url)) == 7
+    expected = {r["message_id"]: r for body in (usual, {"comments": overlapping["comments"][1::2]}, {"comments": unusual["comments"][:2]})
+                for r in ingest.comment_rows(event_id, "api", body, ZoneInfo(zone))}
+    with engine.connect() as conn:
+        got = {r.message_id: r for r in conn.execute(select(Comment.__table__)).all()}  # type: ignore[attr-defined]
+    assert sorted(got) == sorted(expected) == ["7", "m1", "m2", "m3", "m4", "m5", "m8"]
+    for message_id, want in expected.items():
+        row = got[message_id]
+        assert (row.platform, row.room, row.user_id, row.name, row.text, row.source) == (
+            want["platform"], want["room"], want["user_id"], want["name"], want["text"], "api"), message_id
+        assert row.at.replace(tzinfo=None) == want["at"].astimezone(timezone.utc).replace(tzinfo=None), message_id
+    assert got["m1"].at.replace(tzinfo=None) == datetime(2027, 6, 10, 19, 30, 1, tzinfo=ZoneInfo(zone)).astimezone(timezone.utc).replace(tzinfo=None)
+    redis = Redis.from_url(redis_url)
+    try:
+        commented = {m.decode() for m in redis.smembers(funnel_key(event_id, "commented"))}
+    finally:
+        redis.close()
+    assert commented == {"u1", "u2", "u3", "u4", "u5", "u6", "u8"}
