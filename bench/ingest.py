@@ -4,7 +4,8 @@ One uvicorn process (uvloop + httptools, as `orchestrator web` runs it) serves t
 request is signed, checked, de-duplicated and appended to the event's durable stream before it is
 answered. Beside it, the same server settings serve a bare Starlette route that reads and parses
 the body and answers the same JSON. CLIENTS requests are in flight at once (aiohttp); singles carry one comment,
-batches BATCH. Afterwards every comment is moved into the store and counted: stored == sent.
+batches BATCH; a round of batches sends 25 times COMMENTS. After each round what waits in the stream is moved
+into the store (the workers do it all along), and at the end every comment is counted: stored == sent.
 
     python bench/ingest.py [--comments 20000] [--clients 200] [--batch 100] [--rounds 3] [--only single|batches]
 """
@@ -105,6 +106,25 @@ def schedule(url: str, folder: Path, rurl: str) -> str:
     return asyncio.run(go())
 
 
+async def drain(rurl: str, url: str) -> int:
+    """Move every waiting comment into the store, as the workers do all along."""
+    redis = Redis.from_url(rurl)
+    try:
+        return await InStream(redis).move_all(open_store(url))
+    finally:
+        await redis.aclose()
+
+
+async def persistence(rurl: str) -> str:
+    redis = Redis.from_url(rurl)
+    try:
+        state, stats, memory = await redis.info("persistence"), await redis.info("stats"), await redis.info("memory")
+    finally:
+        await redis.aclose()
+    return (f"  Redis persistence: {stats['total_forks']} forks (AOF rewrites and snapshots: each a process beside the three),"
+            f" AOF {state['aof_current_size'] / 1e6:,.0f} MB, peak memory {memory['used_memory_peak'] / 1e6:,.0f} MB")
+
+
 async def _server_pid(url: str) -> int:
     redis = Redis.from_url(url)
     try:
@@ -131,11 +151,12 @@ def main() -> None:
             cpu_lines: list[str] = []
             env = {"DATABASE_URL": url, "REDIS_URL": rurl, "ORCH_DATA_DIR": str(folder / "data"), "ORCH_INGEST_SECRET": SECRET}
             sent = 0
+            moving = [0.0, 0.0]  # comments moved into the store, seconds it took
             bare_env = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
             for label, per in (("single", 1), (f"batches of {args.batch}", args.batch)):
                 if args.only and not label.startswith(args.only):
                     continue
-                n = args.comments if per == 1 else args.comments * 5
+                n = args.comments if per == 1 else args.comments * 25  # a batch round of 100k comments was a quarter second bare: noise
                 proc, base = serve("web.app:app_from_env", env)
                 bproc, bbase = serve("bench.ingest:bare_app", bare_env)
                 runs: list[tuple[float, float]] = []
@@ -162,6 +183,9 @@ def main() -> None:
                         used["bare client"] += own_cpu() - client0
                         used["bare wall"] += belapsed
                         sent += n
+                        t_move = time.perf_counter()
+                        moving[0] += asyncio.run(drain(rurl, url))  # what the workers do all along; here between the timed runs
+                        moving[1] += time.perf_counter() - t_move
                         runs.append((n / elapsed, n / belapsed))
                         lat += some
                         blat += bsome
@@ -181,13 +205,10 @@ def main() -> None:
                                  f"    busy: web {busy['web']:.0f}%, Redis {busy['redis']:.0f}%, load generator {busy['client']:.0f}%;"
                                  f" bare {bare_busy['bare']:.0f}%, load generator {bare_busy['bare client']:.0f}% (of one core; two here)")
 
-            async def moved() -> int:
-                redis = Redis.from_url(rurl)
-                try:
-                    return await InStream(redis).move_all(open_store(url))
-                finally:
-                    await redis.aclose()
-            asyncio.run(moved())
+            cpu_lines.append(asyncio.run(persistence(rurl)))
+            cpu_lines.append(f"  moved into the store between rounds (the workers' part, SQLite): {moving[0]:,.0f} comments,"
+                             f" {moving[0] / max(moving[1], 1e-9):,.0f}/s")
+            asyncio.run(drain(rurl, url))
             with open_store(url).connect() as conn:
                 stored = conn.execute(select(func.count()).select_from(Comment.__table__)).scalar_one()  # type: ignore[attr-defined]
     print(f"comment ingestion, {args.clients} clients, one uvicorn process each, signed requests, durable (Redis AOF) before the answer;"
