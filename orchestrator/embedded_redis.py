@@ -62,7 +62,7 @@ def embedded_redis(data_dir: Path) -> Iterator[str]:
     port = _free_port()
     proc = subprocess.Popen(
         [_executable(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(home.resolve()),
-         "--dbfilename", "dump.rdb", "--save", "60 1", "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no",
+         "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no",
          "--logfile", "redis.log", "--protected-mode", "yes"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
