@@ -60,7 +60,8 @@ from orchestrator.scheduling import STEP, get_event, loaded_event, schedule
 from orchestrator.settings import Settings
 from orchestrator.stages import LANES
 from orchestrator.store import Event, make_engine, open_store
-from orchestrator.worker import make_worker, pool_for
+from orchestrator.steadygc import steady_gc
+from orchestrator.worker import make_worker, pool_for, settle_process
 
 CONCURRENCY = 50
 SPEED = 60.0  # one real second is an event minute: the reminder (a minute after the poster) is due ~3 s after scheduling
@@ -256,6 +257,7 @@ async def engine_run(n: int, event_id: str) -> dict[str, float]:
     base = settings.webhook_url.rsplit("/", 1)[0]
     engine = await asyncio.to_thread(open_store, settings.database_url)
     worker = make_worker(settings, settings.redis_url, engine=engine, handle_signals=False)
+    settle_process()  # as `orchestrator worker` runs
     task = asyncio.create_task(worker.async_run())
     try:
         first = await until_seen(base, 1, f"engine {n:,}", quiet=True)
@@ -338,6 +340,7 @@ async def no_ledger(settings: Settings, ev: Event, loaded: LoadedPlaybook, base:
 
 async def baselines(settings: Settings, engine: Engine, ev: Event, base: str, n: int) -> tuple[Seen, Seen]:
     loaded = loaded_event(engine, ev)
+    steady_gc()  # the garbage collector as in the engine's worker process (settle_process)
     sample = outgoing(ev, loaded, next(iter(loaded.members.values())))
     body = orjson.dumps(payload(sample))
     await call(base + "/reset", "POST")

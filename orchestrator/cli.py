@@ -548,22 +548,13 @@ def worker(burst: bool, max_jobs: int) -> None:
     """Run an arq worker that drives every scheduled event (stop with Ctrl-C)."""
     import logging
 
-    from orchestrator.worker import make_worker
+    from orchestrator.worker import make_worker, settle_process
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     with _services() as (settings, engine, url):
         w = make_worker(settings, url, engine=engine, burst=burst, max_jobs=max_jobs)
-        from orchestrator.steadygc import steady_gc
-
-        steady_gc()  # a process of its own: what exists now lives as long as it does
-        import sys
-
-        # The board's publisher shares this process with the threads that move ingested items
-        # into the store (SQLAlchemy, pure Python, holding the GIL): at the default 5 ms a thread
-        # holds it before handing over, a publish (p50 0.9 ms) had a p99 of 10-17 ms; at 0.5 ms, 6-11
-        # (bench/board.py, 2,000 comments/s).
-        sys.setswitchinterval(0.0005)
+        settle_process()
         click.echo(_("worker running on {redis}; Ctrl-C stops it").format(redis=url), err=True)
         w.run()
 

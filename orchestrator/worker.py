@@ -163,6 +163,22 @@ def redis_settings(url: str) -> RedisSettings:
     return RedisSettings.from_dsn(url)
 
 
+def settle_process() -> None:
+    """What a worker process sets once its worker is built (`orchestrator worker`, and the
+    benches, which run it as that command does): what exists now is frozen out of the garbage
+    collector's walks (`steady_gc`), and threads hand the GIL over every 0.5 ms. The board's
+    publisher shares the process with the threads that move ingested items into the store
+    (SQLAlchemy, pure Python, holding the GIL): at the default 5 ms a thread holds it before
+    handing over, a publish (p50 0.9 ms) had a p99 of 10-17 ms; at 0.5 ms, 6-11 (bench/board.py,
+    2,000 comments/s)."""
+    import sys
+
+    from orchestrator.steadygc import steady_gc
+
+    steady_gc()
+    sys.setswitchinterval(0.0005)
+
+
 def make_worker(settings: Settings, redis_url: str, *, engine: Engine | None = None, burst: bool = False, max_jobs: int = 10,
                 handle_signals: bool = True) -> Worker:
     ctx: dict[str, Any] = {"settings": settings}
