@@ -268,3 +268,37 @@ def test_usual_and_unusual_batches_through_the_endpoint_store_the_same_rows(tmp_
     finally:
         redis.close()
     assert commented == {"u1", "u2", "u3", "u4", "u5", "u6", "u8"}
+
+
+def test_an_item_sent_again_on_a_later_day_is_counted_once_within_the_days_remembered(redis_url: str) -> None:
+    """The ids of the day an item came and the two days before are looked up (older days' sets
+    that are gone are skipped): an item sent again one or two days later is a duplicate, through
+    either append path; three days later the store's unique key is what holds."""
+    from redis.asyncio import Redis
+
+    from orchestrator import ingest
+    from orchestrator.instream import InStream
+
+    day0 = datetime(2027, 6, 10, 12, tzinfo=timezone.utc)
+    item = {"platform": "douyin", "room": "r", "message_id": "m-days", "user_id": "u1", "name": "", "text": "好", "time": "2027-06-10T12:00:00Z"}
+    body = json.dumps({"comments": [item]}).encode()
+
+    async def go() -> list[int]:
+        redis = Redis.from_url(redis_url)
+        try:
+            stream = InStream(redis)
+            stored = []
+            for days in (0, 1, 2, 5, 6):
+                at = day0 + timedelta(days=days)
+                if days % 2:
+                    usual = ingest.usual_batch(body)
+                    assert usual is not None
+                    stored.append((await stream.append_usual("e-days", "feed-days", at, body, usual, "Asia/Shanghai")).stored)
+                else:
+                    rows = ingest.comment_rows("e-days", "feed-days", {"comments": [item]}, ZoneInfo("Asia/Shanghai"))
+                    stored.append((await stream.append("comments", "e-days", [{**r, "received_at": at} for r in rows])).stored)
+            return stored
+        finally:
+            await redis.aclose()
+
+    assert asyncio.run(go()) == [1, 0, 0, 1, 0]
