@@ -17,10 +17,10 @@ import json
 import time
 from collections.abc import Sequence
 
-import aiohttp
 import orjson
 
 from orchestrator.channels.base import Outcome, Outgoing, Slots, send_pooled
+from orchestrator.channels.http1 import HttpError, Http1Pool
 
 TEMPORARY = {408, 425, 429}
 
@@ -66,17 +66,15 @@ class WebhookTransport:
         self._key = secret.encode()
         self.idempotent = idempotent
         self.concurrency = concurrency
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
+        self.timeout = timeout
+        self._http: Http1Pool | None = None
         self._slots: Slots | None = None
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.concurrency, ttl_dns_cache=300), timeout=self._timeout,
-                json_serialize=json.dumps,
-            )
-        return self._session
+    def _client(self) -> Http1Pool:
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._http.loop is not loop:
+            self._http = Http1Pool(self.url, limit=self.concurrency, timeout=self.timeout)
+        return self._http
 
     async def send(self, message: Outgoing) -> Outcome:
         body = orjson.dumps(payload(message))  # compact UTF-8 JSON, as json.dumps(ensure_ascii=False, separators=(",", ":")) writes it
@@ -86,17 +84,22 @@ class WebhookTransport:
         if self.idempotent:
             headers["Idempotency-Key"] = message.key
         try:
-            async with self._client().post(self.url, data=body, headers=headers) as resp:
-                answer = await resp.read()
-                status = resp.status
-                if 200 <= status < 300:
-                    return Outcome("sent", provider_id=_provider_id(answer))
-                reason = f"HTTP {status}: {answer.decode(resp.get_encoding(), errors='replace')[:200]}"
-                if status in TEMPORARY or status >= 500:
-                    return Outcome("retry", error=reason, retry_after=_retry_after(resp.headers.get("Retry-After")))
-                return Outcome("failed", error=reason)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-            return Outcome("retry", error=f"{type(e).__name__}: {e}"[:300])
+            answer = await self._client().post(body, headers)
+        except HttpError as e:
+            return Outcome("retry", error=str(e)[:300])
+        except ValueError as e:  # a header that cannot be sent (a line break in the key): no retry makes it sendable
+            return Outcome("failed", error=str(e)[:300])
+        status = answer.status
+        if 200 <= status < 300:
+            return Outcome("sent", provider_id=_provider_id(answer.body))
+        try:
+            text = answer.body.decode(answer.charset(), errors="replace")
+        except LookupError:  # a charset Python does not know
+            text = answer.body.decode("utf-8", errors="replace")
+        reason = f"HTTP {status}: {text[:200]}"
+        if status in TEMPORARY or status >= 500:
+            return Outcome("retry", error=reason, retry_after=_retry_after(answer.headers.get("retry-after")))
+        return Outcome("failed", error=reason)
 
     async def send_batch(self, messages: Sequence[Outgoing]) -> list[Outcome]:
         """At most `concurrency` requests in flight across every batch this transport sends at once."""
@@ -109,8 +112,8 @@ class WebhookTransport:
         return self._slots
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._http is not None:
+            await self._http.close()
 
 
 def _provider_id(answer: bytes) -> str | None:
