@@ -130,18 +130,24 @@ async def _restart_drain(rt: Runtime, event_id: str, step_id: str, why: str) -> 
 
 
 def _stalled_steps(engine: Engine) -> list[tuple[str, str]]:
-    """Steps being sent with due planned rows, nothing in flight, and no claim for a while."""
+    """Steps being sent with planned rows, nothing in flight, and no claim for a while.
+
+    Every worker asks this every few seconds, so a healthy fan-out must cost two index probes
+    (a planned row? a row in flight?), not a read of the step's every row: that took 75-105 ms at
+    100,000 recipients on PostgreSQL. Only a step with planned rows and none in flight, which is
+    rare while it is being sent, has its last claim looked up."""
     now = utc_now()
     out = []
     with engine.connect() as conn:
         for event_id, step_id in conn.execute(select(STEP.c.event_id, STEP.c.step_id).join(EVENT, EVENT.c.id == STEP.c.event_id)
                                               .where(STEP.c.state == "sending", EVENT.c.state == "running")):
-            planned, sending, last = conn.execute(
-                select(sqlfunc.count().filter(SEND.c.state == "planned"), sqlfunc.count().filter(SEND.c.state == "sending"), sqlfunc.max(SEND.c.claimed_at))
-                .where(SEND.c.event_id == event_id, SEND.c.step_id == step_id)
-            ).one()
+            of_step = (SEND.c.event_id == event_id, SEND.c.step_id == step_id)
+            planned = conn.execute(select(SEND.c.id).where(*of_step, SEND.c.state == "planned").limit(1)).first()
+            if planned is None or conn.execute(select(SEND.c.id).where(*of_step, SEND.c.state == "sending").limit(1)).first() is not None:
+                continue
+            last = conn.execute(select(sqlfunc.max(SEND.c.claimed_at)).where(*of_step)).scalar_one()
             last = last.replace(tzinfo=now.tzinfo) if last is not None and last.tzinfo is None else last
-            if planned and not sending and (last is None or now - last > STALLED_AFTER):
+            if last is None or now - last > STALLED_AFTER:
                 out.append((event_id, step_id))
     return out
 
