@@ -109,6 +109,9 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self.waiter is None:  # a second answer to one request: the connection cannot be trusted
+            self._close()
+            return
         if 100 <= self._status < 200:  # an interim answer (100 Continue): the real one follows
             self._status, self._headers, self._body, self._size = 0, {}, [], 0
             return
@@ -185,7 +188,9 @@ class Http1Pool:
                     conn = await self._acquire()
                     try:
                         return await conn.request(data)
-                    except _Stale:
+                    except _Stale:  # the peer closed its idle connections (a restart, its keep-alive timeout): drop ours
+                        for idle in list(self._idle):
+                            idle._close()
                         continue
                     except asyncio.CancelledError:
                         conn._close()  # the answer may still come: this connection cannot carry another request
@@ -219,7 +224,12 @@ class Http1Pool:
                 return conn
             waiter = self.loop.create_future()
             self._waiting.append(waiter)
-            await waiter
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken and cancelled at once: the place goes to the next in line
+                raise
 
     def _release(self, conn: _Connection) -> None:
         if self._closed:

@@ -175,6 +175,21 @@ def test_a_kept_connection_the_peer_closed_meanwhile_is_replaced_without_an_erro
     asyncio.run(main())
 
 
+def test_after_a_peer_restart_a_post_goes_out_once_on_a_fresh_connection() -> None:
+    async def main() -> None:
+        peer = Peer(keep_alive)
+        async with peer as url:
+            pool = Http1Pool(url, limit=3)
+            await asyncio.gather(*(pool.post(b"1", {}) for _ in range(3)))  # three kept connections
+            assert len(pool._idle) == 3
+            for writer in peer.writers:  # the peer restarts: every connection it had is gone (the client learns it on use)
+                writer.transport.abort()
+            answer = await pool.post(b"2", {})
+            await pool.close()
+        assert answer.status == 200 and peer.bodies.count(b"2") == 1 and peer.connections == 4
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize(("answer", "error"), [
     (None, "no answer within 0.2 s"),
     (b"HTTP/1.1 2OO OK\r\n\r\n", "malformed answer"),
