@@ -249,6 +249,8 @@ def _by_channel(items: list[tuple[Claimed, Outgoing]]) -> dict[str, list[tuple[C
 def result_of(c: Claimed, outcome: Outcome) -> Result:
     if outcome.state in ("sent", "created"):
         return Result(c.id, outcome.state, provider_id=outcome.provider_id, sender=outcome.sender)
+    if outcome.state == "unknown":
+        return Result(c.id, "unknown", error=outcome.error)
     if outcome.state == "retry" and c.attempts < MAX_ATTEMPTS:
         return Result(c.id, "planned", error=outcome.error, not_before=utc_now() + timedelta(seconds=backoff(c.attempts, outcome.retry_after)))
     return Result(c.id, "failed", error=outcome.error)

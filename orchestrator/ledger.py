@@ -118,7 +118,7 @@ def claim(engine: Engine, event_id: str, step_id: str, worker: str, limit: int) 
 @dataclass(frozen=True, slots=True)
 class Result:
     id: int
-    state: str  # sent | failed | planned (retry later) | skipped
+    state: str  # sent | failed | unknown | planned (retry later) | skipped
     provider_id: str | None = None
     error: str | None = None
     not_before: datetime | None = None

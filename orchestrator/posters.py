@@ -121,6 +121,8 @@ async def deliver(engine: Engine, event_id: str, worker: str, guides: Sequence[G
             if o.state == "sent":
                 results.append(ledger.Result(c.id, "sent", provider_id=o.provider_id))
                 sent += 1
+            elif o.state == "unknown":  # the peer may have it: not sent again
+                results.append(ledger.Result(c.id, "unknown", error=o.error))
             elif o.state == "retry" and c.attempts < ATTEMPTS:
                 results.append(ledger.Result(c.id, "planned", error=o.error, not_before=None))
             else:

@@ -28,9 +28,10 @@ class Outgoing:
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """`sent`; `created` (a task the platform delivers once a person confirms it: WeCom mass
-    messages; followed up by orchestrator.taskwatch); `retry` (temporary: try again later); `failed` (permanent)."""
+    messages; followed up by orchestrator.taskwatch); `retry` (temporary: try again later); `failed`
+    (permanent); `unknown` (the peer may have it, and sending again could make a second message)."""
 
-    state: Literal["sent", "created", "retry", "failed"]
+    state: Literal["sent", "created", "retry", "failed", "unknown"]
     provider_id: str | None = None
     error: str | None = None
     retry_after: float | None = None  # seconds, when the peer said

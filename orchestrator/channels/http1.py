@@ -28,7 +28,14 @@ import httptools
 
 
 class HttpError(Exception):
-    """The request failed before a complete answer came back (connect, reset, timeout, bad answer)."""
+    """The request failed before a complete answer came back (connect, reset, timeout, bad answer).
+
+    `maybe_delivered`: the request had gone out, so the peer may have acted on it (a timeout or a
+    lost connection while waiting for the answer); False when it never left (no connection)."""
+
+    def __init__(self, message: str, *, maybe_delivered: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_delivered = maybe_delivered
 
 
 class _Stale(HttpError):
@@ -182,22 +189,28 @@ class Http1Pool:
                 raise ValueError(f"header {name!r} has a line break or colon where it cannot")
             lines.append(f"{name}: {value}\r\n")
         data = b"".join((self._head, "".join(lines).encode(), b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body))
+        written = False
         try:
             async with asyncio.timeout(self.timeout):
                 for _ in range(2):
                     conn = await self._acquire()
+                    written = True
                     try:
                         return await conn.request(data)
                     except _Stale:  # the peer closed its idle connections (a restart, its keep-alive timeout): drop ours
+                        written = False
                         for idle in list(self._idle):
                             idle._close()
                         continue
+                    except HttpError as e:
+                        e.maybe_delivered = True
+                        raise
                     except asyncio.CancelledError:
                         conn._close()  # the answer may still come: this connection cannot carry another request
                         raise
                 raise HttpError("the peer closed the connection twice before answering")
         except TimeoutError:
-            raise HttpError(f"no answer within {self.timeout:g} s") from None
+            raise HttpError(f"no answer within {self.timeout:g} s", maybe_delivered=written) from None
 
     async def _acquire(self) -> _Connection:
         while True:

@@ -86,6 +86,8 @@ class WebhookTransport:
         try:
             answer = await self._client().post(body, headers)
         except HttpError as e:
+            if e.maybe_delivered and not self.idempotent:  # sending it again could make a second message
+                return Outcome("unknown", error=f"{e}; the request had gone out, and without an idempotency key it is not sent again"[:300])
             return Outcome("retry", error=str(e)[:300])
         except ValueError as e:  # a header that cannot be sent (a line break in the key): no retry makes it sendable
             return Outcome("failed", error=str(e)[:300])
