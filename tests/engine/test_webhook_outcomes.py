@@ -12,6 +12,7 @@ from orchestrator.channels.webhook import WebhookTransport
 from orchestrator.fanout import result_of
 from orchestrator.ledger import Claimed
 from tests.engine.receiver import Receiver, RunningReceiver
+from tests.ports import refusing_port
 
 
 def message(member: str) -> Outgoing:
@@ -35,10 +36,7 @@ def test_a_request_that_went_out_but_got_no_answer(idempotent: bool, state: str,
 
 def test_a_request_that_never_left_is_retried_even_without_an_idempotency_key() -> None:
     async def main() -> None:
-        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        server.close()
-        await server.wait_closed()
+        port = await refusing_port()
         transport = WebhookTransport(f"http://127.0.0.1:{port}/hook", "s", idempotent=False)
         [outcome] = await transport.send_batch([message("m1")])
         await transport.close()

@@ -21,6 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from orchestrator.channels.http1 import Http1Pool, HttpError
 from orchestrator.fakes.serving import RunningApp
+from tests.ports import refusing_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -218,10 +219,7 @@ def test_an_answer_that_never_comes_or_is_broken_is_an_error(answer: bytes | Non
 
 def test_a_refused_connection_is_an_error_that_frees_its_place() -> None:
     async def main() -> None:
-        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        server.close()
-        await server.wait_closed()
+        port = await refusing_port()
         pool = Http1Pool(f"http://127.0.0.1:{port}/hook", limit=1)
         for _ in range(3):  # the failed connect does not keep the only place
             with pytest.raises(HttpError, match=f"cannot connect to 127.0.0.1:{port}"):
