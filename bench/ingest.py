@@ -28,7 +28,7 @@ import aiohttp  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
-from bench.scan import cpu, p99, serve  # noqa: E402
+from bench.scan import children_cpu, cpu, p99, serve  # noqa: E402
 from orchestrator.channels.webhook import sign  # noqa: E402
 from orchestrator.embedded_redis import redis_url  # noqa: E402
 from orchestrator.instream import InStream  # noqa: E402
@@ -119,10 +119,13 @@ async def persistence(rurl: str) -> str:
     redis = Redis.from_url(rurl)
     try:
         state, stats, memory = await redis.info("persistence"), await redis.info("stats"), await redis.info("memory")
+        commands = await redis.info("commandstats")
     finally:
         await redis.aclose()
     return (f"  Redis persistence: {stats['total_forks']} forks (AOF rewrites and snapshots: each a process beside the three),"
-            f" AOF {state['aof_current_size'] / 1e6:,.0f} MB, peak memory {memory['used_memory_peak'] / 1e6:,.0f} MB")
+            f" AOF {state['aof_current_size'] / 1e6:,.0f} MB, peak memory {memory['used_memory_peak'] / 1e6:,.0f} MB\n"
+            f"  Redis time per command: " + ", ".join(f"{name.removeprefix('cmdstat_')} {c['usec_per_call']:.1f} µs × {c['calls']:,}"
+                                                      for name, c in sorted(commands.items(), key=lambda kv: -kv[1]['usec'])[:8]))
 
 
 async def _server_pid(url: str) -> int:
@@ -162,7 +165,7 @@ def main() -> None:
                 runs: list[tuple[float, float]] = []
                 lat: list[float] = []
                 blat: list[float] = []
-                used = {"web": 0.0, "redis": 0.0, "bare": 0.0, "client": 0.0, "bare client": 0.0, "wall": 0.0, "bare wall": 0.0}  # CPU seconds in the timed runs
+                used = {"web": 0.0, "redis": 0.0, "bare": 0.0, "client": 0.0, "bare client": 0.0, "wall": 0.0, "bare wall": 0.0, "forks": 0.0}  # CPU seconds in the timed runs
                 try:
                     endpoint, bare = (f"{b}/api/events/{event_id}/comments" for b in (base, bbase))
                     asyncio.run(load(endpoint, bodies(min(1000, n), per, 10_000_000 + sent), args.clients))
@@ -170,10 +173,11 @@ def main() -> None:
                     sent += min(1000, n)
                     for r in range(args.rounds):  # in turns, so a machine speeding up or slowing down weighs on both
                         requests = bodies(n, per, sent)
-                        web0, redis0, client0 = cpu(proc.pid), cpu(redis_pid), own_cpu()
+                        web0, redis0, client0, forks0 = cpu(proc.pid), cpu(redis_pid), own_cpu(), children_cpu(redis_pid)
                         elapsed, some = asyncio.run(load(endpoint, requests, args.clients))
                         used["web"] += cpu(proc.pid) - web0
                         used["redis"] += cpu(redis_pid) - redis0
+                        used["forks"] += children_cpu(redis_pid) - forks0
                         used["client"] += own_cpu() - client0
                         used["wall"] += elapsed
                         requests = bodies(n, per, sent)
@@ -200,7 +204,7 @@ def main() -> None:
                 busy = {k: used[k] / used["wall"] * 100 for k in ("web", "redis", "client")}
                 bare_busy = {k: used[k] / used["bare wall"] * 100 for k in ("bare", "bare client")}
                 cpu_lines.append(f"  {label}: CPU ms per 1,000 comments: web {used['web'] * 1000 * per_k:.1f} + Redis {used['redis'] * 1000 * per_k:.1f}"
-                                 f" + load generator {used['client'] * 1000 * per_k:.1f}; bare {used['bare'] * 1000 * per_k:.1f}"
+                                 f" + load generator {used['client'] * 1000 * per_k:.1f} + Redis's forks {used['forks'] * 1000 * per_k:.1f}; bare {used['bare'] * 1000 * per_k:.1f}"
                                  f" + load generator {used['bare client'] * 1000 * per_k:.1f}\n"
                                  f"    busy: web {busy['web']:.0f}%, Redis {busy['redis']:.0f}%, load generator {busy['client']:.0f}%;"
                                  f" bare {bare_busy['bare']:.0f}%, load generator {bare_busy['bare client']:.0f}% (of one core; two here)")
