@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -29,7 +30,7 @@ SETTINGS = (
     Setting("ORCH_PUBLIC_URL", "http://127.0.0.1:8000", "base URL that poster QR codes and links carry"),
     Setting("ORCH_LANG", None, "language of messages, 'zh' or 'en'; unset follows the locale"),
     Setting("ORCH_DATA_DIR", ".orchestrator", "where the embedded Redis keeps its data, reports and logs are written"),
-    Setting("ORCH_WEBHOOK_URL", None, "URL the signed JSON webhook channel posts to"),
+    Setting("ORCH_WEBHOOK_URL", None, "http(s) URL the signed JSON webhook channel posts to (checked when a process starts)"),
     Setting("ORCH_WEBHOOK_SECRET", None, "HMAC-SHA256 key of the webhook signature (never in a playbook)"),
     Setting("ORCH_WEBHOOK_IDEMPOTENCY", "on", "'on': send an Idempotency-Key and resend after a crash; 'off': never resend, mark unknown"),
     Setting("ORCH_ROUTES", None, "which transport delivers each channel, e.g. 'sms=webhook,email=console'; rehearsals default every channel to console"),
@@ -116,6 +117,9 @@ class Settings:
             raise ConfigError(f"ORCH_LANG has value {values['lang']!r}; use 'zh' or 'en'")
         if not str(values["public_url"]).startswith(("http://", "https://")):
             raise ConfigError(f"ORCH_PUBLIC_URL has value {values['public_url']!r}; it must start with http:// or https://")
+        if values["webhook_url"] is not None and not _http_url(str(values["webhook_url"])):
+            raise ConfigError(f"ORCH_WEBHOOK_URL has value {values['webhook_url']!r}; use an http:// or https:// URL with a host,"
+                              " e.g. https://hooks.example.com/orchestrator")
         if values["webhook_idempotency"] not in ("on", "off"):
             raise ConfigError(f"ORCH_WEBHOOK_IDEMPOTENCY has value {values['webhook_idempotency']!r}; use 'on' or 'off'")
         if not str(values["send_concurrency"]).isdigit() or int(str(values["send_concurrency"])) < 1:
@@ -204,3 +208,13 @@ def redact(url: str) -> str:
         user = creds.split(":", 1)[0]
         return f"{scheme}://{user}:***@{host}"
     return url
+
+
+def _http_url(url: str) -> bool:
+    """An http(s) URL with a host and a valid port, as the webhook's client needs."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)

@@ -25,6 +25,9 @@ def test_environment_wins_over_dotenv(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("name", "value", "words"), [
     ("ORCH_LANG", "fr", "ORCH_LANG has value 'fr'"),
     ("ORCH_PUBLIC_URL", "example.com", "ORCH_PUBLIC_URL has value 'example.com'"),
+    ("ORCH_WEBHOOK_URL", "ftp://hooks.example.com/x", "ORCH_WEBHOOK_URL has value 'ftp://hooks.example.com/x'; use an http:// or https:// URL"),
+    ("ORCH_WEBHOOK_URL", "hooks.example.com/x", "ORCH_WEBHOOK_URL has value 'hooks.example.com/x'"),
+    ("ORCH_WEBHOOK_URL", "http://hooks.example.com:99999/x", "ORCH_WEBHOOK_URL has value"),
     ("ORCH_SMS_SIGNATURE", "v2", "ORCH_SMS_SIGNATURE has value 'v2'; use 'v3' or 'v1'"),
     ("ORCH_SMTP_TLS", "ssl", "ORCH_SMTP_TLS has value 'ssl'"),
     ("ORCH_SMTP_PORT", "99999", "ORCH_SMTP_PORT has value '99999'"),
