@@ -40,6 +40,9 @@ BUDGET = 15.0  # seconds of work per drain job: no new batch is claimed after it
 HARD_STOP = 33.0  # seconds into a drain job after which a batch stops waiting for rate-limit tokens and gives its rows back (JOB_TIMEOUT is 45)
 BATCH = 200
 MAX_ATTEMPTS = 5
+# Outcomes that count toward a person's caps: sent; a WeCom task created (the guide confirms it
+# later); unknown (the request went out and no answer came: it may well have arrived).
+COUNTED = ("sent", "created", "unknown")
 
 
 def backoff(attempts: int, retry_after: float | None) -> float:
@@ -181,11 +184,11 @@ async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: dateti
                 outcomes = await transport.send_batch([m for _c, m in chunk])
                 for (c, _m), outcome in zip(chunk, outcomes, strict=True):
                     results.append(result_of(c, outcome))
-                    if outcome.state in ("sent", "created") and c.channel != Channel.WECOM_GROUP.value:  # a created task counts toward caps now; reminded once delivered
+                    if outcome.state in COUNTED and c.channel != Channel.WECOM_GROUP.value:  # counted toward caps now; reminded once delivered
                         sent_members.append(c.member_id)
                         if outcome.state == "sent":
                             delivered.append(c.member_id)
-    sent_ids = {r.id for r in results if r.state in ("sent", "created")}
+    sent_ids = {r.id for r in results if r.state in COUNTED}
     # caps not used are given back; the board's funnel counts reminded (delivered), once per person
     await asyncio.gather(rt.caps.release([c.member_id for c in reserved if c.id not in sent_ids], now),
                          Funnel(rt.pool).count(ev.id, "reminded", [Seen(m) for m in delivered]))

@@ -32,6 +32,7 @@ SETTINGS = (
     Setting("ORCH_DATA_DIR", ".orchestrator", "where the embedded Redis keeps its data, reports and logs are written"),
     Setting("ORCH_WEBHOOK_URL", None, "http(s) URL the signed JSON webhook channel posts to (checked when a process starts)"),
     Setting("ORCH_WEBHOOK_SECRET", None, "HMAC-SHA256 key of the webhook signature (never in a playbook)"),
+    Setting("ORCH_WEBHOOK_TIMEOUT", "10", "seconds the webhook's receiver has to answer a request"),
     Setting("ORCH_WEBHOOK_IDEMPOTENCY", "on", "'on': send an Idempotency-Key and resend after a crash; 'off': never resend, mark unknown"),
     Setting("ORCH_ROUTES", None, "which transport delivers each channel, e.g. 'sms=webhook,email=console'; rehearsals default every channel to console"),
     Setting("ORCH_SEND_CONCURRENCY", "50", "sends in flight per worker"),
@@ -74,6 +75,7 @@ class Settings:
     data_dir: str
     webhook_url: str | None
     webhook_secret: str | None
+    webhook_timeout: str
     webhook_idempotency: str
     routes: str | None
     send_concurrency: str
@@ -120,6 +122,8 @@ class Settings:
         if values["webhook_url"] is not None and not _http_url(str(values["webhook_url"])):
             raise ConfigError(f"ORCH_WEBHOOK_URL has value {values['webhook_url']!r}; use an http:// or https:// URL with a host,"
                               " e.g. https://hooks.example.com/orchestrator")
+        if _seconds(str(values["webhook_timeout"])) is None:
+            raise ConfigError(f"ORCH_WEBHOOK_TIMEOUT has value {values['webhook_timeout']!r}; use a number of seconds above 0, e.g. 10 or 2.5")
         if values["webhook_idempotency"] not in ("on", "off"):
             raise ConfigError(f"ORCH_WEBHOOK_IDEMPOTENCY has value {values['webhook_idempotency']!r}; use 'on' or 'off'")
         if not str(values["send_concurrency"]).isdigit() or int(str(values["send_concurrency"])) < 1:
@@ -174,6 +178,10 @@ class Settings:
         return bool(self.smtp_host)
 
     @property
+    def webhook_seconds(self) -> float:
+        return float(self.webhook_timeout)
+
+    @property
     def concurrency(self) -> int:
         return int(self.send_concurrency)
 
@@ -218,3 +226,12 @@ def _http_url(url: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _seconds(text: str) -> float | None:
+    """A positive, finite number of seconds, or None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 < value < float("inf") else None

@@ -56,7 +56,8 @@ def build_transports(settings: Settings, redis: Redis | None = None) -> dict[str
         if not settings.webhook_secret:
             raise ConfigError("ORCH_WEBHOOK_URL is set but ORCH_WEBHOOK_SECRET is not; the webhook signs every request")
         out["webhook"] = WebhookTransport(settings.webhook_url, settings.webhook_secret,
-                                          idempotent=settings.webhook_idempotency == "on", concurrency=settings.concurrency)
+                                          idempotent=settings.webhook_idempotency == "on", concurrency=settings.concurrency,
+                                          timeout=settings.webhook_seconds)
     if settings.wecom_api_on and redis is not None:
         from orchestrator.channels import wecom_tasks
 

@@ -16,14 +16,15 @@ from sqlalchemy import Engine, insert, select
 
 from orchestrator import scheduling
 from orchestrator.settings import Settings
-from orchestrator.store import OptOut, Send, Step
+from orchestrator.store import OptOut, Send, SendCount, Step
 from tests.engine.conftest import arq_pool, running_worker, until
 from tests.engine.eventfiles import EventFiles, Person, crowd
-from tests.engine.receiver import Receiver
+from tests.engine.receiver import Receiver, RunningReceiver
 
 pytestmark = pytest.mark.db
 SEND = Send.__table__  # type: ignore[attr-defined]
 STEP = Step.__table__  # type: ignore[attr-defined]
+SENDCOUNT = SendCount.__table__  # type: ignore[attr-defined]
 OPTOUT = OptOut.__table__  # type: ignore[attr-defined]
 CST = timezone(timedelta(hours=8))
 JUST_BEFORE = datetime(2027, 6, 10, 17, 59, 30)  # start the clock just before the T-1h reminder: nothing to wait for
@@ -191,6 +192,27 @@ def test_caps_hold_across_two_events(tmp_path: Path, engine: Engine, redis_url: 
     b = Counter((r.step_id, r.state) for r in sends(engine, "cap-b"))
     assert b == {("preview", "sent"): 8, ("reminder:hour", "skipped"): 8, ("reminder:soon", "skipped"): 8}
     assert all("cap reached" in r.error for r in sends(engine, "cap-b") if r.state == "skipped")
+
+
+def test_a_send_of_unknown_outcome_counts_toward_caps(tmp_path: Path, engine: Engine, redis_url: str,
+                                                      make_settings: Callable[..., Settings]) -> None:
+    """Without idempotency keys a request that got no answer is `unknown`, never repeated; it may
+    well have arrived, so it uses up the person's cap like a sent one (here across two events)."""
+    people, policy = crowd(4), "caps: {per_day: 4, per_month: 20}"
+    first = EventFiles(id="unk-a", people=people, policy=policy, live_start="2027-06-10 13:00", live_end="2027-06-10 14:00").write(tmp_path / "a")
+    second = EventFiles(id="unk-b", people=people, policy=policy, live_start="2027-06-10 19:00", live_end="2027-06-10 20:00").write(tmp_path / "b")
+    with RunningReceiver(Receiver(delay=1.0, honour_keys=False)) as late:  # answers after the client gave up
+        settings = make_settings(late, ORCH_WEBHOOK_IDEMPOTENCY="off", ORCH_WEBHOOK_TIMEOUT="0.3")
+        for path in (first, second):
+            asyncio.run(run_event(engine, settings, redis_url, path))
+        assert {r.state for r in sends(engine, "unk-a")} == {"unknown"} and len(sends(engine, "unk-a")) == 12
+        b = Counter((r.step_id, r.state) for r in sends(engine, "unk-b"))
+        assert b == {("preview", "unknown"): 4, ("reminder:hour", "skipped"): 4, ("reminder:soon", "skipped"): 4}, b
+        assert all("cap reached" in r.error for r in sends(engine, "unk-b") if r.state == "skipped")
+        assert len(late.requests) == 16, "each unknown send went out once, none again"
+    with engine.connect() as conn:
+        counts = conn.execute(select(SENDCOUNT).where(SENDCOUNT.c.member_id.in_([p.id for p in people]))).all()
+    assert len(counts) == 8 and {r.count for r in counts} == {4}, "stored too (a day and a month each): the caps hold when Redis has lost its counts"
 
 
 def test_rate_limits_hold(tmp_path: Path, engine: Engine, redis_url: str, receiver: Receiver, make_settings: Callable[..., Settings]) -> None:
