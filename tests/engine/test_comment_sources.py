@@ -270,35 +270,51 @@ def test_usual_and_unusual_batches_through_the_endpoint_store_the_same_rows(tmp_
     assert commented == {"u1", "u2", "u3", "u4", "u5", "u6", "u8"}
 
 
-def test_an_item_sent_again_on_a_later_day_is_counted_once_within_the_days_remembered(redis_url: str) -> None:
-    """The ids of the day an item came and the two days before are looked up (older days' sets
-    that are gone are skipped): an item sent again one or two days later is a duplicate, through
-    either append path; three days later the store's unique key is what holds."""
+def test_an_item_sent_again_is_counted_once_while_the_event_remembers_its_ids_and_stored_once_after(
+        tmp_path: Path, engine: Engine, redis_url: str, make_settings: Callable[..., Settings]) -> None:
+    """An event's ids from a source are remembered until three days after its last item from there:
+    an item sent again days later, through either append path, is a duplicate; the same id from
+    another source is another item. Once the ids are forgotten the answer counts it again, and the
+    store's unique key still keeps it once; the waiting count stays exact either way."""
     from redis.asyncio import Redis
 
     from orchestrator import ingest
-    from orchestrator.instream import InStream
+    from orchestrator.instream import SEEN_SECONDS, WAITING, InStream, seen_key
 
+    settings = make_settings(ORCH_ROUTES="sms=console,email=console", REDIS_URL=redis_url)
+    event_id = schedule(engine, settings, redis_url, EventFiles(people=crowd(2)).write(tmp_path / "event"))
     day0 = datetime(2027, 6, 10, 12, tzinfo=timezone.utc)
-    item = {"platform": "douyin", "room": "r", "message_id": "m-days", "user_id": "u1", "name": "", "text": "好", "time": "2027-06-10T12:00:00Z"}
-    body = json.dumps({"comments": [item]}).encode()
+    items = [{"platform": "douyin", "room": "r", "message_id": f"m-days-{i}", "user_id": "u1", "name": "", "text": "好",
+              "time": "2027-06-10T12:00:00Z"} for i in range(2)]
+    body = json.dumps({"comments": items}).encode()
 
-    async def go() -> list[int]:
+    async def append(stream: InStream, source: str, at: datetime, usual: bool) -> int:
+        if usual:
+            comments = ingest.usual_batch(body)
+            assert comments is not None
+            return (await stream.append_usual(event_id, source, at, body, comments, "Asia/Shanghai")).stored
+        rows = ingest.comment_rows(event_id, source, {"comments": items}, ZoneInfo("Asia/Shanghai"))
+        return (await stream.append("comments", event_id, [{**r, "received_at": at} for r in rows])).stored
+
+    async def go() -> None:
         redis = Redis.from_url(redis_url)
         try:
             stream = InStream(redis)
-            stored = []
-            for days in (0, 1, 2, 5, 6):
-                at = day0 + timedelta(days=days)
-                if days % 2:
-                    usual = ingest.usual_batch(body)
-                    assert usual is not None
-                    stored.append((await stream.append_usual("e-days", "feed-days", at, body, usual, "Asia/Shanghai")).stored)
-                else:
-                    rows = ingest.comment_rows("e-days", "feed-days", {"comments": [item]}, ZoneInfo("Asia/Shanghai"))
-                    stored.append((await stream.append("comments", "e-days", [{**r, "received_at": at} for r in rows])).stored)
-            return stored
+            waiting0 = int(await redis.get(WAITING + "comments") or 0)
+            stored = [await append(stream, "feed-days", day0 + timedelta(days=d), usual) for d, usual in ((0, False), (1, True), (2, False), (5, True))]
+            assert stored == [2, 0, 0, 0]
+            assert SEEN_SECONDS - 60 < await redis.ttl(seen_key("comments", event_id, "feed-days")) <= SEEN_SECONDS
+            assert await append(stream, "other-feed", day0, True) == 2, "ids are per source"
+            await redis.delete(seen_key("comments", event_id, "feed-days"))  # forgotten: three days after the event's last item
+            assert await append(stream, "feed-days", day0, True) == 2
+            assert await redis.delete(seen_key("comments", event_id, "other-feed")) == 1
+            assert await append(stream, "other-feed", day0, False) == 2
+            assert int(await redis.get(WAITING + "comments")) - waiting0 == 8
+            assert await InStream(redis).move(engine, "comments", event_id) == 8
+            assert int(await redis.get(WAITING + "comments")) == waiting0
         finally:
             await redis.aclose()
 
-    assert asyncio.run(go()) == [1, 0, 0, 1, 0]
+    asyncio.run(go())
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Comment.__table__)).scalar_one() == 4, "each (source, id) once"  # type: ignore[attr-defined]
