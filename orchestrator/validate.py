@@ -253,8 +253,11 @@ def _poster(f: _Findings, pb: Playbook) -> None:
         if ref not in incentives:
             f.error(where + ("incentives", j), "unknown-incentive", _("incentive '{id}' is not in lever.incentives").format(
                 id=ref) + (did_you_mean(ref, incentives) or " " + _("(known: {known})").format(known=", ".join(incentives))))
-    if pb.path.poster.channels and Channel.WECOM_GROUP in pb.path.poster.channels:
-        f.error(("path", "poster", "channels"), "poster-channel", _("posters go to guides, not into customer groups: use wecom_customer, email, sms, webhook or console"))
+    for j, channel in enumerate(pb.path.poster.channels or []):
+        if channel in (Channel.WECOM_GROUP, Channel.WECOM_CUSTOMER):  # WeCom tasks go from a guide to customers, never to a guide
+            f.error(("path", "poster", "channels", j), "poster-channel", _(
+                "posters go to guides, and {channel} reaches customers only: use email, sms, webhook (your own relay, e.g. to a WeCom bot) or console"
+            ).format(channel=channel.value))
 
 
 def _messages(f: _Findings, pb: Playbook) -> None:

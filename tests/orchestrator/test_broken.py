@@ -137,6 +137,9 @@ CASES: dict[str, Broken] = {
         "{minute: 60, cue: 第一次抽奖}", "{minute: 99999999999, cue: 第一次抽奖}", "range", (71, 16), "at most 10080", "99999999999"),
     "bad-choice": change(
         "platform: wechat_channels", "platform: douyn", "choice", (65, 15), "'douyn' is not allowed", "douyin, bilibili", "did you mean 'douyin'?"),
+    "poster-to-customers": change(
+        "      - {id: A, hook: 进群抽保温杯}\n  join:", "      - {id: A, hook: 进群抽保温杯}\n    channels: [console, wecom_customer]\n  join:",
+        "poster-channel", (47, 25), "posters go to guides", "wecom_customer reaches customers only", "use email, sms, webhook"),
     "bad-channel": change(
         "channels: [sms, console]", "channels: [sms, consol]", "choice", (55, 23), "did you mean 'console'?"),
     "bad-version": change("version: 1", "version: 2", "choice", (1, 10), "choose one of: 1"),
