@@ -160,15 +160,13 @@ def finish(engine: Engine, worker: str, results: Sequence[Result], counts: dict[
                     "now": now, "worker": worker,
                 }).rowcount or 0
             if counts:
-                items = sorted(counts.items())
-                conn.execute(COUNTS_PG, {"members": [m for (m, _p), _n in items], "periods": [p for (_m, p), _n in items],
-                                         "counts": [n for _k, n in items]})
+                _add_counts(conn, "postgresql", counts)
         else:
             if results:
                 rows = [(r.id, r.state, r.provider_id, r.error, sqlite_time(r.not_before), r.sender) for r in results]
                 done = conn.execute(FINISH_SQLITE, {"rows": json.dumps(rows, ensure_ascii=False), "now": now, "worker": worker}).rowcount or 0
             if counts:
-                conn.execute(COUNTS_SQLITE, {"rows": json.dumps([(m, p, n) for (m, p), n in sorted(counts.items())], ensure_ascii=False)})
+                _add_counts(conn, "sqlite", counts)
     return done
 
 
@@ -222,30 +220,72 @@ def skip_open(engine: Engine, event_id: str, reason: str, step_id: str | None = 
 def resolve_orphans(engine: Engine, live_workers: set[str], idempotent: dict[str, bool], grace: timedelta = timedelta(seconds=5)) -> dict[tuple[str, str], tuple[int, int]]:
     """Rows in `sending` whose worker is gone: resend where the transport is idempotent, else `unknown`.
 
+    An `unknown` message may well have reached its person, so it counts toward their caps (on the
+    day and month of its step, as a sent one does), in the same transaction. Only rows this call
+    changed count: two workers resolving at once count each row once.
+
     Returns (event, step) -> (rows put back to planned, rows marked unknown), so the caller can
     report them and restart the step's sending.
     """
     cutoff = utc_now() - grace
+    out: dict[tuple[str, str], tuple[int, int]] = {}
     with engine.begin() as conn:
         rows = conn.execute(
-            select(SEND.c.id, SEND.c.event_id, SEND.c.step_id, SEND.c.transport, SEND.c.claimed_by)
+            select(SEND.c.id, SEND.c.transport, SEND.c.claimed_by)
             .where(SEND.c.state == "sending", SEND.c.claimed_at < cutoff)
         ).all()
         orphans = [r for r in rows if r.claimed_by not in live_workers]
         again = [r.id for r in orphans if idempotent.get(r.transport, False)]
         lost = [r.id for r in orphans if not idempotent.get(r.transport, False)]
-        for ids, values in ((again, {"state": "planned", "retried": True, "claimed_by": None}),
-                            (lost, {"state": "unknown", "error": "the worker stopped during the send; the channel has no idempotency key, so it is not repeated"})):
+        changed: dict[str, list[Any]] = {"again": [], "lost": []}
+        for name, ids, values in (("again", again, {"state": "planned", "retried": True, "claimed_by": None}),
+                                  ("lost", lost, {"state": "unknown", "error": "the worker stopped during the send; the channel has no idempotency key, so it is not repeated"})):
             for i in range(0, len(ids), 500):
-                conn.execute(update(SEND).where(SEND.c.id.in_(ids[i:i + 500]), SEND.c.state == "sending").values(**values))
-    out: dict[tuple[str, str], tuple[int, int]] = {}
-    for r in orphans:
-        retried, unknown = out.get((r.event_id, r.step_id), (0, 0))
-        if idempotent.get(r.transport, False):
-            out[(r.event_id, r.step_id)] = (retried + 1, unknown)
-        else:
-            out[(r.event_id, r.step_id)] = (retried, unknown + 1)
+                changed[name] += conn.execute(update(SEND).where(SEND.c.id.in_(ids[i:i + 500]), SEND.c.state == "sending").values(**values)
+                                              .returning(SEND.c.event_id, SEND.c.step_id, SEND.c.member_id, SEND.c.channel)).all()
+        counts = _counts_of_lost(conn, changed["lost"])
+        if counts:
+            _add_counts(conn, engine.dialect.name, counts)
+    for name, found in changed.items():
+        for r in found:
+            retried, unknown = out.get((r.event_id, r.step_id), (0, 0))
+            out[(r.event_id, r.step_id)] = (retried + 1, unknown) if name == "again" else (retried, unknown + 1)
     return out
+
+
+def _counts_of_lost(conn: Any, lost: Sequence[Any]) -> dict[tuple[str, str], int]:
+    """Messages per (member, period) of rows marked unknown: the day and month of their step's time
+    in the event's timezone, as `fanout.send_batch` counts them (previews and reminders to people;
+    posts into groups, posters to guides and welcomes count for nobody)."""
+    from zoneinfo import ZoneInfo
+
+    from orchestrator.limits import periods
+    from orchestrator.store import Step
+
+    lost = [r for r in lost if r.channel != "wecom_group"]
+    step_table, event_table = Step.__table__, Event.__table__  # type: ignore[attr-defined]
+    when: dict[tuple[str, str], tuple[str, str]] = {}
+    for event_id, step_id in {(r.event_id, r.step_id) for r in lost}:
+        row = conn.execute(select(step_table.c.at, step_table.c.stage, event_table.c.timezone)
+                           .join(event_table, event_table.c.id == step_table.c.event_id)
+                           .where(step_table.c.event_id == event_id, step_table.c.step_id == step_id)).first()
+        if row is not None and row.stage in ("preview", "reminder"):
+            at = row.at if row.at.tzinfo else row.at.replace(tzinfo=timezone.utc)
+            when[(event_id, step_id)] = periods(at.astimezone(ZoneInfo(row.timezone)))
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for r in lost:
+        for period in when.get((r.event_id, r.step_id), ()):
+            counts[(r.member_id, period)] += 1
+    return dict(counts)
+
+
+def _add_counts(conn: Any, dialect: str, counts: dict[tuple[str, str], int]) -> None:
+    """Add messages per (member, period) to the stored counts (one statement)."""
+    items = sorted(counts.items())
+    if dialect == "postgresql":
+        conn.execute(COUNTS_PG, {"members": [m for (m, _p), _n in items], "periods": [p for (_m, p), _n in items], "counts": [n for _k, n in items]})
+    else:
+        conn.execute(COUNTS_SQLITE, {"rows": json.dumps([(m, p, n) for (m, p), n in items], ensure_ascii=False)})
 
 
 def step_counts(engine: Engine, event_id: str) -> dict[str, dict[str, dict[str, int]]]:

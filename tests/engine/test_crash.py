@@ -21,7 +21,7 @@ from sqlalchemy import Engine, func, select
 
 from orchestrator import scheduling
 from orchestrator.settings import Settings
-from orchestrator.store import Send, Step
+from orchestrator.store import Send, SendCount, Step
 from tests.engine.conftest import arq_pool
 from tests.engine.eventfiles import EventFiles, crowd
 from tests.engine.receiver import Receiver
@@ -29,6 +29,7 @@ from tests.engine.receiver import Receiver
 pytestmark = pytest.mark.db
 SEND = Send.__table__  # type: ignore[attr-defined]
 STEP = Step.__table__  # type: ignore[attr-defined]
+SENDCOUNT = SendCount.__table__  # type: ignore[attr-defined]
 PEOPLE = 10_000
 KILL_AT = 2_500
 
@@ -60,6 +61,12 @@ def worker_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[
 def count(engine: Engine, state: str) -> int:
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).where(SEND.c.state == state)).scalar_one())
+
+
+def counted_toward_caps(engine: Engine) -> int:
+    """Messages stored in the per-person counts of the day (what caps hold to when Redis lost its own)."""
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.coalesce(func.sum(SENDCOUNT.c.count), 0)).where(SENDCOUNT.c.period.like("d:%"))).scalar_one())
 
 
 def step_done(engine: Engine) -> bool:
@@ -111,6 +118,7 @@ def test_after_sigkill_everyone_is_delivered_once_by_idempotency_key(tmp_path: P
     with engine.connect() as conn:
         rows = {r.idempotency_key: r for r in conn.execute(select(SEND)).all()}
     assert Counter(r.state for r in rows.values()) == {"sent": PEOPLE}
+    assert counted_toward_caps(engine) == PEOPLE, "a retried send counts once toward the caps"
     for key in repeats:
         assert rows[key].retried and rows[key].attempts >= 2, f"{key} was sent twice but the ledger does not say it was retried"
 
@@ -125,6 +133,7 @@ def test_after_sigkill_without_idempotency_nothing_repeats_and_in_flight_sends_a
     assert set(per_member.values()) == {1}, "nothing is repeated"
     assert count(engine, "unknown") == in_flight > 0
     assert count(engine, "sent") + count(engine, "unknown") == PEOPLE
+    assert counted_toward_caps(engine) == PEOPLE, "a send of unknown outcome counts toward the caps: it may well have arrived"
     status = subprocess.run([sys.executable, "-c", "from orchestrator.cli import main; main()", "status", "engine-test", "--json"],
                             env=env_of(settings, redis_url), capture_output=True, text=True, check=True)
     listed = json.loads(status.stdout)["unknown"]
