@@ -23,8 +23,8 @@ Answers (HTTP status and the JSON `Code`):
                                          retry (the request never reached the platform, or the
                                          platform said it did not take it)
     a timeout or a dropped connection after the request went out
-                                         failed "outcome unknown": the SMS may have gone out and
-                                         Aliyun has no idempotency key, so it is never repeated
+                                         unknown: the SMS may have gone out and Aliyun has no
+                                         idempotency key, so it is never repeated
 Until one answer has passed authentication, calls go out one at a time, so wrong credentials cost
 one request, not one per message in flight.
 """
@@ -68,7 +68,7 @@ BEIJING = timezone(timedelta(hours=8))
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 V3_ALGORITHM = "ACS3-HMAC-SHA256"
 CREDENTIAL_CODES = ("SignatureDoesNotMatch", "InvalidAccessKeyId", "Forbidden.RAM")  # and codes these begin with
-UNKNOWN = "outcome unknown"  # the error of a send that may have gone out: its per-number place stays taken
+UNKNOWN = "outcome unknown"  # the error of a send that may have gone out (state unknown): its per-number place stays taken
 PER_NUMBER_CODES = {"isv.MOBILE_NUMBER_ILLEGAL", "isv.BUSINESS_LIMIT_CONTROL"}  # one number's error fails a whole call
 
 
@@ -324,7 +324,7 @@ class AliyunSmsTransport:
                         results = [Outcome("retry", error=f"{type(e).__name__}: {e}"[:300])] * len(call.entries)
                     for (i, _phone, key), outcome in zip(call.entries, results, strict=True):
                         outcomes[i] = outcome
-                        if outcome.state != "sent" and not (outcome.error or "").startswith(UNKNOWN):
+                        if outcome.state not in ("sent", "unknown"):
                             given_back.append(key)
 
         senders = min(self.concurrency, len(calls))
@@ -372,7 +372,7 @@ class AliyunSmsTransport:
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:  # no connection: the request never left
             return Outcome("retry", error=f"{type(e).__name__}: {e}"[:300]), None
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-            return Outcome("failed", error=f"{UNKNOWN}: the answer was lost ({type(e).__name__}: {e}); not repeated, as Aliyun "
+            return Outcome("unknown", error=f"{UNKNOWN}: the answer was lost ({type(e).__name__}: {e}); not repeated, as Aliyun "
                                            f"has no idempotency key"[:300]), None
         return self._outcome(status, answer)
 

@@ -313,7 +313,7 @@ class SmtpTransport:
                 return _by_code(e.code, e.message)
             except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as e:  # the connection failed or timed out
                 if taking:
-                    return Outcome("failed", error=f"outcome unknown: the connection failed while the server was taking the message"
+                    return Outcome("unknown", error=f"outcome unknown: the connection failed while the server was taking the message"
                                                    f" ({type(e).__name__}: {e}); it may have been delivered, and SMTP has no"
                                                    f" idempotency key, so it is not sent again"[:500])
                 if reused and attempt == 0:
