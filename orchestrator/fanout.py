@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from orchestrator import audience, eventlog, groupposts, jobs, ledger
-from orchestrator.channels.base import Outcome, Outgoing
+from orchestrator.channels.base import Outcome, Outgoing, backoff
 from orchestrator.clock import Clock
 from orchestrator.eligibility import OptOuts, address_of, optouts_of
 from orchestrator.errors import UnknownEvent
@@ -43,12 +43,6 @@ MAX_ATTEMPTS = 5
 # Outcomes that count toward a person's caps: sent; a WeCom task created (the guide confirms it
 # later); unknown (the request went out and no answer came: it may well have arrived).
 COUNTED = ("sent", "created", "unknown")
-
-
-def backoff(attempts: int, retry_after: float | None) -> float:
-    """Seconds before the next try: 2, 4, 8, ... up to 60, or what the peer asked for."""
-    wait = min(60.0, 2.0 ** attempts)
-    return max(wait, retry_after or 0.0)
 
 
 async def drain(ctx: dict[str, Any], event_id: str, step_id: str, revision: int, lane: str, generation: int) -> str:

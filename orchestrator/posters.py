@@ -20,7 +20,7 @@ from pathlib import Path
 from sqlalchemy import Engine, select, update
 
 from orchestrator import ledger, poster
-from orchestrator.channels.base import Outgoing, Transport
+from orchestrator.channels.base import Outgoing, Transport, backoff
 from orchestrator.copytext import date_text
 from orchestrator.load import LoadedPlaybook
 from orchestrator.playbook import Guide
@@ -30,6 +30,7 @@ SCANCODE = ScanCode.__table__  # type: ignore[attr-defined]
 EVENT = Event.__table__  # type: ignore[attr-defined]
 STEP_ID = "poster"
 ATTEMPTS = 3
+MAX_PAUSE = 10.0  # seconds between tries: the step is one job, with arq's timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +103,17 @@ def guide_text(guide: Guide, title: str, start: datetime, links: list[tuple[str,
 
 async def deliver(engine: Engine, event_id: str, worker: str, guides: Sequence[Guide], texts: dict[str, str],
                   channel: str, transport_name: str, transport: Transport) -> tuple[int, int]:
-    """Send each guide their message once (through the ledger); (sent, failed)."""
+    """Send each guide their message once (through the ledger); (sent, failed). A temporary failure
+    is tried again after a pause (2 s, then 4 s, or what the peer asks, at most `MAX_PAUSE`), at
+    most `ATTEMPTS` tries in all."""
     await asyncio.to_thread(ledger.plan_sends, engine, event_id, STEP_ID, [(f"guide:{g.id}", channel, transport_name) for g in guides])
     by_member = {f"guide:{g.id}": g for g in guides}
     sent = failed = 0
+    pause = 0.0
     for _attempt in range(ATTEMPTS):
+        if pause:
+            await asyncio.sleep(pause)
+        pause = 0.0
         claimed = await asyncio.to_thread(ledger.claim, engine, event_id, STEP_ID, worker, len(guides) or 1)
         if not claimed:
             break
@@ -125,6 +132,7 @@ async def deliver(engine: Engine, event_id: str, worker: str, guides: Sequence[G
                 results.append(ledger.Result(c.id, "unknown", error=o.error))
             elif o.state == "retry" and c.attempts < ATTEMPTS:
                 results.append(ledger.Result(c.id, "planned", error=o.error, not_before=None))
+                pause = max(pause, min(MAX_PAUSE, backoff(c.attempts, o.retry_after)))
             else:
                 results.append(ledger.Result(c.id, "failed", error=o.error))
                 failed += 1

@@ -38,6 +38,13 @@ class Outcome:
     sender: str | None = None  # `created`: who must confirm the task (a WeCom userid), for the board's per-guide count
 
 
+def backoff(attempts: int, retry_after: float | None) -> float:
+    """Seconds before the next try of a `retry` outcome after `attempts` tries: 2, 4, 8, ... up to
+    60, or what the peer asked for (`retry_after`)."""
+    wait = min(60.0, 2.0 ** attempts)
+    return max(wait, retry_after or 0.0)
+
+
 class Transport(Protocol):
     name: str
     idempotent: bool  # the peer de-duplicates on our key, so a send of unknown outcome may be repeated

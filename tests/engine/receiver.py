@@ -36,6 +36,7 @@ class Receiver:
     fail_times: dict[str, int] = field(default_factory=dict)  # member id -> 503s before success
     reject: set[str] = field(default_factory=set)  # member ids answered 422 (permanent)
     delay: float = 0.0
+    busy_for: float = 0.0  # seconds from the first request during which every request is answered 503 (Retry-After: 1)
     requests: list[Request] = field(default_factory=list)
     url: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -62,6 +63,9 @@ class Receiver:
             self.requests.append(request_log)
             if self._threshold and len(self.requests) >= self._threshold:
                 self.reached.set()
+            if self.busy_for and request_log.at < self.requests[0].at + self.busy_for:
+                request_log.status = 503
+                return web.json_response({"error": "busy"}, status=503, headers={"Retry-After": "1"})
             if not signed:
                 request_log.status = 401
                 return web.json_response({"error": "bad signature"}, status=401)

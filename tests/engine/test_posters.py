@@ -66,3 +66,27 @@ def test_the_poster_step_makes_stores_serves_and_delivers_each_guides_posters_on
     assert again == (0, 0)
     after = (Path(settings.data_dir) / "console" / f"{event_id}.jsonl").read_text(encoding="utf-8").splitlines()
     assert sum(json.loads(line)["step"] == "poster" for line in after) == 2
+
+
+def test_posters_wait_out_a_receiver_that_is_briefly_busy(tmp_path: Path, engine: Engine, redis_url: str,
+                                                          make_settings: Callable[..., Settings]) -> None:
+    """A guide's poster message answered 503 (Retry-After: 1) is tried again after a pause, not at
+    once: the receiver is busy for its first second, and both guides still get their posters."""
+    from orchestrator.channels.webhook import WebhookTransport
+    from tests.engine.eventfiles import EventFiles, crowd
+    from tests.engine.receiver import Receiver, RunningReceiver
+    from tests.engine.test_pool import schedule
+
+    event_id = schedule(engine, quiet(make_settings), redis_url, EventFiles(people=crowd(2)).write(tmp_path / "event"))
+    guides = [Guide("g1", "小李", "G01"), Guide("g2", "小王", "G02")]
+    with RunningReceiver(Receiver(busy_for=1.0)) as busy:
+        async def deliver() -> tuple[int, int]:
+            transport = WebhookTransport(busy.url, busy.secret)
+            try:
+                return await posters.deliver(engine, event_id, "w-test", guides, {"g1": "x", "g2": "y"}, "webhook", "webhook", transport)
+            finally:
+                await transport.close()
+
+        assert asyncio.run(deliver()) == (2, 0)
+        statuses = [(r.body["member"]["id"], r.status) for r in busy.requests]
+    assert sorted(statuses) == [("guide:g1", 200), ("guide:g1", 503), ("guide:g2", 200), ("guide:g2", 503)], "one busy answer each, then sent"
