@@ -56,8 +56,15 @@ class WeComTaskTransport:
         return (await self.send_batch([message]))[0]
 
     def calls(self, messages: Sequence[Outgoing]) -> int:
-        """Platform calls a batch makes: one task per sender and text (what a channel's rate limit counts here)."""
-        return max(1, len({(m.extra.get("wecom_sender") or m.address.get("chat_id"), m.text) for m in messages}))
+        """Platform calls a batch makes: one task per sender and text (what a channel's rate limit
+        counts here). A group's sender is its owner, once known (asked at its first post); until
+        then each group counts as one, never fewer than the tasks made."""
+        def sender(m: Outgoing) -> Any:
+            if m.channel != "wecom_group":
+                return m.extra.get("wecom_sender")
+            chat = str(m.address.get("chat_id"))
+            return self._owners.get(chat, chat)
+        return max(1, len({(sender(m), m.text) for m in messages}))
 
     async def send_batch(self, messages: Sequence[Outgoing]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(messages)

@@ -236,3 +236,34 @@ def test_a_wecom_that_cannot_list_the_join_ways_groups_still_gets_the_playbooks_
         note = conn.execute(select(scheduling.STEP.c.note).where(scheduling.STEP.c.event_id == event_id,
                                                                  scheduling.STEP.c.step_id == "reminder:hour")).scalar_one()
     assert "posted into 2 groups" in note and "could not be read" in note and "60011" in note
+
+
+def test_a_group_posts_calls_are_counted_per_owner_once_the_owners_are_known(redis_url: str, make_settings: Callable[..., Settings]) -> None:
+    """What the channel's rate limit takes for a batch of group posts: a task per owner and text,
+    as WeCom is called; before the owners are known, a group each (never fewer than the calls)."""
+    from redis.asyncio import Redis
+
+    from orchestrator.channels.base import Outgoing
+    from orchestrator.channels.wecom_tasks import from_settings
+
+    with RunningWeCom() as fake:
+        for chat, owner in (("wr-a", "lili"), ("wr-b", "wangwu"), ("wr-c", "lili")):
+            fake.add_chat(chat, owner=owner)
+        posts = [Outgoing(f"ev:reminder:hour:chat:{chat}:wecom_group", "ev", "reminder:hour", f"chat:{chat}", "wecom_group", chat, "开播啦",
+                          {"chat_id": chat}) for chat in ("wr-a", "wr-b", "wr-c")]
+
+        async def go() -> tuple[int, list[str], int]:
+            redis = Redis.from_url(redis_url)
+            transport = from_settings(make_settings(**fake.env()), redis)
+            try:
+                before = transport.calls(posts)
+                outcomes = await transport.send_batch(posts)
+                return before, [o.state for o in outcomes], transport.calls(posts)
+            finally:
+                await transport.close()
+                await redis.aclose()
+
+        before, states, after = asyncio.run(go())
+        tasks = [t for t in fake.tasks.values() if t["chat_type"] == "group"]
+    assert states == ["created"] * 3 and len(tasks) == 2
+    assert (before, after) == (3, 2), "3 groups of 2 owners: 2 tasks"
