@@ -22,13 +22,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 from sqlalchemy import Engine, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from orchestrator.store import Event, Send, SendCount, UtcDateTime, sqlite_time, utc_now
+from orchestrator.limits import periods
+from orchestrator.store import Event, Send, SendCount, Step, UtcDateTime, sqlite_time, utc_now
 
 SEND = Send.__table__  # type: ignore[attr-defined]
 EVENT = Event.__table__  # type: ignore[attr-defined]
@@ -257,11 +259,6 @@ def _counts_of_lost(conn: Any, lost: Sequence[Any]) -> dict[tuple[str, str], int
     """Messages per (member, period) of rows marked unknown: the day and month of their step's time
     in the event's timezone, as `fanout.send_batch` counts them (previews and reminders to people;
     posts into groups, posters to guides and welcomes count for nobody)."""
-    from zoneinfo import ZoneInfo
-
-    from orchestrator.limits import periods
-    from orchestrator.store import Step
-
     lost = [r for r in lost if r.channel != "wecom_group"]
     step_table, event_table = Step.__table__, Event.__table__  # type: ignore[attr-defined]
     when: dict[tuple[str, str], tuple[str, str]] = {}
