@@ -8,16 +8,16 @@ chunk, and a fan-out batch looks up only the people it is sending to.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Connection, Engine, select, text
 
 from orchestrator.playbook import Member
 from orchestrator.store import Member as MemberRow
+from orchestrator.store import reading
 
 MEMBER = MemberRow.__table__  # type: ignore[attr-defined]
 CHUNK = 5000
@@ -38,7 +38,7 @@ def _person(row: Any) -> Person:
     member_id, name, segments, phone, email, wecom, guide, tags, excluded = row
     segs = segments.split("|") if segments else [""]
     member = Member(id=member_id, name=name, segment=segs[0], phone=phone, email=email, wecom_external_userid=wecom,
-                    guide=guide, tags=tuple(json.loads(tags)) if tags else ())
+                    guide=guide, tags=tuple(orjson.loads(tags)) if tags else ())
     return Person(member, frozenset(segs), excluded)
 
 
@@ -57,17 +57,17 @@ def chunks(engine: Engine, event_id: str, size: int = CHUNK) -> Iterator[list[Pe
         after = rows[-1][0]
 
 
-def people(engine: Engine, event_id: str, member_ids: Iterable[str]) -> dict[str, Person]:
+def people(bind: Engine | Connection, event_id: str, member_ids: Iterable[str]) -> dict[str, Person]:
     """The stored members among `member_ids` (absent ids are simply not in the result).
 
     On SQLite as one JSON document: Python's sqlite3 hands the GIL over at every row, which costs
     a fan-out running beside its batches' lookups more than the lookups themselves."""
     ids: Sequence[str] = sorted(set(member_ids))
     out: dict[str, Person] = {}
-    with engine.connect() as conn:
+    with reading(bind) as conn:
         for i in range(0, len(ids), 500):
             part = ids[i:i + 500]
-            if engine.dialect.name == "sqlite":
+            if conn.dialect.name == "sqlite":
                 rows: Iterable[Any] = orjson.loads(conn.execute(PEOPLE_SQLITE, {"event": event_id, "ids": orjson.dumps(part).decode()}).scalar_one())
             else:
                 rows = conn.execute(PEOPLE_PG, {"event": event_id, "ids": list(part)})

@@ -12,11 +12,11 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, or_, select as sql_select
+from sqlalchemy import Connection, Engine, or_, select as sql_select
 
 from orchestrator.audience import Person
 from orchestrator.playbook import PER_MEMBER_CHANNELS, Channel, Member, Message
-from orchestrator.store import Consent, OptOut
+from orchestrator.store import Consent, OptOut, reading
 
 CONSENT = Consent.__table__  # type: ignore[attr-defined]
 OPTOUT = OptOut.__table__  # type: ignore[attr-defined]
@@ -95,11 +95,11 @@ def consent_of(engine: Engine, member_ids: Sequence[str]) -> dict[tuple[str, str
     return consent
 
 
-def optouts_of(engine: Engine, members: Sequence[Member]) -> OptOuts:
+def optouts_of(bind: Engine | Connection, members: Sequence[Member]) -> OptOuts:
     """Every opt-out touching these members, by id or by address (phone, e-mail, WeCom external userid), from any event."""
     by_member: dict[str, set[str]] = {}
     by_address: dict[str, set[str]] = {}
-    with engine.connect() as conn:
+    with reading(bind) as conn:
         if conn.execute(sql_select(OPTOUT.c.id).limit(1)).first() is None:  # nobody has opted out anywhere: nothing to match
             return OptOuts(by_member, by_address)
         for i in range(0, len(members), 400):

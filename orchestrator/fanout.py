@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, Engine, select, update
 
 from orchestrator import audience, eventlog, groupposts, jobs, ledger
 from orchestrator.channels.base import Outcome, Outgoing, backoff
@@ -33,7 +33,7 @@ from orchestrator.playbook import Channel, Member
 from orchestrator.render import step_renderer
 from orchestrator.runtime import Runtime
 from orchestrator.scheduling import STEP, event_clock, get_event, loaded_event
-from orchestrator.store import Event, utc_now
+from orchestrator.store import Event, reading, utc_now
 
 log = logging.getLogger("orchestrator.worker")
 BUDGET = 15.0  # seconds of work per drain job: no new batch is claimed after it
@@ -105,13 +105,21 @@ class Batch:
 
 
 def claim_batch(rt: Runtime, event_id: str, step_id: str, caps_periods: tuple[str, str]) -> Batch:
-    """Claim the next batch and read its people, their opt-outs and their stored counts."""
-    claimed = ledger.claim(rt.engine, event_id, step_id, rt.worker_id, BATCH)
-    if not claimed:
-        return Batch([], {}, OptOuts({}, {}), {})
-    people = {member_id: p.member for member_id, p in audience.people(rt.engine, event_id, [c.member_id for c in claimed]).items()}
-    persons = [c.member_id for c in claimed if c.channel != Channel.WECOM_GROUP.value and c.member_id in people]
-    return Batch(claimed, people, optouts_of(rt.engine, [people[m] for m in persons]), ledger.counts_of(rt.engine, persons, caps_periods))
+    """Claim the next batch (committed at once) and read its people, their opt-outs and their
+    stored counts, all on one connection."""
+    with rt.engine.connect() as conn:
+        claimed = ledger.claim(conn, event_id, step_id, rt.worker_id, BATCH)
+        if not claimed:
+            return Batch([], {}, OptOuts({}, {}), {})
+        return checked_batch(conn, event_id, claimed, caps_periods)
+
+
+def checked_batch(bind: Engine | Connection, event_id: str, claimed: list[Claimed], caps_periods: tuple[str, str]) -> Batch:
+    """What checking `claimed` needs: their people, opt-outs and counts stored in the caps' periods."""
+    with reading(bind) as conn:
+        people = {member_id: p.member for member_id, p in audience.people(conn, event_id, [c.member_id for c in claimed]).items()}
+        persons = [c.member_id for c in claimed if c.channel != Channel.WECOM_GROUP.value and c.member_id in people]
+        return Batch(claimed, people, optouts_of(conn, [people[m] for m in persons]), ledger.counts_of(conn, persons, caps_periods))
 
 
 def _step_time(rt: Runtime, event_id: str, step_id: str) -> datetime:
@@ -122,11 +130,33 @@ def _step_time(rt: Runtime, event_id: str, step_id: str) -> datetime:
 
 async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: datetime, step_id: str, batch: Batch,
                      until: float | None = None) -> int:
-    """Send one claimed batch and record every outcome; returns how many were sent.
+    """Send one claimed batch and record every outcome and count in the ledger (one transaction);
+    returns how many were sent. Rows not tried in time (see `deliver`) are given back."""
+    done = await deliver(rt, ev, loaded, due, step_id, batch, until)
+    await rt.db(ledger.finish, rt.engine, rt.worker_id, done.results, done.counts)
+    if done.given_back:
+        await rt.db(ledger.give_back, rt.engine, rt.worker_id, ev.id, done.given_back)
+        log.info("%s %s: %d sends wait for the next drain (the channel's rate limit outlasted this job)", ev.id, step_id, len(done.given_back))
+    return done.sent
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """What `deliver` did with a batch, for the ledger to record."""
+
+    results: list[Result]  # an outcome per row tried or refused
+    counts: dict[tuple[str, str], int]  # messages counted toward caps per (member, day or month)
+    given_back: list[int]  # rows not tried: the channel's rate limit outlasted the job
+    sent: int  # messages counted toward caps
+
+
+async def deliver(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: datetime, step_id: str, batch: Batch,
+                  until: float | None = None) -> Delivered:
+    """Check, render and send one batch; writes nothing to the store (the caller records it).
 
     Caps count the message on the day and month of its step's time (`due`), whatever the clock.
     Messages a channel's rate limit would only let out after `until` (time.monotonic()) are not
-    sent: their rows are given back for the next drain, so a job never outlives its timeout.
+    sent: they come back in `given_back`, so a job never outlives its timeout.
     """
     pb = loaded.playbook
     now = due.astimezone(pb.tz)
@@ -191,11 +221,7 @@ async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: dateti
     for member_id in sent_members:
         increments[(member_id, day)] += 1
         increments[(member_id, month)] += 1
-    await rt.db(ledger.finish, rt.engine, rt.worker_id, results, dict(increments))  # outcomes and counts: one transaction
-    if given_back:
-        await rt.db(ledger.give_back, rt.engine, rt.worker_id, ev.id, given_back)
-        log.info("%s %s: %d sends wait for the next drain (the channel's rate limit outlasted this job)", ev.id, step_id, len(given_back))
-    return len(sent_members)
+    return Delivered(results, dict(increments), given_back, len(sent_members))
 
 
 def prepare(loaded: LoadedPlaybook, ev: Event, step_id: str, reserved: list[Claimed], members: dict[int, Member | None],

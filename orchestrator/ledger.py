@@ -15,7 +15,6 @@ in a thread.
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -25,12 +24,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
-from sqlalchemy import Engine, bindparam, func, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orchestrator.limits import periods
-from orchestrator.store import Event, Send, SendCount, Step, UtcDateTime, sqlite_time, utc_now
+from orchestrator.store import Event, Send, SendCount, Step, UtcDateTime, reading, sqlite_time, utc_now, writing
 
 SEND = Send.__table__  # type: ignore[attr-defined]
 EVENT = Event.__table__  # type: ignore[attr-defined]
@@ -103,11 +102,11 @@ WHERE event_id = :event AND step_id = :step AND state = 'sending' AND claim = :t
 """)
 
 
-def claim(engine: Engine, event_id: str, step_id: str, worker: str, limit: int) -> list[Claimed]:
+def claim(bind: Engine | Connection, event_id: str, step_id: str, worker: str, limit: int) -> list[Claimed]:
     """Take up to `limit` planned rows that are due, atomically, for `worker`."""
     params = {"worker": worker, "now": utc_now(), "event": event_id, "step": step_id, "limit": limit, "token": secrets.token_hex(8)}
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
+    with writing(bind) as conn:
+        if conn.dialect.name == "postgresql":
             rows = [tuple(r) for r in conn.execute(CLAIM_PG, params)]
         else:
             if not conn.execute(CLAIM_SQLITE, params).rowcount:
@@ -166,7 +165,7 @@ def finish(engine: Engine, worker: str, results: Sequence[Result], counts: dict[
         else:
             if results:
                 rows = [(r.id, r.state, r.provider_id, r.error, sqlite_time(r.not_before), r.sender) for r in results]
-                done = conn.execute(FINISH_SQLITE, {"rows": json.dumps(rows, ensure_ascii=False), "now": now, "worker": worker}).rowcount or 0
+                done = conn.execute(FINISH_SQLITE, {"rows": orjson.dumps(rows).decode(), "now": now, "worker": worker}).rowcount or 0
             if counts:
                 _add_counts(conn, "sqlite", counts)
     return done
@@ -282,7 +281,7 @@ def _add_counts(conn: Any, dialect: str, counts: dict[tuple[str, str], int]) -> 
     if dialect == "postgresql":
         conn.execute(COUNTS_PG, {"members": [m for (m, _p), _n in items], "periods": [p for (_m, p), _n in items], "counts": [n for _k, n in items]})
     else:
-        conn.execute(COUNTS_SQLITE, {"rows": json.dumps([(m, p, n) for (m, p), n in items], ensure_ascii=False)})
+        conn.execute(COUNTS_SQLITE, {"rows": orjson.dumps([(m, p, n) for (m, p), n in items]).decode()})
 
 
 def step_counts(engine: Engine, event_id: str) -> dict[str, dict[str, dict[str, int]]]:
@@ -333,15 +332,15 @@ def unknown_rows(engine: Engine, event_id: str, limit: int = 1000) -> list[dict[
     return [dict(r._mapping) for r in rows]
 
 
-def counts_of(engine: Engine, members: Sequence[str], periods: Sequence[str]) -> dict[tuple[str, str], int]:
+def counts_of(bind: Engine | Connection, members: Sequence[str], periods: Sequence[str]) -> dict[tuple[str, str], int]:
     """Messages stored as sent per (member, period), where any (on SQLite as one JSON document, as `claim`)."""
     out: dict[tuple[str, str], int] = {}
     if not members:
         return out
-    with engine.connect() as conn:
+    with reading(bind) as conn:
         for i in range(0, len(members), 500):
             part = list(members[i:i + 500])
-            if engine.dialect.name == "sqlite":
+            if conn.dialect.name == "sqlite":
                 rows: Iterable[Any] = orjson.loads(conn.execute(COUNTS_OF_SQLITE, {"members": orjson.dumps(part).decode(),
                                                                                    "periods": orjson.dumps(list(periods)).decode()}).scalar_one())
             else:

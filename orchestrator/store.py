@@ -7,11 +7,13 @@ Core statements on these tables; single rows use sessions.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Engine, Index, LargeBinary, Text, UniqueConstraint, create_engine, event, text
+from sqlalchemy import Column, Connection, DateTime, Engine, Index, LargeBinary, Text, UniqueConstraint, create_engine, event, text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -368,6 +370,29 @@ class LogEntry(SQLModel, table=True):
     step_id: str | None = Field(default=None, max_length=80)
     message: str = Field(sa_column=Column(Text, nullable=False))
     data: str | None = Field(default=None, sa_column=Column(Text))
+
+
+@contextmanager
+def reading(bind: Engine | Connection) -> Iterator[Connection]:
+    """A connection to read on: `bind` itself when it is one (several reads share one pool
+    checkout: on PostgreSQL each checkout costs a ping and a rollback), else one from its pool."""
+    if isinstance(bind, Connection):
+        yield bind
+    else:
+        with bind.connect() as conn:
+            yield conn
+
+
+@contextmanager
+def writing(bind: Engine | Connection) -> Iterator[Connection]:
+    """A transaction committed at the end: begun on `bind` when it is a connection (not in a
+    transaction already), else on one from its pool."""
+    if isinstance(bind, Connection):
+        with bind.begin():
+            yield bind
+    else:
+        with bind.begin() as conn:
+            yield conn
 
 
 def make_engine(url: str) -> Engine:

@@ -122,9 +122,12 @@ def _provider_id(answer: bytes) -> str | None:
     if not answer:
         return None
     try:
-        data = json.loads(answer.decode())  # a JSON answer is UTF-8 (RFC 8259); decoding first is the faster path
-    except ValueError:  # UnicodeDecodeError included
-        return None
+        data = orjson.loads(answer)  # a JSON answer is UTF-8 (RFC 8259)
+    except orjson.JSONDecodeError:  # not JSON, not UTF-8, or what orjson refuses (an integer beyond 64 bits)
+        try:
+            data = json.loads(answer.decode())
+        except ValueError:  # UnicodeDecodeError included
+            return None
     value = data.get("id") if isinstance(data, dict) else None
     return str(value)[:128] if value is not None else None
 
