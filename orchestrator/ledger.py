@@ -88,7 +88,7 @@ class Claimed:
 _PICK = """SELECT id FROM send WHERE event_id = :event AND step_id = :step AND state = 'planned'
                                    AND (not_before IS NULL OR not_before <= :now) ORDER BY id LIMIT :limit"""
 CLAIM_PG = text(f"""
-UPDATE send SET state = 'sending', claimed_by = :worker, claimed_at = :now, attempts = attempts + 1, claim = :token
+UPDATE send SET state = 'sending', claimed_by = :worker, claimed_at = :now, attempts = attempts + 1
 WHERE id IN ({_PICK} FOR UPDATE SKIP LOCKED) AND state = 'planned'
 RETURNING id, member_id, channel, transport, attempts, idempotency_key, retried
 """).bindparams(bindparam("now", type_=UtcDateTime))
@@ -256,7 +256,7 @@ def resolve_orphans(engine: Engine, live_workers: set[str], idempotent: dict[str
 
 def _counts_of_lost(conn: Any, lost: Sequence[Any]) -> dict[tuple[str, str], int]:
     """Messages per (member, period) of rows marked unknown: the day and month of their step's time
-    in the event's timezone, as `fanout.send_batch` counts them (previews and reminders to people;
+    in the event's timezone, as `fanout.deliver` counts them (previews and reminders to people;
     posts into groups, posters to guides and welcomes count for nobody)."""
     lost = [r for r in lost if r.channel != "wecom_group"]
     step_table, event_table = Step.__table__, Event.__table__  # type: ignore[attr-defined]

@@ -326,7 +326,7 @@ class Send(SQLModel, table=True):
     sender: str | None = Field(default=None, max_length=64)  # a WeCom task's: the userid who must confirm it
     error: str | None = None
     claimed_by: str | None = Field(default=None, max_length=64)
-    claim: str | None = Field(default=None, max_length=32)  # the token of the claim that last took the row (ledger.claim reads its rows back by it)
+    claim: str | None = Field(default=None, max_length=32)  # SQLite: the token of the claim that last took the row (ledger.claim reads its rows back by it; PostgreSQL's RETURNING needs none)
     claimed_at: datetime | None = _ts(default=None)
     not_before: datetime | None = _ts(default=None)  # real time of the next try
     sent_at: datetime | None = _ts(default=None)
