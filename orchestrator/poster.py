@@ -9,6 +9,7 @@ fits the height the layout gives. Rendering is pure: the same inputs give the sa
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -273,6 +274,21 @@ class _Canvas:
         for line in who:
             draw.text((left, y + name.size * 0.725), line, font=name, fill=self.name_ink(), anchor="lm")
             y += name.size * 1.45
+
+
+RENDERER = "1"  # raise when a change to the drawing changes the pixels: stored posters are drawn again
+
+
+def fingerprint(spec: PosterSpec, font: Path = FONT) -> str:
+    """A hash of everything the poster's pixels depend on: a stored poster with the same
+    fingerprint is the one `render` would draw now, so it need not be drawn again."""
+    h = hashlib.sha256()
+    for part in (RENDERER, str(font), spec.layout.model_dump_json(), spec.title, spec.subtitle, spec.hook, *spec.incentives,
+                 spec.guide_name, spec.link):
+        h.update(part.encode())
+        h.update(b"\x1f")
+    h.update(hashlib.sha256(spec.background or b"").digest())
+    return h.hexdigest()
 
 
 def render(spec: PosterSpec, font: Path = FONT) -> bytes:

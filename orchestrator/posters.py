@@ -47,18 +47,51 @@ def codes_of(engine: Engine, event_id: str) -> dict[tuple[str, str], str]:
         return {(g, v): c for g, v, c in rows}
 
 
-def make(loaded: LoadedPlaybook, start: datetime, codes: dict[tuple[str, str], str], public_url: str, font: Path) -> list[poster.Made]:
-    """Render every poster of the event (CPU work: call it off the event loop)."""
+@dataclass(frozen=True, slots=True)
+class ToDraw:
+    guide: Guide
+    variant: str
+    code: str
+    spec: poster.PosterSpec
+    fingerprint: str
+
+
+def to_draw(engine: Engine, event_id: str, loaded: LoadedPlaybook, start: datetime, codes: dict[tuple[str, str], str], public_url: str,
+            font: Path) -> tuple[list[ToDraw], int]:
+    """The event's posters not stored as they should be now (none stored yet, or drawn from
+    another start time, link, layout or font), in guide and variant order; and how many posters
+    the event has in all."""
     links = {key: poster.scan_link(public_url, code) for key, code in codes.items()}
-    return [poster.Made(g, v, spec.link, poster.render(spec, font)) for g, v, spec in poster.specs(loaded, start, links)]
+    with engine.connect() as conn:
+        stored: dict[str, str | None] = {code: fp for code, fp in conn.execute(select(SCANCODE.c.code, SCANCODE.c.poster_hash)
+                                                                                  .where(SCANCODE.c.event_id == event_id))}
+    todo: list[ToDraw] = []
+    total = 0
+    for g, v, spec in poster.specs(loaded, start, links):
+        total += 1
+        code = codes[(g.id, v)]
+        fp = poster.fingerprint(spec, font)
+        if stored.get(code) != fp:
+            todo.append(ToDraw(g, v, code, spec, fp))
+    return todo, total
 
 
-def store(engine: Engine, event_id: str, made: Sequence[poster.Made], codes: dict[tuple[str, str], str]) -> str:
-    """Keep the PNGs beside their codes; returns the key of the event's poster page."""
+def draw(todo: Sequence[ToDraw], font: Path) -> list[tuple[ToDraw, bytes]]:
+    """Render these posters (CPU work: call it off the event loop)."""
+    return [(t, poster.render(t.spec, font)) for t in todo]
+
+
+def store(engine: Engine, drawn: Sequence[tuple[ToDraw, bytes]]) -> None:
+    """Keep the PNGs beside their codes, with what they were drawn from."""
     now = utc_now()
     with engine.begin() as conn:
-        for m in made:
-            conn.execute(update(SCANCODE).where(SCANCODE.c.code == codes[(m.guide.id, m.variant)]).values(poster=m.png, poster_at=now))
+        for t, png in drawn:
+            conn.execute(update(SCANCODE).where(SCANCODE.c.code == t.code).values(poster=png, poster_at=now, poster_hash=t.fingerprint))
+
+
+def page_key(engine: Engine, event_id: str) -> str:
+    """The key of the event's poster page (made the first time it is asked for)."""
+    with engine.begin() as conn:
         key = conn.execute(select(EVENT.c.poster_key).where(EVENT.c.id == event_id)).scalar_one_or_none()
         if key is None:
             key = secrets.token_urlsafe(12)

@@ -44,7 +44,7 @@ STEP = Step.__table__  # type: ignore[attr-defined]
 EVENT = Event.__table__  # type: ignore[attr-defined]
 FROZEN = FrozenPlaybook.__table__  # type: ignore[attr-defined]
 REHEARSAL_LEAD = 2.0  # real seconds between scheduling a rehearsal and its first step
-OPEN_STEP_STATES = ("scheduled", "deferred")
+OPEN_STEP_STATES = ("scheduled", "deferred", "continuing")  # not run yet, or to go on in the next try of its job
 
 
 @dataclass(frozen=True)

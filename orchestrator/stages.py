@@ -42,6 +42,8 @@ REHEARSAL_GRACE = 10.0
 CLOSE_WAIT = 30.0  # real seconds close waits for sends still going (JOB_TIMEOUT is 45)
 RETAKE_AFTER = timedelta(seconds=90)  # a step left `running` this long (its worker died) may be taken again
 LATER: dict[str, str] = {}
+POSTER_BUDGET = 20.0  # seconds of drawing posters per job (JOB_TIMEOUT is 45); the rest in the next try of the job
+POSTER_CHUNK = 16  # posters drawn and stored at a time (~35 ms each)
 FREEZE_SLEEP = 20.0  # real seconds a draw job waits for its freeze moment itself; longer, it comes back then
 
 Handler = Callable[[Runtime, Event, Step, LoadedPlaybook, Clock], Awaitable[str]]
@@ -56,16 +58,17 @@ async def run_step(ctx: dict[str, Any], event_id: str, step_id: str, revision: i
     if ev.state in ("cancelled", "closed"):
         return f"event {ev.state}"
     clock = event_clock(ev)
-    step = await rt.db(_take, rt, event_id, step_id, revision)
-    if step is None:
+    taken = await rt.db(_take, rt, event_id, step_id, revision)
+    if taken is None:
         return "not due: stale revision, already run, or cancelled"
+    step, resumed = taken
     now = clock.now()
     if ev.state == "scheduled":
         await rt.db(_set_event_state, rt, event_id, "running")
     loaded = await rt.db(loaded_event, rt.engine, ev, members=False)
     late = lateness(clock, step.at, now)
     policy = loaded.playbook.policy.late_steps
-    if step.stage not in ALWAYS_RUN and late > MISSED_GRACE and (policy.action == "mark_missed" or late > policy.tolerance):
+    if not resumed and step.stage not in ALWAYS_RUN and late > MISSED_GRACE and (policy.action == "mark_missed" or late > policy.tolerance):
         note = f"missed: {_human(late)} late (policy {policy.action}, tolerance {_human(policy.tolerance)})"
         await rt.db(_finish_step, rt, event_id, step_id, "missed", note)
         await rt.db(eventlog.record, rt.engine, event_id, "step-missed", f"{step_id} {note}", step_id=step_id, event_time=now)
@@ -99,18 +102,20 @@ def moment_of(clock: Clock, due: datetime) -> datetime:
     return due if lateness(clock, due, now) == timedelta(0) else now
 
 
-def _take(rt: Runtime, event_id: str, step_id: str, revision: int) -> Step | None:
+def _take(rt: Runtime, event_id: str, step_id: str, revision: int) -> tuple[Step, bool] | None:
+    """Take the step to run it: (the step, whether it is one its previous job left `continuing`),
+    or None when it is not this job's to run."""
     now = utc_now()
+    this = (STEP.c.event_id == event_id, STEP.c.step_id == step_id, STEP.c.revision == revision)
     with rt.engine.begin() as conn:
-        taken = conn.execute(
-            update(STEP).where(STEP.c.event_id == event_id, STEP.c.step_id == step_id, STEP.c.revision == revision,
-                               (STEP.c.state.in_(("scheduled", "deferred"))) | ((STEP.c.state == "running") & (STEP.c.started_at < now - RETAKE_AFTER)))
+        resumed = bool(conn.execute(update(STEP).where(*this, STEP.c.state == "continuing").values(state="running", started_at=now)).rowcount)
+        if not resumed and not conn.execute(
+            update(STEP).where(*this, (STEP.c.state.in_(("scheduled", "deferred"))) | ((STEP.c.state == "running") & (STEP.c.started_at < now - RETAKE_AFTER)))
             .values(state="running", started_at=now)
-        ).rowcount
-        if not taken:
+        ).rowcount:
             return None
         row = conn.execute(select(STEP).where(STEP.c.event_id == event_id, STEP.c.step_id == step_id)).one()
-    return Step(**row._mapping)
+    return Step(**row._mapping), resumed
 
 
 def _set_event_state(rt: Runtime, event_id: str, state: str) -> None:
@@ -158,33 +163,50 @@ async def _live(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, cloc
 
 
 async def _posters(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, clock: Clock) -> str:
-    """Render a poster per guide x variant, store them, and send each guide the links to theirs."""
+    """Draw and store a poster per guide x variant, then send each guide the links to theirs.
+
+    Posters are drawn a chunk at a time and stored as they are made, with what they were drawn
+    from: a job draws for at most POSTER_BUDGET seconds, then leaves the step `continuing` and
+    its next try (arq's Retry) draws only what is not stored yet. So a thousand guides' posters
+    (~35 ms each) never outlast a job's timeout, and a step run again draws nothing it has."""
+    from arq import Retry
+
     from orchestrator import posters
 
     pb = loaded.playbook
+    began = time.monotonic()
     codes = await rt.db(posters.codes_of, rt.engine, ev.id)
     start = ev.live_start.astimezone(pb.tz)
-    made = await rt.db(posters.make, loaded, start, codes, rt.settings.public_url, rt.settings.font_path)
-    key = await rt.db(posters.store, rt.engine, ev.id, made, codes)
+    todo, total = await rt.db(posters.to_draw, rt.engine, ev.id, loaded, start, codes, rt.settings.public_url, rt.settings.font_path)
+    while todo:
+        chunk, todo = todo[:POSTER_CHUNK], todo[POSTER_CHUNK:]
+        await rt.db(posters.store, rt.engine, await rt.db(posters.draw, chunk, rt.settings.font_path))
+        if todo and time.monotonic() - began > POSTER_BUDGET:
+            note = f"{total - len(todo)} of {total} posters drawn; the rest in the next try of the job"
+            await rt.db(_set_step_state, rt, ev.id, step.step_id, "continuing", note)
+            await rt.db(eventlog.record, rt.engine, ev.id, "poster-progress", f"{step.step_id}: {note}", step_id=step.step_id,
+                        event_time=clock.now(), data={"drawn": total - len(todo), "posters": total})
+            log.info("%s %s: %s", ev.id, step.step_id, note)
+            raise Retry(defer=0)
+    key = await rt.db(posters.page_key, rt.engine, ev.id)
     page = posters.page_url(rt.settings.public_url, ev.id, key)
     routes = rt.routes(ev.mode)
     channel = next((c.value for c in pb.path.poster.channels if c.value in routes), None)
     transport = rt.transports.get(routes[channel]) if channel else None
-    note = f"{len(made)} posters ({len(loaded.guides)} guides x {len(pb.path.poster.variants)} variants); page {page}"
+    note = f"{total} posters ({len(loaded.guides)} guides x {len(pb.path.poster.variants)} variants); page {page}"
     if channel is None or transport is None:
         note += "; not delivered: no transport for the poster channels on this worker"
     else:
         base = rt.settings.public_url.rstrip("/")
-        links: dict[str, list[tuple[str, str]]] = {}
-        for m in made:
-            links.setdefault(m.guide.id, []).append((m.variant, f"{base}/p/{codes[(m.guide.id, m.variant)]}.png"))
+        links = {g.id: [(v.id, f"{base}/p/{codes[(g.id, v.id)]}.png") for v in pb.path.poster.variants if (g.id, v.id) in codes]
+                 for g in loaded.guides}
         post_at = moment_of(clock, step.at).astimezone(pb.tz)
         texts = {g.id: posters.guide_text(g, pb.title, start, links.get(g.id, []), post_at) for g in loaded.guides}
         sent, failed = await posters.deliver(rt.engine, ev.id, rt.worker_id, loaded.guides, texts, channel, routes[channel], transport)
         note += f"; sent to {sent} guides through {channel}" + (f", {failed} failed" if failed else "")
     await rt.db(_finish_step, rt, ev.id, step.step_id, "done", note, len(loaded.guides))
     await rt.db(eventlog.record, rt.engine, ev.id, step.stage, f"{step.step_id}: {note}", step_id=step.step_id, event_time=clock.now(),
-                data={"posters": len(made), "page": page})
+                data={"posters": total, "page": page})
     log.info("%s %s: %s", ev.id, step.step_id, note)
     return note
 
@@ -244,9 +266,10 @@ async def _after_draw(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook
     return note
 
 
-def _set_step_state(rt: Runtime, event_id: str, step_id: str, state: str) -> None:
+def _set_step_state(rt: Runtime, event_id: str, step_id: str, state: str, note: str | None = None) -> None:
+    values: dict[str, Any] = {"state": state} | ({"note": note} if note is not None else {})
     with rt.engine.begin() as conn:
-        conn.execute(update(STEP).where(STEP.c.event_id == event_id, STEP.c.step_id == step_id).values(state=state))
+        conn.execute(update(STEP).where(STEP.c.event_id == event_id, STEP.c.step_id == step_id).values(**values))
 
 
 async def _join_open(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, clock: Clock) -> str:

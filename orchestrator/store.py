@@ -137,6 +137,7 @@ class ScanCode(SQLModel, table=True):
     variant: str = Field(max_length=64)
     poster: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))  # PNG, made at the poster step
     poster_at: datetime | None = _ts(default=None)
+    poster_hash: str | None = Field(default=None, max_length=64)  # poster.fingerprint of the stored poster
 
 
 class ScanLog(SQLModel, table=True):

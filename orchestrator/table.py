@@ -103,7 +103,7 @@ def print_diagnostics(diags: Sequence[Diagnostic], console: Console) -> None:
         console.print(Text(str(d), style="red" if d.is_error else "yellow"))
 
 
-STATE_STYLE = {"done": "green", "sending": "cyan", "running": "cyan", "scheduled": "", "deferred": "yellow",
+STATE_STYLE = {"done": "green", "sending": "cyan", "running": "cyan", "continuing": "cyan", "scheduled": "", "deferred": "yellow",
                "missed": "red", "skipped": "dim", "cancelled": "dim"}
 
 

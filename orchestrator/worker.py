@@ -25,7 +25,7 @@ from orchestrator.fanout import drain
 from orchestrator.instream import InStream
 from orchestrator.load import LoadedPlaybook
 from orchestrator.runtime import HEARTBEAT, Runtime
-from orchestrator.scheduling import EVENT, STEP, event_clock, get_event, loaded_event
+from orchestrator.scheduling import EVENT, OPEN_STEP_STATES, STEP, event_clock, get_event, loaded_event
 from orchestrator.settings import Settings
 from orchestrator.stages import run_step
 from orchestrator.store import Event, Send, open_store, utc_now
@@ -155,7 +155,7 @@ def _stalled_steps(engine: Engine) -> list[tuple[str, str]]:
 def _overdue_steps(engine: Engine) -> list[tuple[str, str, int, Any]]:
     with engine.connect() as conn:
         rows = conn.execute(select(STEP.c.event_id, STEP.c.step_id, STEP.c.revision, STEP.c.at).join(EVENT, EVENT.c.id == STEP.c.event_id)
-                            .where(STEP.c.state.in_(("scheduled", "deferred")), EVENT.c.state.in_(("scheduled", "running")))).all()
+                            .where(STEP.c.state.in_(OPEN_STEP_STATES), EVENT.c.state.in_(("scheduled", "running")))).all()
     return [(r[0], r[1], r[2], r[3]) for r in rows]
 
 

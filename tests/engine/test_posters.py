@@ -90,3 +90,85 @@ def test_posters_wait_out_a_receiver_that_is_briefly_busy(tmp_path: Path, engine
         assert asyncio.run(deliver()) == (2, 0)
         statuses = [(r.body["member"]["id"], r.status) for r in busy.requests]
     assert sorted(statuses) == [("guide:g1", 200), ("guide:g1", 503), ("guide:g2", 200), ("guide:g2", 503)], "one busy answer each, then sent"
+
+
+def test_a_poster_step_too_big_for_one_job_goes_on_where_it_stopped(
+        tmp_path: Path, engine: Engine, redis_url: str, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Posters are drawn a chunk at a time and stored as made; a job that has drawn for its budget
+    leaves the step `continuing` and its next try draws only the rest. Here each try may draw one
+    poster (a budget of 0 s, chunks of 1), as a thousand guides' posters would need several."""
+    from orchestrator import stages
+    from orchestrator.scheduling import get_event, loaded_event
+    from orchestrator.store import LogEntry
+
+    monkeypatch.setattr(stages, "POSTER_BUDGET", 0.0)
+    monkeypatch.setattr(stages, "POSTER_CHUNK", 1)
+    settings = quiet(make_settings)
+    event_id = asyncio.run(run_event(engine, settings, redis_url, pool_event(tmp_path / "event", groups=1)))
+
+    note = step_states(engine, event_id)["poster"].note
+    assert note is not None and note.startswith("4 posters (2 guides x 2 variants)") and "sent to 2 guides through console" in note
+    log = LogEntry.__table__  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        progress = [json.loads(d) for d in conn.execute(select(log.c.data).where(log.c.event_id == event_id, log.c.kind == "poster-progress")
+                                                        .order_by(log.c.id)).scalars()]
+    assert progress == [{"drawn": 1, "posters": 4}, {"drawn": 2, "posters": 4}, {"drawn": 3, "posters": 4}]  # one more each try, none again
+    lines = (Path(settings.data_dir) / "console" / f"{event_id}.jsonl").read_text(encoding="utf-8").splitlines()
+    assert sorted(json.loads(line)["member"] for line in lines if json.loads(line)["step"] == "poster") == ["guide:g1", "guide:g2"]
+
+    # every poster is stored with what it was drawn from: the step run again would draw none of them
+    ev = get_event(engine, event_id)
+    loaded = loaded_event(engine, ev, members=False)
+    start = ev.live_start.astimezone(loaded.playbook.tz)
+    codes = codes_of(engine, event_id)
+    todo, total = posters.to_draw(engine, event_id, loaded, start, codes, settings.public_url, settings.font_path)
+    assert (todo, total) == ([], 4)
+    with TestClient(create_app(make_settings(REDIS_URL=redis_url))) as client:
+        base = settings.public_url.rstrip("/")
+        for code in codes.values():
+            found = [x.text for x in zxingcpp.read_barcodes(Image.open(io.BytesIO(client.get(f"/p/{code}.png").content)))]
+            assert found == [f"{base}/s/{code}"]
+    # a later start time is printed on the posters: each would be drawn again
+    later, _ = posters.to_draw(engine, event_id, loaded, start.replace(hour=(start.hour + 1) % 24), codes, settings.public_url, settings.font_path)
+    assert sorted((t.guide.id, t.variant) for t in later) == sorted(codes)
+
+
+@pytest.mark.parametrize("left", ["scheduled", "continuing"])
+def test_a_step_left_continuing_is_not_judged_late_again(tmp_path: Path, engine: Engine, redis_url: str,
+                                                         make_settings: Callable[..., Settings], left: str) -> None:
+    """The lateness policy judges a step when it first runs; the next try of a step its job left
+    `continuing` goes on however long the tries took (a poster step two hours past its time and a
+    15-minute tolerance: missed when it had not run, finished when it was under way)."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from orchestrator import stages
+    from orchestrator.runtime import Runtime
+    from orchestrator.scheduling import STEP
+    from orchestrator.store import utc_now
+    from tests.engine.conftest import arq_pool
+    from tests.engine.eventfiles import EventFiles, crowd
+    from tests.engine.test_pool import schedule
+
+    settings = quiet(make_settings)
+    path = EventFiles(people=crowd(2), policy="late_steps: {action: run_late, tolerance: 15m}").write(tmp_path / "event")
+    event_id = schedule(engine, settings, redis_url, path)
+    with engine.begin() as conn:
+        conn.execute(update(STEP).where(STEP.c.event_id == event_id, STEP.c.step_id == "poster").values(state=left, at=utc_now() - timedelta(hours=2)))
+    revision = step_states(engine, event_id)["poster"].revision
+
+    async def run() -> str:
+        async with arq_pool(redis_url) as pool:
+            rt = Runtime(settings, engine, pool)
+            try:
+                return await stages.run_step({"rt": rt}, event_id, "poster", revision)
+            finally:
+                await rt.close()
+
+    note = asyncio.run(run())
+    step = step_states(engine, event_id)["poster"]
+    if left == "scheduled":
+        assert step.state == "missed" and note.startswith("missed: 2h")
+    else:
+        assert step.state == "done" and re.match(r"\d+ posters \(", note) and "sent to" in note
