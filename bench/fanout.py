@@ -46,7 +46,6 @@ import tempfile
 import time
 from contextlib import suppress
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -58,7 +57,7 @@ from orchestrator.channels.base import Outgoing
 from orchestrator.channels.registry import build_transports
 from orchestrator.channels.webhook import payload, sign
 from orchestrator.embedded_redis import redis_url
-from orchestrator.fanout import BATCH, checked_batch, deliver
+from orchestrator.fanout import BATCH, checked_batch, deliver, step_time
 from orchestrator.ledger import Claimed, key_of
 from orchestrator.limits import periods
 from orchestrator.load import LoadedPlaybook
@@ -300,12 +299,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def step_time(engine: Engine, event_id: str) -> datetime:
-    with engine.connect() as conn:
-        at: datetime = conn.execute(select(STEP.c.at).where(STEP.c.event_id == event_id, STEP.c.step_id == STEP_ID)).scalar_one()
-    return at
-
-
 def step_row(engine: Engine, event_id: str) -> tuple[str, float]:
     with engine.connect() as conn:
         state, started = conn.execute(select(STEP.c.state, STEP.c.started_at).where(STEP.c.event_id == event_id, STEP.c.step_id == STEP_ID)).one()
@@ -340,7 +333,7 @@ async def ledger_off(settings: Settings, engine: Engine, ev: Event, loaded: Load
     assert settings.redis_url is not None
     pool = await pool_for(settings.redis_url)
     rt = Runtime(settings, engine, pool)
-    due = await rt.db(step_time, engine, ev.id)
+    due = await rt.db(step_time, engine, ev.id, STEP_ID)
     caps_periods = periods(due.astimezone(loaded.playbook.tz))
     ids = list(loaded.members)
     batches = iter(range(0, len(ids), BATCH))

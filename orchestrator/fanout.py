@@ -55,7 +55,7 @@ async def drain(ctx: dict[str, Any], event_id: str, step_id: str, revision: int,
         return f"event {ev.state}"
     loaded = await rt.db(loaded_event, rt.engine, ev, members=False)
     clock = event_clock(ev)
-    due = await rt.db(_step_time, rt, event_id, step_id)
+    due = await rt.db(step_time, rt.engine, event_id, step_id)
     began = time.monotonic()
     deadline = began + BUDGET
     sent = 0
@@ -122,8 +122,9 @@ def checked_batch(bind: Engine | Connection, event_id: str, claimed: list[Claime
         return Batch(claimed, people, optouts_of(conn, [people[m] for m in persons]), ledger.counts_of(conn, persons, caps_periods))
 
 
-def _step_time(rt: Runtime, event_id: str, step_id: str) -> datetime:
-    with rt.engine.connect() as conn:
+def step_time(engine: Engine, event_id: str, step_id: str) -> datetime:
+    """The step's time (its day and month are what its messages count toward caps)."""
+    with engine.connect() as conn:
         at: datetime = conn.execute(select(STEP.c.at).where(STEP.c.event_id == event_id, STEP.c.step_id == step_id)).scalar_one()
     return at
 

@@ -104,11 +104,12 @@ WHERE event_id = :event AND step_id = :step AND state = 'sending' AND claim = :t
 
 def claim(bind: Engine | Connection, event_id: str, step_id: str, worker: str, limit: int) -> list[Claimed]:
     """Take up to `limit` planned rows that are due, atomically, for `worker`."""
-    params = {"worker": worker, "now": utc_now(), "event": event_id, "step": step_id, "limit": limit, "token": secrets.token_hex(8)}
+    params: dict[str, Any] = {"worker": worker, "now": utc_now(), "event": event_id, "step": step_id, "limit": limit}
     with writing(bind) as conn:
         if conn.dialect.name == "postgresql":
             rows = [tuple(r) for r in conn.execute(CLAIM_PG, params)]
         else:
+            params["token"] = secrets.token_hex(8)
             if not conn.execute(CLAIM_SQLITE, params).rowcount:
                 return []
             rows = orjson.loads(conn.execute(CLAIMED_SQLITE, params).scalar_one())
