@@ -33,7 +33,7 @@ from orchestrator.playbook import Channel, Member
 from orchestrator.render import step_renderer
 from orchestrator.runtime import Runtime
 from orchestrator.scheduling import STEP, event_clock, get_event, loaded_event
-from orchestrator.store import Event, reading, utc_now
+from orchestrator.store import Event, one_trip, reading, utc_now
 
 log = logging.getLogger("orchestrator.worker")
 BUDGET = 15.0  # seconds of work per drain job: no new batch is claimed after it
@@ -107,7 +107,7 @@ class Batch:
 def claim_batch(rt: Runtime, event_id: str, step_id: str, caps_periods: tuple[str, str]) -> Batch:
     """Claim the next batch (committed at once) and read its people, their opt-outs and their
     stored counts, all on one connection."""
-    with rt.engine.connect() as conn:
+    with one_trip(rt.engine) as conn:
         claimed = ledger.claim(conn, event_id, step_id, rt.worker_id, BATCH)
         if not claimed:
             return Batch([], {}, OptOuts({}, {}), {})

@@ -374,13 +374,26 @@ class LogEntry(SQLModel, table=True):
 
 
 @contextmanager
+def one_trip(engine: Engine) -> Iterator[Connection]:
+    """A pooled connection on which, on PostgreSQL, every statement commits by itself (autocommit):
+    no BEGIN, COMMIT or closing ROLLBACK, each a round trip to the server that, under a fan-out's
+    load, waits for the server process to be scheduled. So what must be atomic is one statement.
+    On SQLite (in this process: nothing to save) a plain connection, transactions as usual."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
+
+
+@contextmanager
 def reading(bind: Engine | Connection) -> Iterator[Connection]:
     """A connection to read on: `bind` itself when it is one (several reads share one pool
-    checkout: on PostgreSQL each checkout costs a ping and a rollback), else one from its pool."""
+    checkout: on PostgreSQL each checkout costs a ping), else one from its pool (`one_trip`: reads
+    need no transaction around them, each statement sees what was committed when it began)."""
     if isinstance(bind, Connection):
         yield bind
     else:
-        with bind.connect() as conn:
+        with one_trip(bind) as conn:
             yield conn
 
 
