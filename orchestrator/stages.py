@@ -42,7 +42,7 @@ REHEARSAL_GRACE = 10.0
 CLOSE_WAIT = 30.0  # real seconds close waits for sends still going (JOB_TIMEOUT is 45)
 RETAKE_AFTER = timedelta(seconds=90)  # a step left `running` this long (its worker died) may be taken again
 LATER: dict[str, str] = {}
-POSTER_BUDGET = 20.0  # seconds of drawing posters per job (JOB_TIMEOUT is 45); the rest in the next try of the job
+POSTER_BUDGET = 20.0  # seconds of drawing posters per job (JOB_TIMEOUT is 45); the rest in a successor job
 POSTER_CHUNK = 16  # posters drawn and stored at a time (~35 ms each)
 FREEZE_SLEEP = 20.0  # real seconds a draw job waits for its freeze moment itself; longer, it comes back then
 
@@ -167,10 +167,10 @@ async def _posters(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, c
 
     Posters are drawn a chunk at a time and stored as they are made, with what they were drawn
     from: a job draws for at most POSTER_BUDGET seconds, then leaves the step `continuing` and
-    its next try (arq's Retry) draws only what is not stored yet. So a thousand guides' posters
-    (~35 ms each) never outlast a job's timeout, and a step run again draws nothing it has."""
-    from arq import Retry
-
+    enqueues a successor, which draws only what is not stored yet. So a thousand guides' posters
+    (~35 ms each) never outlast a job's timeout, however many jobs they take (a successor is a new
+    job, not a try of this one: arq's max_tries does not cap them), and a step run again draws
+    nothing it has."""
     from orchestrator import posters
 
     pb = loaded.playbook
@@ -182,12 +182,15 @@ async def _posters(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, c
         chunk, todo = todo[:POSTER_CHUNK], todo[POSTER_CHUNK:]
         await rt.db(posters.store, rt.engine, await rt.db(posters.draw, chunk, rt.settings.font_path))
         if todo and time.monotonic() - began > POSTER_BUDGET:
-            note = f"{total - len(todo)} of {total} posters drawn; the rest in the next try of the job"
+            drawn = total - len(todo)
+            note = f"{drawn} of {total} posters drawn; the rest in the next job"
             await rt.db(_set_step_state, rt, ev.id, step.step_id, "continuing", note)
             await rt.db(eventlog.record, rt.engine, ev.id, "poster-progress", f"{step.step_id}: {note}", step_id=step.step_id,
-                        event_time=clock.now(), data={"drawn": total - len(todo), "posters": total})
+                        event_time=clock.now(), data={"drawn": drawn, "posters": total})
             log.info("%s %s: %s", ev.id, step.step_id, note)
-            raise Retry(defer=0)
+            # the successor's id names how far this job got: enqueued twice (a retried job), it runs once
+            await jobs.enqueue_step(rt.pool, clock, ev.id, step.step_id, step.revision, clock.now(), suffix=f":drawn{drawn}")
+            return note
     key = await rt.db(posters.page_key, rt.engine, ev.id)
     page = posters.page_url(rt.settings.public_url, ev.id, key)
     routes = rt.routes(ev.mode)

@@ -46,7 +46,7 @@ CST = timezone(timedelta(hours=8))
 
 
 def pool_event(folder: Path, groups: int = 5, capacity: int = 50, margin: int = 45, expires: str = "2027-06-15 00:00",
-               join_extra: str = "") -> Path:
+               join_extra: str = "", guides: str = GUIDES) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     codes = []
     for n in range(1, groups + 1):
@@ -54,7 +54,7 @@ def pool_event(folder: Path, groups: int = 5, capacity: int = 50, margin: int = 
         codes.append(f"{{name: 测试群{n}, image: g{n}.png, expires: {expires}}}")
     join = (f'join: {{kind: wechat_group_codes, capacity: {capacity}, margin: {margin}, group_name: "测试群{{n}}", '
             f'{join_extra}codes: [{", ".join(codes)}]}}')
-    files = EventFiles(people=crowd(3), guides=GUIDES, variants="[{id: A, hook: 进群抽奖}, {id: B, hook: 满减}]", join=join)
+    files = EventFiles(people=crowd(3), guides=guides, variants="[{id: A, hook: 进群抽奖}, {id: B, hook: 满减}]", join=join)
     return files.write(folder)
 
 

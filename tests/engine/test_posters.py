@@ -133,6 +133,46 @@ def test_a_poster_step_too_big_for_one_job_goes_on_where_it_stopped(
     assert sorted((t.guide.id, t.variant) for t in later) == sorted(codes)
 
 
+def test_a_poster_step_takes_as_many_jobs_as_it_needs(tmp_path: Path, engine: Engine, redis_url: str,
+                                                      make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job hands the rest of its posters to a successor job, not to a retry of itself: 13 guides
+    x 2 variants drawn one per job take 26 jobs, past arq's 25 tries of one job, and all are made."""
+    from sqlalchemy import update
+
+    from orchestrator import jobs, stages
+    from orchestrator.scheduling import STEP, event_clock, get_event, loaded_event
+    from orchestrator.store import utc_now
+    from tests.engine.conftest import arq_pool, running_worker, until
+    from tests.engine.test_pool import schedule
+
+    monkeypatch.setattr(stages, "POSTER_BUDGET", 0.0)
+    monkeypatch.setattr(stages, "POSTER_CHUNK", 1)
+    settings = quiet(make_settings)
+    guides = "id,name,channel_code,contact_code\n" + "".join(f"g{i},导购{i},G{i:02d},wx_{i}\n" for i in range(1, 14))
+    event_id = schedule(engine, settings, redis_url, pool_event(tmp_path / "event", groups=1, guides=guides))
+    now = utc_now()
+    with engine.begin() as conn:  # the poster step is due now (the rest of the event stays days away)
+        conn.execute(update(STEP).where(STEP.c.event_id == event_id, STEP.c.step_id == "poster").values(at=now))
+    step = step_states(engine, event_id)["poster"]
+
+    async def run() -> None:
+        async with arq_pool(redis_url) as pool:
+            await jobs.enqueue_step(pool, event_clock(get_event(engine, event_id)), event_id, "poster", step.revision, now, suffix=":now")
+        async with running_worker(settings, redis_url, engine):
+            await until(lambda: step_states(engine, event_id)["poster"].state not in ("scheduled", "running", "continuing"), 120,
+                        "the poster step to end")
+
+    asyncio.run(run())
+    step = step_states(engine, event_id)["poster"]
+    assert step.state == "done", step.note
+    assert step.note is not None and step.note.startswith("26 posters (13 guides x 2 variants)")
+    ev = get_event(engine, event_id)
+    loaded = loaded_event(engine, ev, members=False)
+    todo, total = posters.to_draw(engine, event_id, loaded, ev.live_start.astimezone(loaded.playbook.tz), codes_of(engine, event_id),
+                                  settings.public_url, settings.font_path)
+    assert (todo, total) == ([], 26)  # every poster is stored
+
+
 @pytest.mark.parametrize("left", ["scheduled", "continuing"])
 def test_a_step_left_continuing_is_not_judged_late_again(tmp_path: Path, engine: Engine, redis_url: str,
                                                          make_settings: Callable[..., Settings], left: str) -> None:
