@@ -289,11 +289,10 @@ def _count_arrays(counts: dict[tuple[str, str], int]) -> dict[str, list[Any]]:
 
 def _add_counts(conn: Any, dialect: str, counts: dict[tuple[str, str], int]) -> None:
     """Add messages per (member, period) to the stored counts (one statement)."""
-    items = sorted(counts.items())
     if dialect == "postgresql":
         conn.execute(COUNTS_PG, _count_arrays(counts))
     else:
-        conn.execute(COUNTS_SQLITE, {"rows": orjson.dumps([(m, p, n) for (m, p), n in items]).decode()})
+        conn.execute(COUNTS_SQLITE, {"rows": orjson.dumps([(m, p, n) for (m, p), n in sorted(counts.items())]).decode()})
 
 
 def step_counts(engine: Engine, event_id: str) -> dict[str, dict[str, dict[str, int]]]:
