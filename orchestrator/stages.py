@@ -40,7 +40,11 @@ MISSED_GRACE = timedelta(minutes=1)
 REAL_GRACE = 1.0  # real seconds of job pick-up latency never counted as lateness (see `lateness`)
 REHEARSAL_GRACE = 10.0
 CLOSE_WAIT = 30.0  # real seconds close waits for sends still going (JOB_TIMEOUT is 45)
-RETAKE_AFTER = timedelta(seconds=90)  # a step left `running` this long (its worker died) may be taken again
+# A step left `running` this long was taken by a job that is no longer running (a job is stopped at
+# JOB_TIMEOUT, 45 s; 5 s more for two hosts' clocks), so it may be taken again, in time for arq's
+# rerun of a killed worker's job (JOB_TIMEOUT + 10 s after it began; at 90 s that rerun found the
+# step too young and the step waited an hour for the upkeep).
+RETAKE_AFTER = timedelta(seconds=50)
 LATER: dict[str, str] = {}
 POSTER_BUDGET = 20.0  # seconds of drawing posters per job (JOB_TIMEOUT is 45); the rest in a successor job
 POSTER_CHUNK = 16  # posters drawn and stored at a time (~35 ms each)

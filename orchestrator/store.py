@@ -307,8 +307,9 @@ class Send(SQLModel, table=True):
 
     __table_args__ = (
         UniqueConstraint("event_id", "step_id", "member_id", "channel", name="uq_send_once"),
-        # partial indexes: only the few open rows are indexed by state, so recording a final outcome
-        # (sending -> sent) touches no index at all
+        # partial indexes: only the few open rows are indexed by state, so these indexes stay as small
+        # as the open work (an outcome still writes a new row version on PostgreSQL: `state` is in
+        # their predicates, so the update cannot be HOT)
         Index("ix_send_planned", "event_id", "step_id", "id", sqlite_where=text("state = 'planned'"), postgresql_where=text("state = 'planned'")),
         Index("ix_send_sending", "event_id", "step_id", sqlite_where=text("state = 'sending'"), postgresql_where=text("state = 'sending'")),
         Index("ix_send_created", "event_id", sqlite_where=text("state = 'created'"), postgresql_where=text("state = 'created'")),

@@ -99,6 +99,21 @@ async def running_worker(settings: Settings, redis_url: str, engine: Engine, max
             await task
 
 
+def run_step_once(engine: Engine, settings: Settings, redis_url: str, event_id: str, step_id: str, revision: int) -> str:
+    """Run one step's job as a worker would (its handler's note, or why it did nothing)."""
+    from orchestrator import stages
+    from orchestrator.runtime import Runtime
+
+    async def run() -> str:
+        async with arq_pool(redis_url) as pool:
+            rt = Runtime(settings, engine, pool)
+            try:
+                return str(await stages.run_step({"rt": rt}, event_id, step_id, revision))
+            finally:
+                await rt.close()
+    return asyncio.run(run())
+
+
 @contextlib.asynccontextmanager
 async def arq_pool(redis_url: str) -> AsyncIterator[Any]:
     pool = await pool_for(redis_url)

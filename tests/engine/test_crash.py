@@ -138,3 +138,38 @@ def test_after_sigkill_without_idempotency_nothing_repeats_and_in_flight_sends_a
                             env=env_of(settings, redis_url), capture_output=True, text=True, check=True)
     listed = json.loads(status.stdout)["unknown"]
     assert len(listed) == in_flight and {u["step_id"] for u in listed} == {"reminder:hour"}
+
+
+@pytest.mark.parametrize("ago, retaken", [(20, False), (53, True)])
+def test_a_step_whose_worker_died_mid_step_is_taken_again_by_the_jobs_rerun(tmp_path: Path, engine: Engine, redis_url: str,
+                                                                           make_settings: Callable[..., Settings], ago: int,
+                                                                           retaken: bool) -> None:
+    """A worker killed in the middle of a step leaves it `running`; arq runs the same job again once
+    the job's in-progress key expires, JOB_TIMEOUT + 10 s after it began. That rerun takes the step
+    (no live job can still hold it: a job is stopped at JOB_TIMEOUT), where it used to find the step
+    too young to take, so the step waited an hour for the upkeep. A step taken 20 s ago may still be
+    in a live job's hands: left alone."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from orchestrator.scheduling import STEP
+    from orchestrator.store import utc_now
+    from orchestrator.worker import JOB_TIMEOUT
+    from tests.engine.conftest import run_step_once
+    from tests.engine.test_event_run import step_states
+    from tests.engine.test_pool import quiet, schedule
+
+    assert JOB_TIMEOUT + 10 - 2 == 53  # arq's rerun, a little early (clocks of two hosts)
+    settings = quiet(make_settings)
+    event_id = schedule(engine, settings, redis_url, EventFiles(people=crowd(2)).write(tmp_path / "event"))
+    now = utc_now()
+    with engine.begin() as conn:
+        conn.execute(update(STEP).where(STEP.c.event_id == event_id, STEP.c.step_id == "poster")
+                     .values(state="running", at=now, started_at=now - timedelta(seconds=ago)))
+    note = run_step_once(engine, settings, redis_url, event_id, "poster", step_states(engine, event_id)["poster"].revision)
+    step = step_states(engine, event_id)["poster"]
+    if retaken:
+        assert step.state == "done" and "posters (" in note
+    else:
+        assert step.state == "running" and note.startswith("not due")

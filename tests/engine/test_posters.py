@@ -183,11 +183,9 @@ def test_a_step_left_continuing_is_not_judged_late_again(tmp_path: Path, engine:
 
     from sqlalchemy import update
 
-    from orchestrator import stages
-    from orchestrator.runtime import Runtime
     from orchestrator.scheduling import STEP
     from orchestrator.store import utc_now
-    from tests.engine.conftest import arq_pool
+    from tests.engine.conftest import run_step_once
     from tests.engine.eventfiles import EventFiles, crowd
     from tests.engine.test_pool import schedule
 
@@ -196,17 +194,7 @@ def test_a_step_left_continuing_is_not_judged_late_again(tmp_path: Path, engine:
     event_id = schedule(engine, settings, redis_url, path)
     with engine.begin() as conn:
         conn.execute(update(STEP).where(STEP.c.event_id == event_id, STEP.c.step_id == "poster").values(state=left, at=utc_now() - timedelta(hours=2)))
-    revision = step_states(engine, event_id)["poster"].revision
-
-    async def run() -> str:
-        async with arq_pool(redis_url) as pool:
-            rt = Runtime(settings, engine, pool)
-            try:
-                return await stages.run_step({"rt": rt}, event_id, "poster", revision)
-            finally:
-                await rt.close()
-
-    note = asyncio.run(run())
+    note = run_step_once(engine, settings, redis_url, event_id, "poster", step_states(engine, event_id)["poster"].revision)
     step = step_states(engine, event_id)["poster"]
     if left == "scheduled":
         assert step.state == "missed" and note.startswith("missed: 2h")
