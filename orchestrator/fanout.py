@@ -40,9 +40,6 @@ BUDGET = 15.0  # seconds of work per drain job: no new batch is claimed after it
 HARD_STOP = 33.0  # seconds into a drain job after which a batch stops waiting for rate-limit tokens and gives its rows back (JOB_TIMEOUT is 45)
 BATCH = 200
 MAX_ATTEMPTS = 5
-# Outcomes that count toward a person's caps: sent; a WeCom task created (the guide confirms it
-# later); unknown (the request went out and no answer came: it may well have arrived).
-COUNTED = ("sent", "created", "unknown")
 
 
 async def drain(ctx: dict[str, Any], event_id: str, step_id: str, revision: int, lane: str, generation: int) -> str:
@@ -60,13 +57,15 @@ async def drain(ctx: dict[str, Any], event_id: str, step_id: str, revision: int,
     deadline = began + BUDGET
     sent = 0
     full = False
+    after = 0  # the last id this job claimed: each claim goes on from there (ledger.claim)
     while True:
         if time.monotonic() >= min(deadline, began + HARD_STOP):
             full = True
             break
-        batch = await rt.db(claim_batch, rt, event_id, step_id, periods(due.astimezone(loaded.playbook.tz)))
+        batch = await rt.db(claim_batch, rt, event_id, step_id, periods(due.astimezone(loaded.playbook.tz)), after)
         if not batch.claimed:
             break
+        after = batch.claimed[-1].id
         sent += await send_batch(rt, ev, loaded, due, step_id, batch, until=began + HARD_STOP)
     planned, sending, earliest = await rt.db(ledger.open_rows, rt.engine, event_id, step_id)
     if planned:
@@ -104,11 +103,11 @@ class Batch:
     stored: dict[tuple[str, str], int]  # their messages stored as sent in the caps' day and month (seeds for Redis)
 
 
-def claim_batch(rt: Runtime, event_id: str, step_id: str, caps_periods: tuple[str, str]) -> Batch:
-    """Claim the next batch (committed at once) and read its people, their opt-outs and their
-    stored counts, all on one connection."""
+def claim_batch(rt: Runtime, event_id: str, step_id: str, caps_periods: tuple[str, str], after: int = 0) -> Batch:
+    """Claim the next batch after id `after` (committed at once) and read its people, their
+    opt-outs and their stored counts, all on one connection."""
     with one_trip(rt.engine) as conn:
-        claimed = ledger.claim(conn, event_id, step_id, rt.worker_id, BATCH)
+        claimed = ledger.claim(conn, event_id, step_id, rt.worker_id, BATCH, after)
         if not claimed:
             return Batch([], {}, OptOuts({}, {}), {})
         return checked_batch(conn, event_id, claimed, caps_periods)
@@ -131,10 +130,10 @@ def step_time(engine: Engine, event_id: str, step_id: str) -> datetime:
 
 async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: datetime, step_id: str, batch: Batch,
                      until: float | None = None) -> int:
-    """Send one claimed batch and record every outcome and count in the ledger (one transaction);
-    returns how many were sent. Rows not tried in time (see `deliver`) are given back."""
+    """Send one claimed batch and record every outcome in the ledger (one statement); returns how
+    many were sent. Rows not tried in time (see `deliver`) are given back."""
     done = await deliver(rt, ev, loaded, due, step_id, batch, until)
-    await rt.db(ledger.finish, rt.engine, rt.worker_id, done.results, done.counts)
+    await rt.db(ledger.finish, rt.engine, rt.worker_id, done.results)
     if done.given_back:
         await rt.db(ledger.give_back, rt.engine, rt.worker_id, ev.id, done.given_back)
         log.info("%s %s: %d sends wait for the next drain (the channel's rate limit outlasted this job)", ev.id, step_id, len(done.given_back))
@@ -145,8 +144,7 @@ async def send_batch(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: dateti
 class Delivered:
     """What `deliver` did with a batch, for the ledger to record."""
 
-    results: list[Result]  # an outcome per row tried or refused
-    counts: dict[tuple[str, str], int]  # messages counted toward caps per (member, day or month)
+    results: list[Result]  # an outcome per row tried or refused (those in ledger.COUNTED count toward caps)
     given_back: list[int]  # rows not tried: the channel's rate limit outlasted the job
     sent: int  # messages counted toward caps
 
@@ -209,20 +207,15 @@ async def deliver(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: datetime,
                 outcomes = await transport.send_batch([m for _c, m in chunk])
                 for (c, _m), outcome in zip(chunk, outcomes, strict=True):
                     results.append(result_of(c, outcome))
-                    if outcome.state in COUNTED and c.channel != Channel.WECOM_GROUP.value:  # counted toward caps now; reminded once delivered
+                    if outcome.state in ledger.COUNTED and c.channel != Channel.WECOM_GROUP.value:  # counted toward caps now; reminded once delivered
                         sent_members.append(c.member_id)
                         if outcome.state == "sent":
                             delivered.append(c.member_id)
-    sent_ids = {r.id for r in results if r.state in COUNTED}
+    sent_ids = {r.id for r in results if r.state in ledger.COUNTED}
     # caps not used are given back; the board's funnel counts reminded (delivered), once per person
     await asyncio.gather(rt.caps.release([c.member_id for c in reserved if c.id not in sent_ids], now),
                          Funnel(rt.pool).count(ev.id, "reminded", [Seen(m) for m in delivered]))
-    day, month = periods(now)
-    increments: Counter[tuple[str, str]] = Counter()
-    for member_id in sent_members:
-        increments[(member_id, day)] += 1
-        increments[(member_id, month)] += 1
-    return Delivered(results, dict(increments), given_back, len(sent_members))
+    return Delivered(results, given_back, len(sent_members))
 
 
 def prepare(loaded: LoadedPlaybook, ev: Event, step_id: str, reserved: list[Claimed], members: dict[int, Member | None],

@@ -21,19 +21,22 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import orjson
 from sqlalchemy import Connection, Engine, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from orchestrator.limits import periods
-from orchestrator.store import Event, Send, SendCount, Step, UtcDateTime, one_trip, reading, sqlite_time, utc_now, writing
+from orchestrator.store import Event, Send, UtcDateTime, one_trip, reading, sqlite_time, utc_now, writing
 
 SEND = Send.__table__  # type: ignore[attr-defined]
 EVENT = Event.__table__  # type: ignore[attr-defined]
-COUNT = SendCount.__table__  # type: ignore[attr-defined]
+
+
+# States of a row that count toward the person's caps: sent; a WeCom task created (the guide
+# confirms it later); unknown (the request went out and no answer came: it may well have arrived).
+# Counts are read from the rows themselves (`counts_of`), so they cannot drift from the outcomes.
+COUNTED = ("sent", "created", "unknown")
 
 
 def key_of(event_id: str, step_id: str, member_id: str, channel: str) -> str:
@@ -44,8 +47,12 @@ def _insert(engine: Engine) -> Any:
     return pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
 
-def plan_sends(engine: Engine, event_id: str, step_id: str, rows: Iterable[tuple[str, str, str]], chunk: int = 2000) -> int:
-    """Insert a `planned` row per (member, channel, transport) unless it exists; returns rows added."""
+def plan_sends(engine: Engine, event_id: str, step_id: str, rows: Iterable[tuple[str, str, str]], chunk: int = 2000,
+               count_day: str | None = None) -> int:
+    """Insert a `planned` row per (member, channel, transport) unless it exists; returns rows added.
+
+    `count_day` (the step's day in the event's timezone, '2027-03-20') is given for messages that
+    count toward the person's caps (previews and reminders)."""
     ins = _insert(engine)
     added = 0
     batch: list[dict[str, Any]] = []
@@ -60,7 +67,7 @@ def plan_sends(engine: Engine, event_id: str, step_id: str, rows: Iterable[tuple
     for member_id, channel, transport in rows:
         batch.append({"event_id": event_id, "step_id": step_id, "member_id": member_id, "channel": channel,
                       "transport": transport, "state": "planned", "attempts": 0, "retried": False,
-                      "idempotency_key": key_of(event_id, step_id, member_id, channel)})
+                      "idempotency_key": key_of(event_id, step_id, member_id, channel), "count_day": count_day})
         if len(batch) >= chunk:
             flush()
     flush()
@@ -85,12 +92,23 @@ class Claimed:
 # claimed send set the claiming thread and the sending event loop ping-ponging (bench/fanout.py:
 # reading a batch's people as a document instead of 200 rows alone took the fan-out from 3,565 to
 # 4,263 sends/s).
-_PICK = """SELECT id FROM send WHERE event_id = :event AND step_id = :step AND state = 'planned'
+#
+# A drain passes the last id it claimed (`after`), so each claim starts where its previous one
+# ended. On PostgreSQL the partial index keeps an entry for every row version that was planned
+# until vacuum comes, so a claim from the start of the step walked over all of the step's claimed
+# rows: 6 ms a batch at the start of a 50,000-row step, 18 ms at its end (single claimer, no
+# sending). A row planned again behind the cursor (given back, or a retry come due) is taken by the
+# drain's successor, which starts from the beginning.
+_PICK = """SELECT id FROM send WHERE event_id = :event AND step_id = :step AND state = 'planned' AND id > :after
                                    AND (not_before IS NULL OR not_before <= :now) ORDER BY id LIMIT :limit"""
+# The rows are picked once, in a MATERIALIZED CTE: as `id IN (subquery)` the planner may make the
+# pick the inner side of a nested loop and run it again for every row it updates, each run finding
+# the next planned rows, so one claim took all of them whatever the limit (tests/engine/test_ledger.py).
 CLAIM_PG = text(f"""
+WITH picked AS MATERIALIZED ({_PICK} FOR UPDATE SKIP LOCKED)
 UPDATE send SET state = 'sending', claimed_by = :worker, claimed_at = :now, attempts = attempts + 1
-WHERE id IN ({_PICK} FOR UPDATE SKIP LOCKED) AND state = 'planned'
-RETURNING id, member_id, channel, transport, attempts, idempotency_key, retried
+FROM picked WHERE send.id = picked.id AND send.state = 'planned'
+RETURNING send.id, send.member_id, send.channel, send.transport, send.attempts, send.idempotency_key, send.retried
 """).bindparams(bindparam("now", type_=UtcDateTime))
 CLAIM_SQLITE = text(f"""
 UPDATE send SET state = 'sending', claimed_by = :worker, claimed_at = :now, attempts = attempts + 1, claim = :token
@@ -102,9 +120,10 @@ WHERE event_id = :event AND step_id = :step AND state = 'sending' AND claim = :t
 """)
 
 
-def claim(bind: Engine | Connection, event_id: str, step_id: str, worker: str, limit: int) -> list[Claimed]:
-    """Take up to `limit` planned rows that are due, atomically, for `worker`."""
-    params: dict[str, Any] = {"worker": worker, "now": utc_now(), "event": event_id, "step": step_id, "limit": limit}
+def claim(bind: Engine | Connection, event_id: str, step_id: str, worker: str, limit: int, after: int = 0) -> list[Claimed]:
+    """Take up to `limit` planned rows that are due, atomically, for `worker`: those with ids above
+    `after` (the last id of the caller's previous claim), in id order."""
+    params: dict[str, Any] = {"worker": worker, "now": utc_now(), "event": event_id, "step": step_id, "limit": limit, "after": after}
     with writing(bind) as conn:
         if conn.dialect.name == "postgresql":
             rows = [tuple(r) for r in conn.execute(CLAIM_PG, params)]
@@ -141,36 +160,25 @@ def give_back(engine: Engine, worker: str, event_id: str, ids: Sequence[int]) ->
         return conn.execute(mine.values(state="planned", attempts=SEND.c.attempts - 1)).rowcount or 0
 
 
-def finish(engine: Engine, worker: str, results: Sequence[Result], counts: dict[tuple[str, str], int] | None = None) -> int:
+def finish(engine: Engine, worker: str, results: Sequence[Result]) -> int:
     """Record outcomes of rows `worker` holds; a row another process resolved meanwhile is left alone.
 
-    `counts` (messages sent per (member, period)) are added in the same transaction. Each is one
-    statement per batch over arrays (PostgreSQL) or a JSON document (SQLite): a statement per row
-    costs more than the sends it records. On PostgreSQL both are one statement on an autocommit
-    connection: one round trip instead of four (BEGIN, update, counts, COMMIT).
+    One statement per batch, over arrays (PostgreSQL, on an autocommit connection: one round trip)
+    or a JSON document (SQLite): a statement per row costs more than the sends it records. What a
+    batch counts toward caps needs no write of its own: it is in the outcomes (`counts_of`).
     """
-    if not results and not counts:
+    if not results:
         return 0
     now = utc_now()
     if engine.dialect.name == "postgresql":  # one statement, so one round trip, committing alone
         with one_trip(engine) as conn:
-            if results:
-                params = {"ids": [r.id for r in results], "states": [r.state for r in results], "providers": [r.provider_id for r in results],
-                          "errors": [r.error for r in results], "not_befores": [_naive_utc(r.not_before) for r in results],
-                          "senders": [r.sender for r in results], "now": now, "worker": worker}
-                if counts:
-                    params.update(_count_arrays(counts))
-                return conn.execute(FINISH_COUNTS_PG if counts else FINISH_PG, params).rowcount or 0
-            conn.execute(COUNTS_PG, _count_arrays(counts or {}))
-            return 0
-    done = 0
+            params = {"ids": [r.id for r in results], "states": [r.state for r in results], "providers": [r.provider_id for r in results],
+                      "errors": [r.error for r in results], "not_befores": [_naive_utc(r.not_before) for r in results],
+                      "senders": [r.sender for r in results], "now": now, "worker": worker}
+            return conn.execute(FINISH_PG, params).rowcount or 0
+    rows = [(r.id, r.state, r.provider_id, r.error, sqlite_time(r.not_before), r.sender) for r in results]
     with engine.begin() as conn:
-        if results:
-            rows = [(r.id, r.state, r.provider_id, r.error, sqlite_time(r.not_before), r.sender) for r in results]
-            done = conn.execute(FINISH_SQLITE, {"rows": orjson.dumps(rows).decode(), "now": now, "worker": worker}).rowcount or 0
-        if counts:
-            _add_counts(conn, "sqlite", counts)
-    return done
+        return conn.execute(FINISH_SQLITE, {"rows": orjson.dumps(rows).decode(), "now": now, "worker": worker}).rowcount or 0
 
 
 # One primary-key probe per result, whatever the statistics, and no join: joined to the unnest of
@@ -187,16 +195,7 @@ UPDATE send AS s SET (state, provider_id, error, not_before, sender, sent_at) = 
     FROM (SELECT array_position(CAST(:ids AS bigint[]), CAST(s.id AS bigint)) AS p) AS x)
 WHERE s.id = ANY(CAST(:ids AS bigint[])) AND s.state IS NOT DISTINCT FROM 'sending' AND s.claimed_by IS NOT DISTINCT FROM :worker
 """
-_COUNTS_PG = """
-INSERT INTO sendcount (member_id, period, count)
-SELECT * FROM unnest(CAST(:members AS text[]), CAST(:periods AS text[]), CAST(:counts AS integer[]))
-ON CONFLICT (member_id, period) DO UPDATE SET count = sendcount.count + excluded.count
-"""
 FINISH_PG = text(_FINISH_PG).bindparams(bindparam("now", type_=UtcDateTime))
-COUNTS_PG = text(_COUNTS_PG)
-# Outcomes and counts in one statement (a data-modifying WITH runs whether or not it is read): atomic
-# on an autocommit connection, in one round trip.
-FINISH_COUNTS_PG = text(f"WITH counted AS ({_COUNTS_PG}) {_FINISH_PG}").bindparams(bindparam("now", type_=UtcDateTime))
 FINISH_SQLITE = text("""
 UPDATE send SET state = json_extract(v.value, '$[1]'), provider_id = json_extract(v.value, '$[2]'),
        error = json_extract(v.value, '$[3]'), not_before = json_extract(v.value, '$[4]'), sender = json_extract(v.value, '$[5]'),
@@ -204,11 +203,6 @@ UPDATE send SET state = json_extract(v.value, '$[1]'), provider_id = json_extrac
 FROM json_each(:rows) AS v
 WHERE send.id = json_extract(v.value, '$[0]') AND send.state = 'sending' AND send.claimed_by = :worker
 """).bindparams(bindparam("now", type_=UtcDateTime))
-COUNTS_SQLITE = text("""
-INSERT INTO sendcount (member_id, period, count)
-SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(:rows) WHERE true
-ON CONFLICT (member_id, period) DO UPDATE SET count = sendcount.count + excluded.count
-""")
 
 
 def _naive_utc(moment: datetime | None) -> datetime | None:
@@ -227,9 +221,8 @@ def skip_open(engine: Engine, event_id: str, reason: str, step_id: str | None = 
 def resolve_orphans(engine: Engine, live_workers: set[str], idempotent: dict[str, bool], grace: timedelta = timedelta(seconds=5)) -> dict[tuple[str, str], tuple[int, int]]:
     """Rows in `sending` whose worker is gone: resend where the transport is idempotent, else `unknown`.
 
-    An `unknown` message may well have reached its person, so it counts toward their caps (on the
-    day and month of its step, as a sent one does), in the same transaction. Only rows this call
-    changed count: two workers resolving at once count each row once.
+    An `unknown` message may well have reached its person, so it counts toward their caps as a
+    sent one does (its state is one of COUNTED).
 
     Returns (event, step) -> (rows put back to planned, rows marked unknown), so the caller can
     report them and restart the step's sending.
@@ -249,50 +242,12 @@ def resolve_orphans(engine: Engine, live_workers: set[str], idempotent: dict[str
                                   ("lost", lost, {"state": "unknown", "error": "the worker stopped during the send; the channel has no idempotency key, so it is not repeated"})):
             for i in range(0, len(ids), 500):
                 changed[name] += conn.execute(update(SEND).where(SEND.c.id.in_(ids[i:i + 500]), SEND.c.state == "sending").values(**values)
-                                              .returning(SEND.c.event_id, SEND.c.step_id, SEND.c.member_id, SEND.c.channel)).all()
-        counts = _counts_of_lost(conn, changed["lost"])
-        if counts:
-            _add_counts(conn, engine.dialect.name, counts)
+                                              .returning(SEND.c.event_id, SEND.c.step_id)).all()
     for name, found in changed.items():
         for r in found:
             retried, unknown = out.get((r.event_id, r.step_id), (0, 0))
             out[(r.event_id, r.step_id)] = (retried + 1, unknown) if name == "again" else (retried, unknown + 1)
     return out
-
-
-def _counts_of_lost(conn: Any, lost: Sequence[Any]) -> dict[tuple[str, str], int]:
-    """Messages per (member, period) of rows marked unknown: the day and month of their step's time
-    in the event's timezone, as `fanout.deliver` counts them (previews and reminders to people;
-    posts into groups, posters to guides and welcomes count for nobody)."""
-    lost = [r for r in lost if r.channel != "wecom_group"]
-    step_table, event_table = Step.__table__, Event.__table__  # type: ignore[attr-defined]
-    when: dict[tuple[str, str], tuple[str, str]] = {}
-    for event_id, step_id in {(r.event_id, r.step_id) for r in lost}:
-        row = conn.execute(select(step_table.c.at, step_table.c.stage, event_table.c.timezone)
-                           .join(event_table, event_table.c.id == step_table.c.event_id)
-                           .where(step_table.c.event_id == event_id, step_table.c.step_id == step_id)).first()
-        if row is not None and row.stage in ("preview", "reminder"):
-            at = row.at if row.at.tzinfo else row.at.replace(tzinfo=timezone.utc)
-            when[(event_id, step_id)] = periods(at.astimezone(ZoneInfo(row.timezone)))
-    counts: dict[tuple[str, str], int] = defaultdict(int)
-    for r in lost:
-        for period in when.get((r.event_id, r.step_id), ()):
-            counts[(r.member_id, period)] += 1
-    return dict(counts)
-
-
-def _count_arrays(counts: dict[tuple[str, str], int]) -> dict[str, list[Any]]:
-    """COUNTS_PG's parameters (sorted: concurrent upserts take their rows' locks in one order)."""
-    items = sorted(counts.items())
-    return {"members": [m for (m, _p), _n in items], "periods": [p for (_m, p), _n in items], "counts": [n for _k, n in items]}
-
-
-def _add_counts(conn: Any, dialect: str, counts: dict[tuple[str, str], int]) -> None:
-    """Add messages per (member, period) to the stored counts (one statement)."""
-    if dialect == "postgresql":
-        conn.execute(COUNTS_PG, _count_arrays(counts))
-    else:
-        conn.execute(COUNTS_SQLITE, {"rows": orjson.dumps([(m, p, n) for (m, p), n in sorted(counts.items())]).decode()})
 
 
 def step_counts(engine: Engine, event_id: str) -> dict[str, dict[str, dict[str, int]]]:
@@ -344,36 +299,47 @@ def unknown_rows(engine: Engine, event_id: str, limit: int = 1000) -> list[dict[
 
 
 def counts_of(bind: Engine | Connection, members: Sequence[str], periods: Sequence[str]) -> dict[tuple[str, str], int]:
-    """Messages stored as sent per (member, period), where any (on SQLite as one JSON document, as `claim`)."""
+    """Messages that count toward caps per (member, period), where any, for the day and month keys
+    of `limits.periods` ('d:2027-03-20', 'm:2027-03'): read from the send rows themselves (on SQLite
+    as one JSON document, as `claim`)."""
     out: dict[tuple[str, str], int] = {}
     if not members:
         return out
+    day_key, month_key = periods
+    day, month = day_key.removeprefix("d:"), month_key.removeprefix("m:")
+    params: dict[str, Any] = {"day": day, "first": f"{month}-01", "last": f"{month}-31"}
     with reading(bind) as conn:
         for i in range(0, len(members), 500):
             part = list(members[i:i + 500])
             if conn.dialect.name == "sqlite":
-                rows: Iterable[Any] = orjson.loads(conn.execute(COUNTS_OF_SQLITE, {"members": orjson.dumps(part).decode(),
-                                                                                   "periods": orjson.dumps(list(periods)).decode()}).scalar_one())
+                rows: Iterable[Any] = orjson.loads(conn.execute(COUNTS_OF_SQLITE, params | {"members": orjson.dumps(part).decode()}).scalar_one())
             else:
-                rows = conn.execute(COUNTS_OF_PG, {"members": part, "periods": list(periods)})
-            for m, p, n in rows:
-                out[(m, p)] = n
+                rows = conn.execute(COUNTS_OF_PG, params | {"members": part})
+            for m, on_day, in_month in rows:
+                if on_day:
+                    out[(m, day_key)] = on_day
+                out[(m, month_key)] = in_month
     return out
 
 
-# On PostgreSQL one index probe per member, whatever the statistics say: the table grows by two
-# rows a message during a fan-out, faster than autovacuum analyses it, and with the plain IN lists
-# the planner chose a sequential scan of all of it for every batch (bench/fanout.py, 100,000
+# On PostgreSQL one index probe per member, whatever the statistics say: the table grows by a row
+# a message during a fan-out, faster than autovacuum analyses it, and with plain IN lists the
+# planner chose a sequential scan of all of it for every batch (bench/fanout.py, 100,000
 # recipients: 15-36 ms a batch at the end instead of ~1 ms). OFFSET 0 keeps the subquery a
 # nested loop (not pulled up into a hash join).
-COUNTS_OF_PG = text("""
-SELECT c.member_id, c.period, c.count FROM unnest(CAST(:members AS text[])) AS m(id)
-CROSS JOIN LATERAL (SELECT member_id, period, count FROM sendcount
-                    WHERE member_id = m.id AND period = ANY(CAST(:periods AS text[])) OFFSET 0) AS c
+_COUNTED_SQL = ", ".join(f"'{s}'" for s in COUNTED)
+COUNTS_OF_PG = text(f"""
+SELECT m.id, count(*) FILTER (WHERE c.count_day = :day), count(*) FROM unnest(CAST(:members AS text[])) AS m(id)
+CROSS JOIN LATERAL (SELECT count_day FROM send WHERE member_id = m.id AND count_day IS NOT NULL
+                    AND count_day BETWEEN :first AND :last AND state IN ({_COUNTED_SQL}) OFFSET 0) AS c
+GROUP BY m.id
 """)
-COUNTS_OF_SQLITE = text("""
-SELECT json_group_array(json_array(member_id, period, count)) FROM sendcount
-WHERE member_id IN (SELECT value FROM json_each(:members)) AND period IN (SELECT value FROM json_each(:periods))
+COUNTS_OF_SQLITE = text(f"""
+SELECT json_group_array(json_array(member_id, on_day, in_month)) FROM (
+    SELECT member_id, sum(count_day = :day) AS on_day, count(*) AS in_month FROM send
+    WHERE member_id IN (SELECT value FROM json_each(:members)) AND count_day IS NOT NULL
+          AND count_day BETWEEN :first AND :last AND state IN ({_COUNTED_SQL})
+    GROUP BY member_id)
 """)
 
 

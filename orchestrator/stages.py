@@ -415,7 +415,8 @@ async def _message(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, c
         await rt.db(eventlog.record, rt.engine, ev.id, "step-deferred", f"{step.step_id} {note}", step_id=step.step_id, event_time=now)
         return note
     routes = rt.routes(ev.mode)
-    total, added, skipped_by = await rt.db(_plan_recipients, rt, ev.id, step.step_id, msg, routes)
+    count_day = f"{step.at.astimezone(pb.tz):%Y-%m-%d}"  # caps count a message on its step's day (fanout.deliver reserves it there)
+    total, added, skipped_by = await rt.db(_plan_recipients, rt, ev.id, step.step_id, msg, routes, count_day)
     skipped = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(skipped_by.items())) or "none"
     note = f"{total} recipients; not sent: {skipped}"
     data = {"recipients": total, "planned_now": added, "skipped": dict(skipped_by)}
@@ -440,9 +441,11 @@ async def _message(rt: Runtime, ev: Event, step: Step, loaded: LoadedPlaybook, c
     return note
 
 
-def _plan_recipients(rt: Runtime, event_id: str, step_id: str, msg: Message, routes: dict[str, str]) -> tuple[int, int, Counter[str]]:
+def _plan_recipients(rt: Runtime, event_id: str, step_id: str, msg: Message, routes: dict[str, str],
+                     count_day: str) -> tuple[int, int, Counter[str]]:
     """Choose the step's recipients from the stored audience a chunk at a time and plan a ledger
-    row for each; (recipients, rows added now, people not sent to by reason)."""
+    row for each, counting toward caps on `count_day`; (recipients, rows added now, people not sent
+    to by reason)."""
     needs_consent = any(c in CONSENT_OF for c in msg.channels)
     total = added = 0
     skipped: Counter[str] = Counter()
@@ -450,7 +453,7 @@ def _plan_recipients(rt: Runtime, event_id: str, step_id: str, msg: Message, rou
         consent = consent_of(rt.engine, [p.member.id for p in chunk]) if needs_consent else {}
         chosen = select_recipients(chunk, msg, consent, optouts_of(rt.engine, [p.member for p in chunk]))
         rows = [(m.id, ch.value, routes[ch.value]) for m, ch in chosen.chosen]
-        added += ledger.plan_sends(rt.engine, event_id, step_id, rows)
+        added += ledger.plan_sends(rt.engine, event_id, step_id, rows, count_day=count_day)
         total += len(rows)
         skipped.update(chosen.skipped)
     return total, added, skipped

@@ -313,6 +313,8 @@ class Send(SQLModel, table=True):
         Index("ix_send_planned", "event_id", "step_id", "id", sqlite_where=text("state = 'planned'"), postgresql_where=text("state = 'planned'")),
         Index("ix_send_sending", "event_id", "step_id", sqlite_where=text("state = 'sending'"), postgresql_where=text("state = 'sending'")),
         Index("ix_send_created", "event_id", sqlite_where=text("state = 'created'"), postgresql_where=text("state = 'created'")),
+        # a person's messages that count toward caps, by day: what `ledger.counts_of` reads
+        Index("ix_send_counted", "member_id", "count_day", sqlite_where=text("count_day IS NOT NULL"), postgresql_where=text("count_day IS NOT NULL")),
     )
     id: int | None = Field(default=None, primary_key=True)
     event_id: str = Field(foreign_key="event.id", max_length=64)
@@ -332,6 +334,10 @@ class Send(SQLModel, table=True):
     claimed_at: datetime | None = _ts(default=None)
     not_before: datetime | None = _ts(default=None)  # real time of the next try
     sent_at: datetime | None = _ts(default=None)
+    # The day ('2027-03-20', event timezone) of the step's time, on messages to a person that count
+    # toward caps (previews and reminders); None on posts into groups, posters and welcomes. A row
+    # counts while its state says it may have reached the person (ledger.COUNTED).
+    count_day: str | None = Field(default=None, max_length=10)
 
 
 class SmsReceipt(SQLModel, table=True):
@@ -350,14 +356,6 @@ class SmsReceipt(SQLModel, table=True):
     message: str | None = None
     reported_at: datetime | None = _ts(default=None)  # when the carrier reported it (report_time, Beijing time)
     received_at: datetime = _ts(default_factory=utc_now)
-
-
-class SendCount(SQLModel, table=True):
-    """Messages sent to a person per day ('d:2027-03-20') and month ('m:2027-03'), across events."""
-
-    member_id: str = Field(primary_key=True, max_length=64)
-    period: str = Field(primary_key=True, max_length=16)
-    count: int = 0
 
 
 class LogEntry(SQLModel, table=True):

@@ -91,8 +91,8 @@ def events_waiting(engine: Engine) -> list[str]:
         return [r[0] for r in conn.execute(stmt)]
 
 
-def _batch(engine: Engine, worker: str, event_id: str) -> tuple[list[ledger.Claimed], dict[str, Member], dict[str, dict[str, Any]]]:
-    claimed = ledger.claim(engine, event_id, STEP_ID, worker, BATCH)
+def _batch(engine: Engine, worker: str, event_id: str, after: int) -> tuple[list[ledger.Claimed], dict[str, Member], dict[str, dict[str, Any]]]:
+    claimed = ledger.claim(engine, event_id, STEP_ID, worker, BATCH, after)
     ids = [c.member_id for c in claimed]
     people = audience.people(engine, event_id, ids)
     with engine.connect() as conn:
@@ -117,10 +117,12 @@ async def send_due(rt: Runtime, loaded_of: Any) -> int:
         ev, loaded = await loaded_of(event_id)
         renderer = step_renderer(loaded, STEP_ID, ev.live_start)
         base_name = loaded.playbook.path.join.group_name.replace("{n}", "")  # a WeCom group: its number is WeCom's
+        after = 0  # the last id claimed: each claim goes on from there (ledger.claim)
         while True:
-            claimed, members, groups = await rt.db(_batch, rt.engine, rt.worker_id, event_id)
+            claimed, members, groups = await rt.db(_batch, rt.engine, rt.worker_id, event_id, after)
             if not claimed:
                 break
+            after = claimed[-1].id
             results: list[ledger.Result] = []
             by_transport: dict[str, list[tuple[ledger.Claimed, Outgoing]]] = {}
             for c in claimed:

@@ -14,9 +14,9 @@ import pytest
 import redis
 from sqlalchemy import Engine, insert, select
 
-from orchestrator import scheduling
+from orchestrator import ledger, scheduling
 from orchestrator.settings import Settings
-from orchestrator.store import OptOut, Send, SendCount, Step
+from orchestrator.store import OptOut, Send, Step
 from tests.engine.conftest import arq_pool, running_worker, until
 from tests.engine.eventfiles import EventFiles, Person, crowd
 from tests.engine.receiver import Receiver, RunningReceiver
@@ -24,7 +24,6 @@ from tests.engine.receiver import Receiver, RunningReceiver
 pytestmark = pytest.mark.db
 SEND = Send.__table__  # type: ignore[attr-defined]
 STEP = Step.__table__  # type: ignore[attr-defined]
-SENDCOUNT = SendCount.__table__  # type: ignore[attr-defined]
 OPTOUT = OptOut.__table__  # type: ignore[attr-defined]
 CST = timezone(timedelta(hours=8))
 JUST_BEFORE = datetime(2027, 6, 10, 17, 59, 30)  # start the clock just before the T-1h reminder: nothing to wait for
@@ -210,9 +209,8 @@ def test_a_send_of_unknown_outcome_counts_toward_caps(tmp_path: Path, engine: En
         assert b == {("preview", "unknown"): 4, ("reminder:hour", "skipped"): 4, ("reminder:soon", "skipped"): 4}, b
         assert all("cap reached" in r.error for r in sends(engine, "unk-b") if r.state == "skipped")
         assert len(late.requests) == 16, "each unknown send went out once, none again"
-    with engine.connect() as conn:
-        counts = conn.execute(select(SENDCOUNT).where(SENDCOUNT.c.member_id.in_([p.id for p in people]))).all()
-    assert len(counts) == 8 and {r.count for r in counts} == {4}, "stored too (a day and a month each): the caps hold when Redis has lost its counts"
+    counts = ledger.counts_of(engine, [p.id for p in people], ("d:2027-06-10", "m:2027-06"))
+    assert len(counts) == 8 and set(counts.values()) == {4}, "stored too (a day and a month each): the caps hold when Redis has lost its counts"
 
 
 def test_rate_limits_hold(tmp_path: Path, engine: Engine, redis_url: str, receiver: Receiver, make_settings: Callable[..., Settings]) -> None:
