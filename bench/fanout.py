@@ -6,6 +6,7 @@ default, what PERFORMANCE.md's baseline posted into: a Starlette route served by
 (uvloop + httptools), as fast as a brand's own web app would be. `--receiver aiohttp` puts a bare
 aiohttp.web handler there instead: it answers ~3x faster, so on two cores the sender's CPU decides
 every rate, and the ratios say what the engine's own work per message costs against aiohttp's.
+Every sender runs on uvloop's event loop, as `orchestrator worker` does.
 
   engine     the real path. The playbook is scheduled on an accelerated clock and a real arq worker
              (`make_worker`, run in a fresh process of this script) runs the reminder step:
@@ -24,9 +25,11 @@ every rate, and the ratios say what the engine's own work per message costs agai
              of the channel); no target.
 
 Prints the rates and the ratios PERFORMANCE.md sets targets for (figures here are noisy; the
-ratios are what we compare). PostgreSQL's schema `public` is dropped and made again before each run.
+ratios are what we compare). Every size and variant runs once per round, `--rounds` rounds in
+turns; the ratios are those of each figure's median, and each round's ratio is printed beside
+them. PostgreSQL's schema `public` is dropped and made again before each run.
 
-    python bench/fanout.py [--sizes 10000,100000] [--db sqlite|postgresql|both] [--pg-url URL]
+    python bench/fanout.py [--sizes 10000,100000] [--db sqlite|postgresql|both] [--pg-url URL] [--rounds 3]
                            [--receiver uvicorn|aiohttp] [--peer-latency MS]
 """
 
@@ -39,6 +42,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import socket
 import subprocess
 import sys
@@ -50,6 +54,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import uvloop
 from aiohttp import web
 from sqlalchemy import Engine, create_engine, make_url, select, text
 
@@ -424,20 +429,35 @@ def ratio_line(label: str, ratio: float, target: float, at_least: bool = True) -
 RECEIVERS = {"uvicorn": "a Starlette route in one uvicorn process (uvloop + httptools)", "aiohttp": "a bare aiohttp.web handler in its own process"}
 
 
-def report(db: str, results: dict[int, Figures], latency_ms: float, kind: str) -> None:
+def median_figures(rounds: list[Figures]) -> Figures:
+    """Each figure's median over the rounds (a machine that slows down or speeds up during a run
+    weighs on every variant, not on the one it happened to run)."""
+    return Figures(*(statistics.median(getattr(f, name) for f in rounds) for name in Figures.__dataclass_fields__))
+
+
+def report(db: str, results: dict[int, list[Figures]], latency_ms: float, kind: str) -> None:
     answers = f"answering after {latency_ms:g} ms" if latency_ms else "answering at once"
-    print(f"\n{db}: webhook reminder, {CONCURRENCY} in flight, {LANES} drain lanes; receiver: {RECEIVERS[kind]}, {answers}")
+    rounds = len(next(iter(results.values())))
+    print(f"\n{db}: webhook reminder, {CONCURRENCY} in flight, {LANES} drain lanes; receiver: {RECEIVERS[kind]}, {answers}; "
+          f"{rounds} round{'s' if rounds > 1 else ''}, each variant in turn")
     print(f"{'recipients':>10} {'engine':>9} {'bare':>9} {'ledger off':>10} {'no engine':>10}  posts/s   {'planning':>9} {'peak RSS':>9} {'engine CPU':>11}")
-    for n, f in results.items():
-        print(f"{n:>10,} {f.engine:>9,.0f} {f.bare:>9,.0f} {f.off:>10,.0f} {f.plain:>10,.0f}            {f.planning:>7.1f} s {f.rss_mb:>6.0f} MB"
-              f" {f.busy:>10.0%}")
-    for n, f in results.items():
+    medians = {n: median_figures(fs) for n, fs in results.items()}
+    for n, fs in results.items():
+        for label, f in [*((f"round {i + 1}", f) for i, f in enumerate(fs)), *((("median", medians[n]),) if len(fs) > 1 else ())]:
+            print(f"{n:>10,} {f.engine:>9,.0f} {f.bare:>9,.0f} {f.off:>10,.0f} {f.plain:>10,.0f}            {f.planning:>7.1f} s {f.rss_mb:>6.0f} MB"
+                  f" {f.busy:>10.0%}  {label}")
+    for n, f in medians.items():
+        each = results[n]
         ratio_line(f"{n:>7,}: engine ÷ bare", f.engine / f.bare, 0.7)
+        if len(each) > 1:
+            print(f"           each round: {', '.join(f'{r.engine / r.bare:.2f}' for r in each)}")
         ratio_line(f"{n:>7,}: ledger ÷ ledger off", f.engine / f.off, 0.8)
+        if len(each) > 1:
+            print(f"           each round: {', '.join(f'{r.engine / r.off:.2f}' for r in each)}")
         print(f"  {n:>7,}: engine ÷ no engine       {f.engine / f.plain:5.2f}  (no target: the engine's whole cost on top of the channel)")
-    if len(results) > 1:
-        small, big = min(results), max(results)
-        ratio_line(f"memory {big:,} ÷ {small:,}", results[big].rss_mb / results[small].rss_mb, 1.5, at_least=False)
+    if len(medians) > 1:
+        small, big = min(medians), max(medians)
+        ratio_line(f"memory {big:,} ÷ {small:,}", medians[big].rss_mb / medians[small].rss_mb, 1.5, at_least=False)
 
 
 def main() -> None:
@@ -449,10 +469,12 @@ def main() -> None:
                         help="the receiver answers after this many milliseconds (default 0: as fast as it can)")
     parser.add_argument("--receiver", choices=tuple(RECEIVERS), default="uvicorn",
                         help="the peer: uvicorn (default; PERFORMANCE.md's baseline receiver) or aiohttp (a faster peer: the sender's CPU decides)")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of every size and variant, in turns; the figures are their medians")
     parser.add_argument("--serve-receiver", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--event", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    uvloop.install()  # every loop here is uvloop's, as `orchestrator worker`'s is: the baselines run on the engine's loop
     if args.serve_receiver:
         return receiver(args.peer_latency / 1000, args.receiver)
     if args.one:
@@ -466,7 +488,11 @@ def main() -> None:
         assert proc.stdout is not None
         base = f"http://127.0.0.1:{int(proc.stdout.readline())}"
         for db in ("sqlite", "postgresql") if args.db == "both" else (args.db,):
-            report(db, {n: run_size(db, n, args.pg_url, base) for n in sizes}, args.peer_latency, args.receiver)
+            results: dict[int, list[Figures]] = {n: [] for n in sizes}
+            for _ in range(args.rounds):  # every size and variant once per round, in turns
+                for n in sizes:
+                    results[n].append(run_size(db, n, args.pg_url, base))
+            report(db, results, args.peer_latency, args.receiver)
     finally:
         proc.terminate()
         proc.wait()

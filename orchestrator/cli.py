@@ -548,11 +548,12 @@ def worker(burst: bool, max_jobs: int) -> None:
     """Run an arq worker that drives every scheduled event (stop with Ctrl-C)."""
     import logging
 
-    from orchestrator.worker import make_worker, settle_process
+    from orchestrator.worker import make_worker, settle_process, use_uvloop
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     with _services() as (settings, engine, url):
+        use_uvloop()
         w = make_worker(settings, url, engine=engine, burst=burst, max_jobs=max_jobs)
         settle_process()
         click.echo(_("worker running on {redis}; Ctrl-C stops it").format(redis=url), err=True)
