@@ -11,15 +11,15 @@ Every sender runs on uvloop's event loop, as `orchestrator worker` does.
   engine     the real path. The playbook is scheduled on an accelerated clock and a real arq worker
              (`make_worker`, run in a fresh process of this script) runs the reminder step:
              plan_sends, then `stages.LANES` drain lanes of claim -> opt-outs -> caps -> render ->
-             signed WebhookTransport.send_batch -> finish -> counts. That process's peak RSS is
+             signed WebhookTransport.send_batch -> finish. That process's peak RSS is
              the memory figure; "planning" is the step's start to the first request.
   bare       N aiohttp POSTs of one body of the same size with the same headers (signature,
              idempotency key), made once, CONCURRENCY in flight, no engine.
   ledger off the same fan-out with the ledger switched off: stages.LANES lanes take the audience in
              batches of fanout.BATCH and run the engine's own checks and sending on them
-             (fanout.checked_batch: people, opt-outs, stored counts; fanout.deliver: caps in Redis,
-             render, send, funnel), but no send row is planned, claimed or finished and no count
-             is written. Engine ÷ this is what the bookkeeping costs (target ≥ 0.8).
+             (fanout.checked_batch: people, opt-outs, the counts toward caps read from the stored
+             rows; fanout.deliver: caps in Redis, render, send, funnel), but no send row is planned,
+             claimed or finished. Engine ÷ this is what the bookkeeping costs (target ≥ 0.8).
   no engine  rendering and WebhookTransport.send_batch alone, in the same lanes and batches: no
              store, no checks, no Redis. Printed for what it tells (the engine's whole cost on top
              of the channel); no target.
@@ -334,7 +334,7 @@ async def bare_loop(base: str, n: int, body: bytes) -> Seen:
 
 
 async def ledger_off(settings: Settings, engine: Engine, ev: Event, loaded: LoadedPlaybook, base: str, n: int) -> Seen:
-    """The engine's checks and sending in its lanes and batches, with no send rows and no counts written."""
+    """The engine's checks and sending in its lanes and batches, with no send rows written."""
     assert settings.redis_url is not None
     pool = await pool_for(settings.redis_url)
     rt = Runtime(settings, engine, pool)

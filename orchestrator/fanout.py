@@ -105,7 +105,7 @@ class Batch:
 
 def claim_batch(rt: Runtime, event_id: str, step_id: str, caps_periods: tuple[str, str], after: int = 0) -> Batch:
     """Claim the next batch after id `after` (committed at once) and read its people, their
-    opt-outs and their stored counts, all on one connection."""
+    opt-outs and what the store counts toward their caps, all on one connection."""
     with one_trip(rt.engine) as conn:
         claimed = ledger.claim(conn, event_id, step_id, rt.worker_id, BATCH, after)
         if not claimed:
