@@ -100,7 +100,7 @@ class Batch:
     claimed: list[Claimed]
     people: dict[str, Member]  # the claimed people as the stored audience has them
     optouts: OptOuts  # every opt-out touching them
-    stored: dict[tuple[str, str], int]  # their messages stored as sent in the caps' day and month (seeds for Redis)
+    stored: dict[tuple[str, str], int]  # their rows counted toward caps in the caps' day and month (ledger.counts_of: seeds for Redis)
 
 
 def claim_batch(rt: Runtime, event_id: str, step_id: str, caps_periods: tuple[str, str], after: int = 0) -> Batch:
