@@ -29,7 +29,7 @@ def _unb64(text: str) -> bytes:
 
 
 def _mac(secret: str, payload: bytes) -> bytes:
-    return hmac.digest(secret.encode(), payload, hashlib.sha256)
+    return hmac.new(secret.encode(), payload, hashlib.sha256).digest()  # not hmac.digest: it releases the GIL (channels/webhook.py)
 
 
 def link_token(secret: str, member_id: str, address: str, channel: str = "email") -> str:

@@ -100,14 +100,14 @@ def v3_authorization(access_key_id: str, secret: str, method: str, path: str, qu
                      headers: Mapping[str, str], payload_sha256: str = EMPTY_SHA256) -> str:
     """The `Authorization` header of a V3 (ACS3-HMAC-SHA256) request."""
     string_to_sign, signed = v3_string_to_sign(method, path, query, headers, payload_sha256)
-    signature = hmac.digest(secret.encode(), string_to_sign.encode(), hashlib.sha256).hex()
+    signature = hmac.new(secret.encode(), string_to_sign.encode(), hashlib.sha256).hexdigest()  # not hmac.digest: it releases the GIL (channels/webhook.py)
     return f"{V3_ALGORITHM} Credential={access_key_id},SignedHeaders={signed},Signature={signature}"
 
 
 def v1_signature(secret: str, method: str, params: Mapping[str, str]) -> str:
     """The `Signature` parameter of a V1 (HMAC-SHA1) request over every other parameter."""
     string_to_sign = f"{method.upper()}&{percent_encode('/')}&{percent_encode(canonical_query(params))}"
-    return base64.b64encode(hmac.digest((secret + "&").encode(), string_to_sign.encode(), hashlib.sha1)).decode()
+    return base64.b64encode(hmac.new((secret + "&").encode(), string_to_sign.encode(), hashlib.sha1).digest()).decode()
 
 
 def utc_stamp(moment: float) -> str:
