@@ -51,7 +51,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     from orchestrator.board import publisher
 
     ctx["board"] = asyncio.create_task(publisher(rt.pool, engine))
-    log.info("worker %s started", rt.worker_id)
+    loop = type(asyncio.get_running_loop())
+    log.info("worker %s started (event loop: %s.%s)", rt.worker_id, loop.__module__.split(".")[0], loop.__name__)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

@@ -102,6 +102,8 @@ def crash_run(tmp_path: Path, engine: Engine, redis_url: str, settings: Settings
         wait(lambda: len(receiver.requests) > requests_before or step_done(engine), 150, "sending to resume")
         resumed = time.time() - killed_at
         wait(lambda: step_done(engine), 240, "the reminder step to finish")
+    for log in ("worker-1.log", "worker-2.log"):  # `orchestrator worker` sends on uvloop (worker.use_uvloop)
+        assert "(event loop: uvloop.Loop)" in (tmp_path / log).read_text(), f"{log}: the worker did not run on uvloop"
     print(f"\ncrash: {in_flight} sends in flight at SIGKILL; sending resumed {resumed:.1f} s after the kill (target <= 70 s)")
     return in_flight, resumed
 
