@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 
 class _Line:
@@ -154,3 +156,14 @@ class AutoPipeline:
                 if not answer.done():
                     answer.set_exception(RedisConnectionError("the auto-pipeline is closed"))
             await line.conn.disconnect()
+
+
+async def run_script(call: Redis | AutoPipeline, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    """`script` (registered on the client) on `keys` and `args`, by its hash through `call`: an
+    auto-pipeline (written together with the other callers' commands, packed in C) or the client.
+    Where Redis does not have the script (restarted, or its scripts flushed: nothing ran), the
+    client loads it and runs it."""
+    try:
+        return await call.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
+    except NoScriptError:
+        return await script(keys=keys, args=args)

@@ -214,7 +214,7 @@ async def deliver(rt: Runtime, ev: Event, loaded: LoadedPlaybook, due: datetime,
     sent_ids = {r.id for r in results if r.state in ledger.COUNTED}
     # caps not used are given back; the board's funnel counts reminded (delivered), once per person
     await asyncio.gather(rt.caps.release([c.member_id for c in reserved if c.id not in sent_ids], now),
-                         Funnel(rt.pool).count(ev.id, "reminded", [Seen(m) for m in delivered]))
+                         Funnel(rt.pool, rt.pipe).count(ev.id, "reminded", [Seen(m) for m in delivered]))
     return Delivered(results, given_back, len(sent_members))
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from orchestrator.autopipeline import AutoPipeline, run_script
+
 STEPS = ("reached", "scanned", "joined", "reminded", "entered", "commented", "deposited", "ordered")
 
 PER_MINUTE = ("scanned", "joined")  # steps counted per minute (the board's and the report's chart); the others come in batches, counted as sets
@@ -68,16 +70,17 @@ def _count_call(event_id: str, step: str, seen: Sequence[Seen], at: datetime | N
 
 
 class Funnel:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, pipe: AutoPipeline | None = None) -> None:
         self.redis = redis
         self._count = redis.register_script(COUNT)
+        self._call: Redis | AutoPipeline = pipe or redis  # a worker's: a batch's count packed in C (see limits.Caps)
 
     async def count(self, event_id: str, step: str, seen: Sequence[Seen], at: datetime | None = None) -> int:
         """Count people reaching `step` (once each); how many were new to it."""
         if not seen:
             return 0
         keys, args = _count_call(event_id, step, seen, at)
-        return int(await self._count(keys=keys, args=args))
+        return int(await run_script(self._call, self._count, keys, args))
 
     async def replace(self, event_id: str, reached: int, counts: Iterable[tuple[str, Sequence[Seen], datetime | None]],
                       gmv: Iterable[tuple[str | None, int]]) -> None:

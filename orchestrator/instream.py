@@ -24,11 +24,10 @@ from zoneinfo import ZoneInfo
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 from sqlalchemy import Engine
 
 from orchestrator import ingest
-from orchestrator.autopipeline import AutoPipeline
+from orchestrator.autopipeline import AutoPipeline, run_script
 from orchestrator.funnel import DIRTY
 from orchestrator.funnel import key as funnel_key
 from orchestrator.store import ScanLog
@@ -343,12 +342,7 @@ class InStream:
 
     async def _run(self, script: Any, keys: list[str], args: list[Any]) -> int:
         """Run one of the scripts, through the web app's auto-pipeline when there is one."""
-        if self._pipe is not None:
-            try:
-                return int(await self._pipe.evalsha(script.sha, len(keys), *keys, *args))
-            except NoScriptError:  # Redis restarted or flushed its scripts: the client loads it (nothing was appended)
-                pass
-        return int(await script(keys=keys, args=args))
+        return int(await run_script(self._pipe or self.redis, script, keys, args))
 
     async def move(self, engine: Engine, kind: str, event_id: str) -> int:
         """Move what waits in the event's stream into the store; how many items were moved."""

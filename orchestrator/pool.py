@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 from sqlalchemy import Engine, func, insert, select
 
-from orchestrator.autopipeline import AutoPipeline
+from orchestrator.autopipeline import AutoPipeline, run_script
 from orchestrator.errors import OrchestratorError
 from orchestrator.store import ChatGroup, utc_now
 
@@ -167,10 +166,7 @@ class Pool:
         at = int((now or utc_now()).timestamp())
         keys = _keys(event_id)
         extra_keys, ops = (list(tally.keys), [tally.packed]) if tally is not None else ([], [])
-        try:
-            answer = await self._call.evalsha(self._assign.sha, len(keys) + len(extra_keys), *keys, *extra_keys, visitor, str(at), *ops)  # type: ignore[misc]
-        except NoScriptError:  # Redis restarted or flushed its scripts: load it (the tally was not counted)
-            answer = await self._assign(keys=keys + extra_keys, args=[visitor, at, *ops])
+        answer = await run_script(self._call, self._assign, keys + extra_keys, [visitor, str(at), *ops])
         for _attempt in range(2):
             group, new, count = answer
             if group != -1:
@@ -182,10 +178,7 @@ class Pool:
     async def tally(self, tally: Tally) -> None:
         """Count a tally alone (no place taken)."""
         keys = ["-", "-", *tally.keys]
-        try:
-            await self._call.evalsha(self._tally.sha, len(keys), *keys, "-", "-", tally.packed)  # type: ignore[misc]
-        except NoScriptError:
-            await self._tally(keys=keys, args=["-", "-", tally.packed])
+        await run_script(self._call, self._tally, keys, ["-", "-", tally.packed])
 
     async def load(self, event_id: str) -> int:
         """Copy the event's groups into Redis where they are missing; returns how many groups it has."""

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from arq.connections import ArqRedis
 from sqlalchemy import Engine
 
+from orchestrator.autopipeline import AutoPipeline
 from orchestrator.channels.base import Transport
 from orchestrator.channels.registry import build_transports, routes
 from orchestrator.limits import Caps, RateLimiter
@@ -37,7 +38,8 @@ class Runtime:
         if not self.transports:
             self.transports = build_transports(self.settings, self.pool)
         self.limiter = RateLimiter(self.pool)
-        self.caps = Caps(self.pool)
+        self.pipe = AutoPipeline(self.pool)  # the fan-out's per-batch scripts (caps, funnel), packed in C
+        self.caps = Caps(self.pool, pipe=self.pipe)
 
     async def db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a blocking store call off the event loop."""
@@ -52,3 +54,4 @@ class Runtime:
     async def close(self) -> None:
         for t in self.transports.values():
             await t.close()
+        await self.pipe.aclose()

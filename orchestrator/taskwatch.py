@@ -107,7 +107,7 @@ async def follow(rt: Runtime, transport: WeComTaskTransport, event_id: str) -> N
     if settled:
         await rt.db(ledger.settle, rt.engine, settled)
     if delivered:
-        await Funnel(rt.pool).count(event_id, "reminded", [Seen(m) for m in delivered])
+        await Funnel(rt.pool, rt.pipe).count(event_id, "reminded", [Seen(m) for m in delivered])
 
 
 async def _remind(rt: Runtime, client: object, event_id: str, msgid: str, waiting: list[str], now: datetime) -> None:

@@ -100,3 +100,37 @@ def test_closing_fails_waiting_callers_and_refuses_new_ones(redis_url: str) -> N
             await pipe.execute("PING")
 
     run(redis_url, body)
+
+
+def test_caps_and_funnel_through_the_pipe_count_as_the_client_does_and_survive_a_script_flush(redis_url: str) -> None:
+    """The worker's per-batch scripts go through its auto-pipeline (`run_script`): same answers as
+    the client's own call, and a Redis that lost its scripts (restarted) gets them loaded again."""
+    from datetime import datetime, timezone
+
+    from orchestrator.funnel import DIRTY, Funnel, Seen
+    from orchestrator.limits import Caps
+
+    async def body(redis: Redis, pipe: AutoPipeline) -> None:
+        moment = datetime(2027, 3, 20, 12, tzinfo=timezone.utc)
+        members = [f"m{i}" for i in range(5)]
+        piped, plain = Caps(redis, prefix="autopipeline:capp", pipe=pipe), Caps(redis, prefix="autopipeline:capc")
+        try:
+            for caps in (piped, plain):
+                assert await caps.reserve(members, moment, 2, 10, stored={("m0", "d:2027-03-20"): 2}) == [False, True, True, True, True]
+                await redis.script_flush()  # a restarted Redis knows no scripts
+                assert await caps.reserve(members, moment, 2, 10, stored={}) == [False, True, True, True, True]
+                assert await caps.reserve(members, moment, 2, 10, stored={}) == [False] * 5, "the day's cap of 2 is reached"
+                await caps.release(members[1:3], moment)
+                await redis.script_flush()
+                assert await caps.reserve(members, moment, 2, 10, stored={}) == [False, True, True, False, False], "released places are free again"
+            funnel = Funnel(redis, pipe)
+            assert await funnel.count("autopipeline-ev", "reminded", [Seen(m) for m in members]) == 5
+            await redis.script_flush()
+            assert await funnel.count("autopipeline-ev", "reminded", [Seen(m) for m in members[3:] + ["m9"]]) == 1, "each person counted once"
+        finally:
+            keys = [k async for k in redis.scan_iter(match="autopipeline:cap*")] + [k async for k in redis.scan_iter(match="orch:f:autopipeline-ev:*")]
+            if keys:
+                await redis.delete(*keys)
+            await redis.srem(DIRTY, "autopipeline-ev")  # type: ignore[misc]
+
+    run(redis_url, body)
