@@ -4,6 +4,7 @@ cancelled and failed calls never put the connection out of step."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -127,6 +128,11 @@ def test_caps_and_funnel_through_the_pipe_count_as_the_client_does_and_survive_a
             assert await funnel.count("autopipeline-ev", "reminded", [Seen(m) for m in members]) == 5
             await redis.script_flush()
             assert await funnel.count("autopipeline-ev", "reminded", [Seen(m) for m in members[3:] + ["m9"]]) == 1, "each person counted once"
+            await pipe.aclose()  # what goes through the pipe now fails: these calls did, the client's do not
+            for call in (piped.reserve(members, moment, 2, 10, stored={}), funnel.count("autopipeline-ev", "reminded", [Seen("m8")])):
+                with pytest.raises(RedisConnectionError, match="auto-pipeline is closed"):
+                    await call
+            assert await plain.reserve(["m7"], moment, 2, 10, stored={}) == [True]
         finally:
             keys = [k async for k in redis.scan_iter(match="autopipeline:cap*")] + [k async for k in redis.scan_iter(match="orch:f:autopipeline-ev:*")]
             if keys:
@@ -134,3 +140,26 @@ def test_caps_and_funnel_through_the_pipe_count_as_the_client_does_and_survive_a
             await redis.srem(DIRTY, "autopipeline-ev")  # type: ignore[misc]
 
     run(redis_url, body)
+
+
+def test_a_worker_runtime_sends_its_caps_calls_through_its_auto_pipeline(redis_url: str, engine: Any,
+                                                                       make_settings: Any) -> None:
+    from datetime import datetime, timezone
+
+    from orchestrator.runtime import Runtime
+    from orchestrator.worker import pool_for
+
+    async def go() -> None:
+        pool = await pool_for(redis_url)
+        rt = Runtime(make_settings(), engine, pool)
+        try:
+            moment = datetime(2027, 3, 20, 12, tzinfo=timezone.utc)
+            assert await rt.caps.reserve(["m1"], moment, 2, 10, stored={}) == [True]
+            await rt.pipe.aclose()
+            with pytest.raises(RedisConnectionError, match="auto-pipeline is closed"):
+                await rt.caps.reserve(["m1"], moment, 2, 10, stored={})
+        finally:
+            await rt.close()
+            await pool.aclose()
+
+    asyncio.run(go())
