@@ -25,7 +25,10 @@ Every sender runs on uvloop's event loop, as `orchestrator worker` does.
              of the channel); no target.
 
 Prints the rates and the ratios PERFORMANCE.md sets targets for (figures here are noisy; the
-ratios are what we compare). Every size and variant runs once per round, `--rounds` rounds in
+ratios are what we compare), and where each variant's CPU went: per message, in microseconds of the
+whole machine over the middle 80% of its requests, by process (the sender: the worker or this
+script; the receiver; PostgreSQL's backends; Redis; anything else). On two cores shared by all of
+them, those figures say what a message costs far more steadily than the rates do. Every size and variant runs once per round, `--rounds` rounds in
 turns; the ratios are those of each figure's median, and each round's ratio is printed beside
 them. PostgreSQL's schema `public` is dropped and made again before each run.
 
@@ -47,9 +50,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import deque
 from contextlib import suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -122,6 +127,66 @@ class Seen:
         return self.count / max(self.last - self.first, 1e-9)
 
 
+ROLES = ("sender", "receiver", "postgres", "redis", "other")
+
+
+class CpuSampler:
+    """Every 0.2 s, in a thread of the receiver: the machine's busy CPU seconds (/proc/stat) and
+    each role's (/proc/<pid>/stat, processes told apart by their command lines). Reading ~150
+    processes' stat files takes ~1.5 ms, under 1% of a core."""
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[float, float, dict[str, float]]] = deque(maxlen=3000)
+        self._roles: dict[int, str] = {}
+        self._tick = os.sysconf("SC_CLK_TCK")
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _role(self, pid: int) -> str:
+        role = self._roles.get(pid)
+        if role is None:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                return "other"
+            role = ("receiver" if "--serve-receiver" in cmd else "sender" if HERE.name in cmd  # this script: the worker (--one) or the baselines
+                    else "postgres" if cmd.startswith("postgres") else "redis" if "redis-server" in cmd else "other")
+            self._roles[pid] = role
+        return role
+
+    def _run(self) -> None:
+        while True:
+            with open("/proc/stat", encoding="ascii") as fh:
+                jiffies = [int(x) for x in fh.readline().split()[1:]]
+            busy = (sum(jiffies) - jiffies[3] - jiffies[4]) / self._tick  # all but idle and iowait
+            roles = dict.fromkeys(ROLES, 0.0)
+            for name in os.listdir("/proc"):
+                if name.isdigit():
+                    try:
+                        with open(f"/proc/{name}/stat", encoding="utf-8", errors="replace") as fh:
+                            fields = fh.read().rsplit(")", 1)[1].split()
+                    except OSError:  # gone meanwhile
+                        continue
+                    roles[self._role(int(name))] += (int(fields[11]) + int(fields[12])) / self._tick
+            self.samples.append((time.time(), busy, roles))
+            time.sleep(0.2)
+
+    def per_message(self, stamps: list[float]) -> dict[str, float]:
+        """Microseconds of CPU per message over the middle 80% of the requests seen at `stamps`:
+        the machine's ("total", and "busy": the machine's load, 2.0 is both cores) and each role's."""
+        trim = len(stamps) // 10
+        if len(stamps) - 2 * trim < 100 or len(self.samples) < 2:
+            return {}
+        start, end = stamps[trim], stamps[-trim - 1]
+        a = min(self.samples, key=lambda sample: abs(sample[0] - start))
+        b = min(self.samples, key=lambda sample: abs(sample[0] - end))
+        if b[0] <= a[0]:
+            return {}
+        n = (len(stamps) - 2 * trim) * (b[0] - a[0]) / max(end - start, 1e-9)  # the messages of the sampled window
+        return {"total": (b[1] - a[1]) / n * 1e6, "busy": (b[1] - a[1]) / (b[0] - a[0]),
+                **{role: (b[2][role] - a[2][role]) / n * 1e6 for role in ROLES}}
+
+
 def receiver(latency: float, kind: str) -> None:
     """`--serve-receiver`: serve POST /hook, GET /stats and POST /reset on a free port, printed on stdout.
 
@@ -130,9 +195,12 @@ def receiver(latency: float, kind: str) -> None:
     write in Python (it leaves the sender CPU-bound). With `latency` (seconds) each answer waits
     that long, like a peer across a network would."""
     seen = Seen()
+    stamps: list[float] = []  # when each request of the current run came
+    sampler = CpuSampler()
 
     def saw() -> int:
         now = time.time()
+        stamps.append(now)
         if not seen.count:
             seen.first = now
         seen.count += 1
@@ -140,6 +208,7 @@ def receiver(latency: float, kind: str) -> None:
         return seen.count
 
     def reset() -> dict[str, object]:
+        stamps.clear()
         seen.count, seen.first, seen.last = 0, 0.0, 0.0
         return asdict(seen)
 
@@ -164,7 +233,11 @@ def receiver(latency: float, kind: str) -> None:
         async def s_reset(_request: Request) -> JSONResponse:
             return JSONResponse(reset())
 
-        app = Starlette(routes=[Route("/hook", s_hook, methods=["POST"]), Route("/stats", s_stats), Route("/reset", s_reset, methods=["POST"])])
+        async def s_cpu(_request: Request) -> JSONResponse:
+            return JSONResponse(sampler.per_message(stamps))
+
+        app = Starlette(routes=[Route("/hook", s_hook, methods=["POST"]), Route("/stats", s_stats), Route("/reset", s_reset, methods=["POST"]),
+                                Route("/cpu", s_cpu)])
         server = uvicorn.Server(uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="off", access_log=False, log_level="warning"))
         print(sock.getsockname()[1], flush=True)
         server.run(sockets=[sock])
@@ -182,9 +255,12 @@ def receiver(latency: float, kind: str) -> None:
     async def do_reset(_request: web.Request) -> web.Response:
         return web.json_response(reset())
 
+    async def cpu(_request: web.Request) -> web.Response:
+        return web.json_response(sampler.per_message(stamps))
+
     async def serve() -> None:
         app = web.Application()
-        app.add_routes([web.post("/hook", hook), web.get("/stats", stats), web.post("/reset", do_reset)])
+        app.add_routes([web.post("/hook", hook), web.get("/stats", stats), web.post("/reset", do_reset), web.get("/cpu", cpu)])
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.SockSite(runner, sock).start()
@@ -197,6 +273,12 @@ def receiver(latency: float, kind: str) -> None:
 async def call(url: str, method: str = "GET") -> Seen:
     async with aiohttp.ClientSession() as session, session.request(method, url) as resp:
         return Seen(**await resp.json())
+
+
+async def cpu_of(base: str) -> dict[str, float]:
+    """What the receiver's sampler says the run since its last reset cost per message (CpuSampler)."""
+    async with aiohttp.ClientSession() as session, session.get(base + "/cpu") as resp:
+        return dict(await resp.json())
 
 
 async def until_seen(base: str, n: int, label: str, stall: float = 120.0, quiet: bool = False) -> Seen:
@@ -277,6 +359,7 @@ async def engine_run(n: int, event_id: str) -> dict[str, float]:
         cpu0 = time.process_time()
         seen = await until_seen(base, n, f"engine {n:,}")
         cpu = time.process_time() - cpu0
+        per_message = await cpu_of(base)
         for _ in range(600):  # until the step is done: the last finish() is recorded
             state, started = await asyncio.to_thread(step_row, engine, event_id)
             if state == "done":
@@ -290,7 +373,7 @@ async def engine_run(n: int, event_id: str) -> dict[str, float]:
             await task
     busy = cpu / max(seen.last - first.last, 1e-9)
     return {"rate": seen.rate, "planning": seen.first - started, "rss_mb": peak_rss_mb(),
-            "busy": busy}
+            "busy": busy, "cpu": per_message}
 
 
 def peak_rss_mb() -> float:
@@ -377,17 +460,19 @@ async def no_engine(settings: Settings, ev: Event, loaded: LoadedPlaybook, base:
     return seen
 
 
-async def baselines(settings: Settings, engine: Engine, ev: Event, base: str, n: int) -> tuple[Seen, Seen, Seen]:
+async def baselines(settings: Settings, engine: Engine, ev: Event, base: str, n: int) -> tuple[tuple[Seen, dict[str, float]], ...]:
+    """(what the receiver saw, CPU per message) of the bare loop, the ledger switched off and no engine."""
     loaded = loaded_event(engine, ev)
     steady_gc()  # the garbage collector as in the engine's worker process (settle_process)
     sample = outgoing(ev, loaded, next(iter(loaded.members.values())))
     body = orjson.dumps(payload(sample))
-    await call(base + "/reset", "POST")
-    bare = await bare_loop(base, n, body)
-    await call(base + "/reset", "POST")
-    off = await ledger_off(settings, engine, ev, loaded, base, n)
-    await call(base + "/reset", "POST")
-    return bare, off, await no_engine(settings, ev, loaded, base, n)
+    out = []
+    for run in (lambda: bare_loop(base, n, body), lambda: ledger_off(settings, engine, ev, loaded, base, n),
+                lambda: no_engine(settings, ev, loaded, base, n)):
+        await call(base + "/reset", "POST")
+        seen = await run()
+        out.append((seen, await cpu_of(base)))
+    return tuple(out)
 
 
 @dataclass
@@ -399,6 +484,10 @@ class Figures:
     planning: float
     rss_mb: float
     busy: float  # the engine process's CPU time over its sending time: 1.0 is one core saturated
+    cpu: dict[str, dict[str, float]] = field(default_factory=dict)  # variant -> CpuSampler.per_message
+
+
+VARIANTS = {"engine": "engine", "bare": "bare", "off": "ledger off", "plain": "no engine"}
 
 
 def run_size(db: str, n: int, pg_url: str, base: str) -> Figures:
@@ -416,9 +505,10 @@ def run_size(db: str, n: int, pg_url: str, base: str) -> Figures:
             child = subprocess.run([sys.executable, str(HERE), "--one", str(n), "--event", event_id], env={**os.environ, **env},
                                    stdout=subprocess.PIPE, text=True, check=True)
             figures = json.loads(child.stdout.strip().splitlines()[-1])
-            bare, off, plain = asyncio.run(baselines(settings, engine, get_event(engine, event_id), base, n))
+            (bare, bare_cpu), (off, off_cpu), (plain, plain_cpu) = asyncio.run(baselines(settings, engine, get_event(engine, event_id), base, n))
             engine.dispose()
-    return Figures(figures["rate"], bare.rate, off.rate, plain.rate, figures["planning"], figures["rss_mb"], figures["busy"])
+    return Figures(figures["rate"], bare.rate, off.rate, plain.rate, figures["planning"], figures["rss_mb"], figures["busy"],
+                   {"engine": figures["cpu"], "bare": bare_cpu, "off": off_cpu, "plain": plain_cpu})
 
 
 def ratio_line(label: str, ratio: float, target: float, at_least: bool = True) -> None:
@@ -432,7 +522,10 @@ RECEIVERS = {"uvicorn": "a Starlette route in one uvicorn process (uvloop + http
 def median_figures(rounds: list[Figures]) -> Figures:
     """Each figure's median over the rounds (a machine that slows down or speeds up during a run
     weighs on every variant, not on the one it happened to run)."""
-    return Figures(*(statistics.median(getattr(f, name) for f in rounds) for name in Figures.__dataclass_fields__))
+    numbers = [name for name in Figures.__dataclass_fields__ if name != "cpu"]
+    cpu = {variant: {key: statistics.median(f.cpu[variant][key] for f in rounds if f.cpu.get(variant))
+                     for key in rounds[0].cpu.get(variant, {})} for variant in VARIANTS}
+    return Figures(*(statistics.median(getattr(f, name) for f in rounds) for name in numbers), cpu=cpu)
 
 
 def report(db: str, results: dict[int, list[Figures]], latency_ms: float, kind: str) -> None:
@@ -455,6 +548,17 @@ def report(db: str, results: dict[int, list[Figures]], latency_ms: float, kind: 
         if len(each) > 1:
             print(f"           each round: {', '.join(f'{r.engine / r.off:.2f}' for r in each)}")
         print(f"  {n:>7,}: engine ÷ no engine       {f.engine / f.plain:5.2f}  (no target: the engine's whole cost on top of the channel)")
+    print(f"CPU per message, µs of the whole machine over the middle 80% of each run's requests{' (medians)' if rounds > 1 else ''}:")
+    print(f"{'recipients':>10} {'variant':<11}{'sender':>8}{'receiver':>9}{'PostgreSQL':>11}{'Redis':>7}{'other':>7}{'total':>7}   machine busy (of {os.cpu_count() or 1}00%)")
+    for n, f in medians.items():
+        for variant, label in VARIANTS.items():
+            c = f.cpu.get(variant)
+            if c:
+                print(f"{n:>10,} {label:<11}{c['sender']:>8.0f}{c['receiver']:>9.0f}{c['postgres']:>11.0f}{c['redis']:>7.0f}{c['other']:>7.0f}"
+                      f"{c['total']:>7.0f}   {c['busy']:.0%}")
+        if f.cpu.get("engine") and f.cpu.get("off"):
+            extra = {role: f.cpu["engine"][role] - f.cpu["off"][role] for role in (*ROLES, "total")}
+            print(f"{n:>10,} the ledger: {extra['total']:+.0f} µs a message ({', '.join(f'{role} {extra[role]:+.0f}' for role in ROLES)})")
     if len(medians) > 1:
         small, big = min(medians), max(medians)
         ratio_line(f"memory {big:,} ÷ {small:,}", medians[big].rss_mb / medians[small].rss_mb, 1.5, at_least=False)
