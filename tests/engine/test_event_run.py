@@ -45,12 +45,18 @@ def closed(engine: Engine, event_id: str) -> Callable[[], bool]:
 
 
 async def run_event(engine: Engine, settings: Settings, redis_url: str, path: Path, *, speed: float = 3600, workers: int = 1,
-                    timeout: float = 90, max_jobs: int = 10, **kw: Any) -> str:
+                    timeout: float = 90, max_jobs: int = 10, until_step: str | None = None, **kw: Any) -> str:
+    """Schedule the playbook at `path` and run `workers` until the event closes, or, with
+    `until_step`, until that step is done (a test of one step need not wait for the live)."""
     async with arq_pool(redis_url) as pool:
         result = await scheduling.schedule(engine, pool, settings, path, speed=speed, **kw)
+    event_id = result.event_id
     async with contextlib_workers(settings, redis_url, engine, workers, max_jobs):
-        await until(closed(engine, result.event_id), timeout, f"event {result.event_id} to close")
-    return result.event_id
+        if until_step is None:
+            await until(closed(engine, event_id), timeout, f"event {event_id} to close")
+        else:
+            await until(lambda: step_states(engine, event_id)[until_step].state == "done", timeout, f"step {until_step} of {event_id} to be done")
+    return event_id
 
 
 class contextlib_workers:
@@ -236,7 +242,8 @@ def test_a_batch_the_rate_limit_would_hold_past_the_job_gives_its_rows_back(tmp_
 
     monkeypatch.setattr(fanout, "HARD_STOP", 0.5)  # seconds into a job (45 s in production); 30 tokens a second: a batch of 200 cannot finish
     files = EventFiles(people=crowd(90), preview=None, reminders=[("hour", "T-1h", "[sms]")], policy="rate_limits: {sms: 30}")
-    event_id = asyncio.run(run_event(engine, make_settings(receiver), redis_url, files.write(tmp_path / "event"), speed=300, clock_from=JUST_BEFORE))
+    event_id = asyncio.run(run_event(engine, make_settings(receiver), redis_url, files.write(tmp_path / "event"), speed=300, clock_from=JUST_BEFORE,
+                                     until_step="reminder:hour"))
     rows = sends(engine, event_id)
     assert len(rows) == 90 and {r.state for r in rows} == {"sent"}
     assert sorted(Counter(receiver.by_step()["reminder:hour"].values()).items()) == [(1, 90)], "each person once"
