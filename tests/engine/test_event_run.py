@@ -26,6 +26,7 @@ SEND = Send.__table__  # type: ignore[attr-defined]
 STEP = Step.__table__  # type: ignore[attr-defined]
 OPTOUT = OptOut.__table__  # type: ignore[attr-defined]
 CST = timezone(timedelta(hours=8))
+STEP_ENDS = {"done", "skipped", "missed"}  # a step's states once it has run (or will not)
 JUST_BEFORE = datetime(2027, 6, 10, 17, 59, 30)  # start the clock just before the T-1h reminder: nothing to wait for
 
 
@@ -47,7 +48,7 @@ def closed(engine: Engine, event_id: str) -> Callable[[], bool]:
 async def run_event(engine: Engine, settings: Settings, redis_url: str, path: Path, *, speed: float = 3600, workers: int = 1,
                     timeout: float = 90, max_jobs: int = 10, until_step: str | None = None, **kw: Any) -> str:
     """Schedule the playbook at `path` and run `workers` until the event closes, or, with
-    `until_step`, until that step is done (a test of one step need not wait for the live)."""
+    `until_step`, until that step has ended (a test of one step need not wait for the live)."""
     async with arq_pool(redis_url) as pool:
         result = await scheduling.schedule(engine, pool, settings, path, speed=speed, **kw)
     event_id = result.event_id
@@ -55,7 +56,7 @@ async def run_event(engine: Engine, settings: Settings, redis_url: str, path: Pa
         if until_step is None:
             await until(closed(engine, event_id), timeout, f"event {event_id} to close")
         else:
-            await until(lambda: step_states(engine, event_id)[until_step].state == "done", timeout, f"step {until_step} of {event_id} to be done")
+            await until(lambda: step_states(engine, event_id)[until_step].state in STEP_ENDS, timeout, f"step {until_step} of {event_id} to end")
     return event_id
 
 
@@ -130,7 +131,7 @@ def test_temporary_failures_retry_with_backoff_and_permanent_ones_stop(tmp_path:
     receiver.fail_times = {"m000001": 2}
     receiver.reject = {"m000002"}
     path = EventFiles(people=crowd(4), preview=None, reminders=[("hour", "T-1h", "[sms]")]).write(tmp_path / "event")
-    event_id = asyncio.run(run_event(engine, make_settings(receiver), redis_url, path, speed=900, clock_from=JUST_BEFORE))  # backoff 2 s + 4 s fits before the close
+    event_id = asyncio.run(run_event(engine, make_settings(receiver), redis_url, path, speed=900, clock_from=JUST_BEFORE, until_step="reminder:hour"))
     by_member = {r.member_id: r for r in sends(engine, event_id)}
     assert by_member["m000001"].state == "sent" and by_member["m000001"].attempts == 3
     assert by_member["m000002"].state == "failed" and "422" in by_member["m000002"].error and by_member["m000002"].attempts == 1
@@ -143,7 +144,8 @@ def test_quiet_hours_defer_a_late_message_to_the_end_of_the_window(tmp_path: Pat
                        live_start="2027-06-11 10:00", live_end="2027-06-11 11:00", policy="late_steps: {action: run_late, tolerance: 4h}")
     path = files.write(tmp_path / "event")
     clock_from = datetime(2027, 6, 10, 23, 0)  # the 20:30 reminder is now 2.5 h late, and 23:00 is quiet
-    event_id = asyncio.run(run_event(engine, make_settings(receiver), redis_url, path, speed=3600, clock_from=clock_from, timeout=120))
+    event_id = asyncio.run(run_event(engine, make_settings(receiver), redis_url, path, speed=3600, clock_from=clock_from, timeout=120,
+                                     until_step="reminder:eve"))
     step = step_states(engine, event_id)["reminder:eve"]
     assert step.state == "done"
     assert step.at.astimezone(CST).replace(tzinfo=None) == datetime(2027, 6, 11, 8, 0)
@@ -159,7 +161,8 @@ def test_quiet_hours_skip_when_the_policy_says_so(tmp_path: Path, engine: Engine
                        live_start="2027-06-11 10:00", live_end="2027-06-11 11:00",
                        policy="quiet_hours_action: skip\n  late_steps: {action: run_late, tolerance: 4h}")
     path = files.write(tmp_path / "event")
-    event_id = asyncio.run(run_event(engine, make_settings(receiver), redis_url, path, speed=3600, clock_from=datetime(2027, 6, 10, 23, 0)))
+    event_id = asyncio.run(run_event(engine, make_settings(receiver), redis_url, path, speed=3600, clock_from=datetime(2027, 6, 10, 23, 0),
+                                     until_step="reminder:eve"))
     assert step_states(engine, event_id)["reminder:eve"].state == "skipped"
     assert receiver.requests == [] and sends(engine, event_id) == []
 
@@ -303,7 +306,7 @@ def test_workers_render_copy_from_the_stored_audience_exactly_as_the_playbook_do
                         f'''      segments: [vip]\n      copy: "{copy}"''')
     path.write_text(text, encoding="utf-8")
 
-    event_id = asyncio.run(run_event(engine, make_settings(receiver), redis_url, path, speed=900, clock_from=JUST_BEFORE))
+    event_id = asyncio.run(run_event(engine, make_settings(receiver), redis_url, path, speed=900, clock_from=JUST_BEFORE, until_step="reminder:vip"))
 
     got = {r.body["member"]["id"]: r.body["text"] for r in receiver.requests if r.body["step"] == "reminder:vip"}
     assert set(got) == {"m000002", "m000005"}, "only the members of the targeted segment"
