@@ -263,15 +263,17 @@ def step_counts(engine: Engine, event_id: str) -> dict[str, dict[str, dict[str, 
 
 
 def open_rows(engine: Engine, event_id: str, step_id: str) -> tuple[int, int, datetime | None]:
-    """(planned rows, sending rows, earliest not_before among planned) of one step."""
+    """(planned rows, sending rows, earliest not_before among planned) of one step, read in one
+    statement so that both counts are of one moment: read in two, a retry's row going from sending
+    back to planned between them was in neither, and its step was closed with the row still to send.
+    Each part still reads its own partial index."""
+    of_step = (SEND.c.event_id == event_id, SEND.c.step_id == step_id)
+    planned = select(func.count()).where(*of_step, SEND.c.state == "planned").scalar_subquery()
+    sending = select(func.count()).where(*of_step, SEND.c.state == "sending").scalar_subquery()
+    earliest = select(func.min(SEND.c.not_before)).where(*of_step, SEND.c.state == "planned").scalar_subquery()
     with engine.connect() as conn:
-        planned, earliest = conn.execute(
-            select(func.count(), func.min(SEND.c.not_before)).where(SEND.c.event_id == event_id, SEND.c.step_id == step_id, SEND.c.state == "planned")
-        ).one()
-        sending = conn.execute(
-            select(func.count()).where(SEND.c.event_id == event_id, SEND.c.step_id == step_id, SEND.c.state == "sending")
-        ).scalar_one()
-    return int(planned), int(sending), earliest
+        n_planned, n_sending, first = conn.execute(select(planned, sending, earliest)).one()
+    return int(n_planned), int(n_sending), first
 
 
 def sendable(engine: Engine, event_id: str, horizon: datetime) -> int:

@@ -130,3 +130,31 @@ def downgrade(engine: Engine, revision: str) -> None:
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, revision)
+
+
+def test_open_rows_counts_a_row_going_back_and_forth_between_planned_and_sending_once(engine: Engine) -> None:
+    """A drain closes its step when `open_rows` finds nothing planned and nothing sending. A retry's
+    row goes from sending back to planned while other lanes look: counted in two reads, it could fall
+    between them and be in neither, and the step was closed with the row still to send (seen in CI)."""
+    import threading
+
+    add_event(engine, "ev")
+    ledger.plan_sends(engine, "ev", "reminder:a", [("m001", "webhook", "webhook")])
+    stop = threading.Event()
+
+    def flip() -> None:  # what claims and retries do to the row, as fast as the store lets them
+        state = "planned"
+        while not stop.is_set():
+            state = "sending" if state == "planned" else "planned"
+            with engine.begin() as conn:
+                conn.execute(update(SEND).where(SEND.c.event_id == "ev").values(state=state))
+
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    try:
+        seen = [ledger.open_rows(engine, "ev", "reminder:a")[:2] for _ in range(1500)]
+    finally:
+        stop.set()
+        flipper.join()
+    assert {planned + sending for planned, sending in seen} == {1}, "the one open row, counted once every time"
+    assert {(1, 0), (0, 1)} <= set(seen), "the row was seen in both states (the flipper ran meanwhile)"
