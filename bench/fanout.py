@@ -28,10 +28,11 @@ Prints the rates and the ratios PERFORMANCE.md sets targets for (figures here ar
 ratios are what we compare), and where each variant's CPU went: per message, in microseconds of the
 whole machine over the middle 80% of its requests, by process (the sender: the worker or this
 script; the receiver; PostgreSQL's backends; Redis; anything else). On two cores shared by all of
-them, those figures say what a message costs far more steadily than the rates do. Every size and
-variant runs once per round, `--rounds` rounds in turns; the ratios are those of each figure's
-median, and each round's ratio is printed beside them. PostgreSQL's schema `public` is dropped and
-made again before each run.
+them the rates say only how much each variant got done; these say which process a change made
+cheaper or dearer (they move about as much from round to round, ±10%: compare medians). Every
+size and variant runs once per round, `--rounds` rounds in turns; the ratios are those of each
+figure's median, and each round's ratio is printed beside them. PostgreSQL's schema `public` is
+dropped and made again before each run.
 
     python bench/fanout.py [--sizes 10000,100000] [--db sqlite|postgresql|both] [--pg-url URL] [--rounds 3]
                            [--receiver uvicorn|aiohttp] [--peer-latency MS]
