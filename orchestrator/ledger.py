@@ -266,13 +266,12 @@ def open_rows(engine: Engine, event_id: str, step_id: str) -> tuple[int, int, da
     """(planned rows, sending rows, earliest not_before among planned) of one step, read in one
     statement so that both counts are of one moment: read in two, a retry's row going from sending
     back to planned between them was in neither, and its step was closed with the row still to send.
-    Each part still reads its own partial index."""
+    Each part reads its own partial index once."""
     of_step = (SEND.c.event_id == event_id, SEND.c.step_id == step_id)
-    planned = select(func.count()).where(*of_step, SEND.c.state == "planned").scalar_subquery()
+    planned = select(func.count().label("n"), func.min(SEND.c.not_before).label("first")).where(*of_step, SEND.c.state == "planned").subquery()
     sending = select(func.count()).where(*of_step, SEND.c.state == "sending").scalar_subquery()
-    earliest = select(func.min(SEND.c.not_before)).where(*of_step, SEND.c.state == "planned").scalar_subquery()
     with engine.connect() as conn:
-        n_planned, n_sending, first = conn.execute(select(planned, sending, earliest)).one()
+        n_planned, n_sending, first = conn.execute(select(planned.c.n, sending, planned.c.first)).one()
     return int(n_planned), int(n_sending), first
 
 
