@@ -115,7 +115,8 @@ def _unconfirmed(conn: Any, event_id: str) -> dict[str, int]:
     guide, and any other (a post into a customer group) to the guide whose WeCom userid must confirm it."""
     rows = conn.execute(select(SEND.c.member_id, MEMBER.c.guide, SEND.c.sender, func.count())
                         .select_from(SEND.outerjoin(MEMBER, (MEMBER.c.event_id == SEND.c.event_id) & (MEMBER.c.member_id == SEND.c.member_id)))
-                        .where(SEND.c.event_id == event_id, SEND.c.state == "created", SEND.c.channel.in_(("wecom_customer", "wecom_group")))
+                        .where(SEND.c.event_id == event_id, SEND.c.awaiting.is_not(None), SEND.c.state == "created",
+                               SEND.c.channel.in_(("wecom_customer", "wecom_group")))
                         .group_by(SEND.c.member_id, MEMBER.c.guide, SEND.c.sender)).all()
     by_userid = {u: g for g, u in conn.execute(select(GUIDE.c.guide_id, GUIDE.c.wecom_userid)
                                                  .where(GUIDE.c.event_id == event_id, GUIDE.c.wecom_userid.is_not(None)))}

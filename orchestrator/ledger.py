@@ -7,10 +7,12 @@ States (open to later channels, which add their own):
        └── retry later ◄──┘          planned/sending ──► skipped (opt-out, cap, quiet hours, cancelled)
 
 A row is claimed with one conditional UPDATE (planned -> sending, owner and time set), so two
-workers never hold the same row. A row left in `sending` by a dead worker is resolved by
-`resolve_orphans`: back to `planned` (marked retried) when its transport is idempotent,
-otherwise `unknown` and reported. All calls are synchronous and batched; the worker runs them
-in a thread.
+workers never hold the same row, and the claim names its worker in `claimer`. A row left in
+`sending` by a dead worker is resolved by `resolve_orphans`: back to `planned` (marked retried)
+when its transport is idempotent, otherwise `unknown` and reported. No index names the state
+(see store.Send: each change is a HOT update on PostgreSQL), so open work is found by the step's
+rows in id order and the sweep by `claimer`. All calls are synchronous and batched; the worker
+runs them in a thread.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from sqlalchemy import Connection, Engine, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from orchestrator.store import Event, Send, UtcDateTime, one_trip, reading, sqlite_time, utc_now, writing
+from orchestrator.store import Claimer, Event, Send, UtcDateTime, one_trip, reading, sqlite_time, utc_now, writing
 
 SEND = Send.__table__  # type: ignore[attr-defined]
 EVENT = Event.__table__  # type: ignore[attr-defined]
+CLAIMER = Claimer.__table__  # type: ignore[attr-defined]
 
 
 # States of a row that count toward the person's caps: sent; a WeCom task created (the guide
@@ -85,27 +88,29 @@ class Claimed:
     retried: bool
 
 
-# Claiming: one write per batch; the planned rows of a step come in id order from the partial index.
+# Claiming: one write per batch; the planned rows of a step come in id order from `ix_send_step`.
 # On PostgreSQL rows another worker is claiming are skipped, not waited for, and the claimed rows
-# come back from RETURNING. On SQLite they are marked with the claim's token and read back as one
-# JSON document: Python's sqlite3 hands the GIL over at every row it steps through, so a row per
-# claimed send set the claiming thread and the sending event loop ping-ponging (bench/fanout.py:
-# reading a batch's people as a document instead of 200 rows alone took the fan-out from 3,565 to
-# 4,263 sends/s).
+# come back from RETURNING; the same statement names the worker in `claimer` (with the time of
+# its latest claim in the step). On SQLite the rows are marked with the claim's token and read
+# back as one JSON document: Python's sqlite3 hands the GIL over at every row it steps through, so
+# a row per claimed send set the claiming thread and the sending event loop ping-ponging
+# (bench/fanout.py: reading a batch's people as a document instead of 200 rows alone took the
+# fan-out from 3,565 to 4,263 sends/s).
 #
 # A drain passes the last id it claimed (`after`), so each claim starts where its previous one
-# ended. On PostgreSQL the partial index keeps an entry for every row version that was planned
-# until vacuum comes, so a claim from the start of the step walked over all of the step's claimed
-# rows: 6 ms a batch at the start of a 50,000-row step, 18 ms at its end (single claimer, no
-# sending). A row planned again behind the cursor (given back, or a retry come due) is taken by the
-# drain's successor, which starts from the beginning.
+# ended and walks over no rows it already took; the rows other lanes took meanwhile (a few
+# batches) are stepped over. A row planned again behind the cursor (given back, or a retry come
+# due) is taken by the drain's successor, which starts from the beginning.
 _PICK = """SELECT id FROM send WHERE event_id = :event AND step_id = :step AND state = 'planned' AND id > :after
                                    AND (not_before IS NULL OR not_before <= :now) ORDER BY id LIMIT :limit"""
 # The rows are picked once, in a MATERIALIZED CTE: as `id IN (subquery)` the planner may make the
 # pick the inner side of a nested loop and run it again for every row it updates, each run finding
 # the next planned rows, so one claim took all of them whatever the limit (tests/engine/test_ledger.py).
 CLAIM_PG = text(f"""
-WITH picked AS MATERIALIZED ({_PICK} FOR UPDATE SKIP LOCKED)
+WITH picked AS MATERIALIZED ({_PICK} FOR UPDATE SKIP LOCKED),
+named AS (INSERT INTO claimer (worker, event_id, step_id, dirty, last_at) SELECT :worker, :event, :step, true, :now
+          WHERE EXISTS (SELECT FROM picked)
+          ON CONFLICT (worker, event_id, step_id) DO UPDATE SET dirty = true, last_at = excluded.last_at)
 UPDATE send SET state = 'sending', claimed_by = :worker, claimed_at = :now, attempts = attempts + 1
 FROM picked WHERE send.id = picked.id AND send.state = 'planned'
 RETURNING send.id, send.member_id, send.channel, send.transport, send.attempts, send.idempotency_key, send.retried
@@ -114,9 +119,15 @@ CLAIM_SQLITE = text(f"""
 UPDATE send SET state = 'sending', claimed_by = :worker, claimed_at = :now, attempts = attempts + 1, claim = :token
 WHERE id IN ({_PICK}) AND state = 'planned'
 """).bindparams(bindparam("now", type_=UtcDateTime))
+NAME_SQLITE = text("""
+INSERT INTO claimer (worker, event_id, step_id, dirty, last_at) VALUES (:worker, :event, :step, 1, :now)
+ON CONFLICT (worker, event_id, step_id) DO UPDATE SET dirty = 1, last_at = excluded.last_at
+""").bindparams(bindparam("now", type_=UtcDateTime))
+# read back along the step's index from the claim's start, stopping at its last row
 CLAIMED_SQLITE = text("""
-SELECT json_group_array(json_array(id, member_id, channel, transport, attempts, idempotency_key, retried)) FROM send
-WHERE event_id = :event AND step_id = :step AND state = 'sending' AND claim = :token
+SELECT json_group_array(json_array(id, member_id, channel, transport, attempts, idempotency_key, retried)) FROM (
+    SELECT id, member_id, channel, transport, attempts, idempotency_key, retried FROM send
+    WHERE event_id = :event AND step_id = :step AND id > :after AND claim = :token ORDER BY id LIMIT :claimed)
 """)
 
 
@@ -129,8 +140,10 @@ def claim(bind: Engine | Connection, event_id: str, step_id: str, worker: str, l
             rows = [tuple(r) for r in conn.execute(CLAIM_PG, params)]
         else:
             params["token"] = secrets.token_hex(8)
-            if not conn.execute(CLAIM_SQLITE, params).rowcount:
+            params["claimed"] = conn.execute(CLAIM_SQLITE, params).rowcount
+            if not params["claimed"]:
                 return []
+            conn.execute(NAME_SQLITE, params)
             rows = orjson.loads(conn.execute(CLAIMED_SQLITE, params).scalar_one())
     rows.sort()
     return [Claimed(i, m, ch, tr, att, key, bool(retried)) for i, m, ch, tr, att, key, retried in rows]
@@ -182,24 +195,27 @@ def finish(engine: Engine, worker: str, results: Sequence[Result]) -> int:
 
 
 # One primary-key probe per result, whatever the statistics, and no join: joined to the unnest of
-# the results, the planner (on a never-analysed table) read the rows in `sending` through their
-# partial index, or the whole table when it was small, and re-ran the unnest for each row it
-# found (bench/fanout.py on PostgreSQL, auto_explain: 80-250 ms a batch at 10,000 and 100,000
-# recipients). Here the rows are found by `id = ANY` (IS NOT DISTINCT FROM matches no partial
-# index) and each takes its values at its position in the arrays: 7 ms a batch, writes included.
+# the results, the planner (on a never-analysed table) read the rows of the step through an index,
+# or the whole table when it was small, and re-ran the unnest for each row it found
+# (bench/fanout.py on PostgreSQL, auto_explain: 80-250 ms a batch at 10,000 and 100,000
+# recipients). Here the rows are found by `id = ANY` and each takes its values at its position in
+# the arrays: 7 ms a batch, writes included. `awaiting` is set on created WeCom tasks only and
+# stays NULL on every other row, so the update stays HOT (store.Send).
 _FINISH_PG = """
-UPDATE send AS s SET (state, provider_id, error, not_before, sender, sent_at) = (
+UPDATE send AS s SET (state, provider_id, error, not_before, sender, sent_at, awaiting) = (
     SELECT (CAST(:states AS text[]))[p], (CAST(:providers AS text[]))[p], (CAST(:errors AS text[]))[p],
            (CAST(:not_befores AS timestamp[]))[p], (CAST(:senders AS text[]))[p],
-           CASE WHEN (CAST(:states AS text[]))[p] = 'sent' THEN CAST(:now AS timestamp) END
+           CASE WHEN (CAST(:states AS text[]))[p] = 'sent' THEN CAST(:now AS timestamp) END,
+           CASE WHEN (CAST(:states AS text[]))[p] = 'created' THEN true END
     FROM (SELECT array_position(CAST(:ids AS bigint[]), CAST(s.id AS bigint)) AS p) AS x)
-WHERE s.id = ANY(CAST(:ids AS bigint[])) AND s.state IS NOT DISTINCT FROM 'sending' AND s.claimed_by IS NOT DISTINCT FROM :worker
+WHERE s.id = ANY(CAST(:ids AS bigint[])) AND s.state = 'sending' AND s.claimed_by = :worker
 """
 FINISH_PG = text(_FINISH_PG).bindparams(bindparam("now", type_=UtcDateTime))
 FINISH_SQLITE = text("""
 UPDATE send SET state = json_extract(v.value, '$[1]'), provider_id = json_extract(v.value, '$[2]'),
        error = json_extract(v.value, '$[3]'), not_before = json_extract(v.value, '$[4]'), sender = json_extract(v.value, '$[5]'),
-       sent_at = CASE WHEN json_extract(v.value, '$[1]') = 'sent' THEN :now END
+       sent_at = CASE WHEN json_extract(v.value, '$[1]') = 'sent' THEN :now END,
+       awaiting = CASE WHEN json_extract(v.value, '$[1]') = 'created' THEN 1 END
 FROM json_each(:rows) AS v
 WHERE send.id = json_extract(v.value, '$[0]') AND send.state = 'sending' AND send.claimed_by = :worker
 """).bindparams(bindparam("now", type_=UtcDateTime))
@@ -224,30 +240,58 @@ def resolve_orphans(engine: Engine, live_workers: set[str], idempotent: dict[str
     An `unknown` message may well have reached its person, so it counts toward their caps as a
     sent one does (its state is one of COUNTED).
 
+    The workers to look at are those `claimer` names and `live_workers` does not: each claim names
+    its worker there (dirty), so the sweep reads only that small table while every worker is alive.
+    A gone worker's step is marked clean before its rows are read, so a claim it makes meanwhile
+    (it was not gone after all) marks it dirty again and is looked at next time; rows claimed less
+    than `grace` ago are left, and their step stays dirty. A gone worker's clean step is forgotten.
+
     Returns (event, step) -> (rows put back to planned, rows marked unknown), so the caller can
     report them and restart the step's sending.
     """
     cutoff = utc_now() - grace
     out: dict[tuple[str, str], tuple[int, int]] = {}
-    with engine.begin() as conn:
-        rows = conn.execute(
-            select(SEND.c.id, SEND.c.transport, SEND.c.claimed_by)
-            .where(SEND.c.state == "sending", SEND.c.claimed_at < cutoff)
-        ).all()
-        orphans = [r for r in rows if r.claimed_by not in live_workers]
-        again = [r.id for r in orphans if idempotent.get(r.transport, False)]
-        lost = [r.id for r in orphans if not idempotent.get(r.transport, False)]
-        changed: dict[str, list[Any]] = {"again": [], "lost": []}
-        for name, ids, values in (("again", again, {"state": "planned", "retried": True, "claimed_by": None}),
-                                  ("lost", lost, {"state": "unknown", "error": "the worker stopped during the send; the channel has no idempotency key, so it is not repeated"})):
-            for i in range(0, len(ids), 500):
-                changed[name] += conn.execute(update(SEND).where(SEND.c.id.in_(ids[i:i + 500]), SEND.c.state == "sending").values(**values)
-                                              .returning(SEND.c.event_id, SEND.c.step_id)).all()
-    for name, found in changed.items():
-        for r in found:
-            retried, unknown = out.get((r.event_id, r.step_id), (0, 0))
-            out[(r.event_id, r.step_id)] = (retried + 1, unknown) if name == "again" else (retried, unknown + 1)
+    with engine.connect() as conn:
+        named = conn.execute(select(CLAIMER.c.worker, CLAIMER.c.event_id, CLAIMER.c.step_id, CLAIMER.c.dirty)).all()
+    for worker, event_id, step_id, dirty in named:
+        if worker in live_workers:
+            continue
+        key = (CLAIMER.c.worker == worker, CLAIMER.c.event_id == event_id, CLAIMER.c.step_id == step_id)
+        if not dirty:
+            with engine.begin() as conn:
+                conn.execute(CLAIMER.delete().where(*key, CLAIMER.c.dirty.is_(False)))
+            continue
+        with engine.begin() as conn:
+            conn.execute(update(CLAIMER).where(*key).values(dirty=False))
+        retried, unknown, young = _resolve(engine, worker, event_id, step_id, idempotent, cutoff)
+        if young:
+            with engine.begin() as conn:
+                conn.execute(update(CLAIMER).where(*key).values(dirty=True))
+        if retried or unknown:
+            before = out.get((event_id, step_id), (0, 0))
+            out[(event_id, step_id)] = (before[0] + retried, before[1] + unknown)
     return out
+
+
+LOST = "the worker stopped during the send; the channel has no idempotency key, so it is not repeated"
+
+
+def _resolve(engine: Engine, worker: str, event_id: str, step_id: str, idempotent: dict[str, bool], cutoff: datetime) -> tuple[int, int, int]:
+    """(rows put back to planned, rows marked unknown, rows claimed too recently to judge) of the
+    rows `worker` left in `sending` in one step."""
+    mine = (SEND.c.event_id == event_id, SEND.c.step_id == step_id, SEND.c.state == "sending", SEND.c.claimed_by == worker)
+    with engine.begin() as conn:
+        rows = conn.execute(select(SEND.c.id, SEND.c.transport, SEND.c.claimed_at).where(*mine)).all()
+        old = [r for r in rows if r.claimed_at is not None and r.claimed_at < cutoff]
+        again = [r.id for r in old if idempotent.get(r.transport, False)]
+        lost = [r.id for r in old if not idempotent.get(r.transport, False)]
+        done = []
+        for ids, values in ((again, {"state": "planned", "retried": True, "claimed_by": None}), (lost, {"state": "unknown", "error": LOST})):
+            n = 0
+            for i in range(0, len(ids), 500):
+                n += conn.execute(update(SEND).where(SEND.c.id.in_(ids[i:i + 500]), *mine).values(**values)).rowcount or 0
+            done.append(n)
+    return done[0], done[1], len(rows) - len(old)
 
 
 def step_counts(engine: Engine, event_id: str) -> dict[str, dict[str, dict[str, int]]]:
@@ -265,13 +309,12 @@ def step_counts(engine: Engine, event_id: str) -> dict[str, dict[str, dict[str, 
 def open_rows(engine: Engine, event_id: str, step_id: str) -> tuple[int, int, datetime | None]:
     """(planned rows, sending rows, earliest not_before among planned) of one step, read in one
     statement so that both counts are of one moment: read in two, a retry's row going from sending
-    back to planned between them was in neither, and its step was closed with the row still to send.
-    Each part reads its own partial index once."""
-    of_step = (SEND.c.event_id == event_id, SEND.c.step_id == step_id)
-    planned = select(func.count().label("n"), func.min(SEND.c.not_before).label("first")).where(*of_step, SEND.c.state == "planned").subquery()
-    sending = select(func.count()).where(*of_step, SEND.c.state == "sending").scalar_subquery()
+    back to planned between them was in neither, and its step was closed with the row still to send."""
+    planned, sending = SEND.c.state == "planned", SEND.c.state == "sending"
     with engine.connect() as conn:
-        n_planned, n_sending, first = conn.execute(select(planned.c.n, sending, planned.c.first)).one()
+        n_planned, n_sending, first = conn.execute(
+            select(func.count().filter(planned), func.count().filter(sending), func.min(SEND.c.not_before).filter(planned))
+            .where(SEND.c.event_id == event_id, SEND.c.step_id == step_id)).one()
     return int(n_planned), int(n_sending), first
 
 
@@ -348,16 +391,17 @@ def created_tasks(engine: Engine, event_id: str) -> list[tuple[int, str, str, st
     """Rows whose platform task waits for a person's confirmation: (id, member, step, task id)."""
     with engine.connect() as conn:
         return [tuple(r) for r in conn.execute(select(SEND.c.id, SEND.c.member_id, SEND.c.step_id, SEND.c.provider_id)
-                                               .where(SEND.c.event_id == event_id, SEND.c.state == "created"))]
+                                               .where(SEND.c.event_id == event_id, SEND.c.awaiting.is_not(None), SEND.c.state == "created"))]
 
 
 def settle(engine: Engine, outcomes: Sequence[tuple[int, str, str | None]]) -> int:
-    """Final states of created rows (sent, failed, skipped) with their reason; a row settled meanwhile is left alone."""
+    """Final states of created rows (sent, failed, skipped) with their reason, no longer awaiting; a
+    row settled meanwhile is left alone."""
     if not outcomes:
         return 0
     now = utc_now()
     stmt = (update(SEND).where(SEND.c.id == bindparam("row"), SEND.c.state == "created")
-            .values(state=bindparam("new_state"), error=bindparam("reason"), sent_at=bindparam("at")))
+            .values(state=bindparam("new_state"), error=bindparam("reason"), sent_at=bindparam("at"), awaiting=None))
     with engine.begin() as conn:
         done = conn.execute(stmt, [{"row": i, "new_state": s, "reason": e, "at": now if s == "sent" else None} for i, s, e in outcomes])
     return done.rowcount or 0

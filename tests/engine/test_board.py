@@ -286,7 +286,8 @@ def test_a_guides_unconfirmed_wecom_tasks_show_in_the_snapshot(
                                                         ("guide:g2", "wecom_group", "wecom"), ("guide:g1", "sms", "console"),
                                                         ("chat:wr1", "wecom_group", "wecom_tasks"), ("chat:wr2", "wecom_group", "wecom_tasks")])
     with engine.begin() as conn:  # the guide has not confirmed these tasks yet (g2's is still only planned)
-        conn.execute(update(send).where(send.c.event_id == event_id, send.c.member_id.in_(("guide:g1", "m000001"))).values(state="created"))
+        conn.execute(update(send).where(send.c.event_id == event_id, send.c.member_id.in_(("guide:g1", "m000001")))
+                     .values(state="created", awaiting=True))  # as ledger.finish records a created task
         conn.execute(update(Guide.__table__).where(Guide.__table__.c.guide_id == "g2").values(wecom_userid="wang"))  # type: ignore[attr-defined]
     # posts into two customer groups: the tasks WeCom made, as the worker records them: one for g2's WeCom userid, one for nobody's
     claimed = ledger.claim(engine, event_id, "reminder:r1", "w1", 100)
