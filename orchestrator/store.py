@@ -46,7 +46,7 @@ def utc_now() -> datetime:
 
 def sqlite_time(moment: datetime | None) -> str | None:
     """A time as UtcDateTime stores it in SQLite (naive UTC text), for values passed inside a JSON
-    document (statements over json_each write many rows in one step)."""
+    document (statements over json_each, or a JSON object on PostgreSQL, write many rows in one step)."""
     return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
