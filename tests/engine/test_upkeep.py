@@ -12,7 +12,7 @@ from sqlalchemy import Engine, update
 
 from orchestrator import ledger, scheduling
 from orchestrator.settings import Settings
-from orchestrator.store import Event, Send, Step, utc_now
+from orchestrator.store import Claimer, Event, Send, Step, utc_now
 from orchestrator.worker import STALLED_AFTER, _stalled_steps
 from tests.engine.conftest import arq_pool
 from tests.engine.eventfiles import EventFiles, crowd
@@ -21,6 +21,7 @@ from tests.engine.receiver import Receiver
 pytestmark = pytest.mark.db
 SEND = Send.__table__  # type: ignore[attr-defined]
 STEP = Step.__table__  # type: ignore[attr-defined]
+CLAIMER = Claimer.__table__  # type: ignore[attr-defined]
 EVENT = Event.__table__  # type: ignore[attr-defined]
 STEP_ID = "reminder:hour"
 
@@ -56,3 +57,12 @@ def test_only_a_step_with_planned_rows_nothing_in_flight_and_no_recent_claim_is_
     set_rows("sent", timedelta(seconds=2), slice(2, 4))
     set_rows("sent", STALLED_AFTER * 2, slice(0, 4))
     assert _stalled_steps(engine) == []  # nothing planned: the step only waits to be closed
+    # a worker's claim, recorded as claims are (`claimer`), is a claim a moment ago whatever the rows say
+    set_rows("planned", None, slice(0, 4))
+    claimed = ledger.claim(engine, event_id, STEP_ID, "w1", 1)
+    assert ledger.finish(engine, "w1", [ledger.Result(claimed[0].id, "sent")]) == 1
+    set_rows("sent", STALLED_AFTER * 2, slice(0, 1))
+    assert _stalled_steps(engine) == []
+    with engine.begin() as conn:
+        conn.execute(update(CLAIMER).values(last_at=utc_now() - STALLED_AFTER * 2))
+    assert _stalled_steps(engine) == [(event_id, STEP_ID)]
