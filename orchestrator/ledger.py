@@ -259,9 +259,10 @@ def resolve_orphans(engine: Engine, live_workers: set[str], idempotent: dict[str
         with engine.begin() as conn:
             conn.execute(update(CLAIMER).where(*key).values(dirty=False))
         retried, unknown, young = _resolve(engine, worker, event_id, step_id, idempotent, cutoff)
-        if young:
+        if young:  # written again, not updated: another worker's sweep may have forgotten it (clean) meanwhile
             with engine.begin() as conn:
-                conn.execute(update(CLAIMER).where(*key).values(dirty=True))
+                conn.execute(_insert(engine)(CLAIMER).values(worker=worker, event_id=event_id, step_id=step_id, dirty=True, last_at=young)
+                             .on_conflict_do_update(index_elements=["worker", "event_id", "step_id"], set_={"dirty": True}))
         if retried or unknown:
             before = out.get((event_id, step_id), (0, 0))
             out[(event_id, step_id)] = (before[0] + retried, before[1] + unknown)
@@ -271,9 +272,10 @@ def resolve_orphans(engine: Engine, live_workers: set[str], idempotent: dict[str
 LOST = "the worker stopped during the send; the channel has no idempotency key, so it is not repeated"
 
 
-def _resolve(engine: Engine, worker: str, event_id: str, step_id: str, idempotent: dict[str, bool], cutoff: datetime) -> tuple[int, int, int]:
-    """(rows put back to planned, rows marked unknown, rows claimed too recently to judge) of the
-    rows `worker` left in `sending` in one step."""
+def _resolve(engine: Engine, worker: str, event_id: str, step_id: str, idempotent: dict[str, bool],
+             cutoff: datetime) -> tuple[int, int, datetime | None]:
+    """(rows put back to planned, rows marked unknown, the latest claim among rows claimed too
+    recently to judge, if any) of the rows `worker` left in `sending` in one step."""
     mine = (SEND.c.event_id == event_id, SEND.c.step_id == step_id, SEND.c.state == "sending", SEND.c.claimed_by == worker)
     with engine.begin() as conn:
         rows = conn.execute(select(SEND.c.id, SEND.c.transport, SEND.c.claimed_at).where(*mine)).all()
@@ -286,7 +288,8 @@ def _resolve(engine: Engine, worker: str, event_id: str, step_id: str, idempoten
             for i in range(0, len(ids), 500):
                 n += conn.execute(update(SEND).where(SEND.c.id.in_(ids[i:i + 500]), *mine).values(**values)).rowcount or 0
             done.append(n)
-    return done[0], done[1], len(rows) - len(old)
+    young = [r.claimed_at for r in rows if r.claimed_at is not None and r.claimed_at >= cutoff]
+    return done[0], done[1], max(young, default=None)
 
 
 def step_counts(engine: Engine, event_id: str) -> dict[str, dict[str, dict[str, int]]]:
